@@ -28,7 +28,7 @@ const (
 // readOnly false and sessionState true: a wrongly routed write fails on the
 // standby, a needless reset only costs time.
 func classify(query string) classification {
-	c := classifier{lx: lexer{src: query}, ro: true}
+	c := classifier{lx: sqlLexer{src: query}, ro: true}
 	for {
 		t := c.lx.next()
 		switch t.kind {
@@ -50,45 +50,45 @@ func classify(query string) classification {
 				c.depth = 0
 			}
 			c.endStatement()
-			c.prev, c.prevKw = token{}, kwNone
+			c.prev, c.prevKw = sqlToken{}, kwNone
 			continue
 		}
-		c.token(t)
+		c.feed(t)
 	}
 }
 
-// phase is how far the classifier has got into one statement.
-type phase uint8
+// stmtPhase is how far the classifier has got into one statement.
+type stmtPhase uint8
 
 const (
-	phHead        phase = iota // before the first keyword; '(' is skipped
-	phExplain                  // after EXPLAIN [ANALYZE] [VERBOSE], before its target
-	phExplainOpts              // inside EXPLAIN ( options )
-	phBody                     // after the first keyword
+	phHead        stmtPhase = iota // before the first keyword; '(' is skipped
+	phExplain                      // after EXPLAIN [ANALYZE] [VERBOSE], before its target
+	phExplainOpts                  // inside EXPLAIN ( options )
+	phBody                         // after the first keyword
 )
 
-// stmt is what the classifier tracks about the current statement.
-type stmt struct {
+// stmtState is what the classifier tracks about the current statement.
+type stmtState struct {
 	started       bool // has any token
-	phase         phase
-	first         keyword // first keyword, kwNone if the statement starts otherwise
-	roHead        bool    // starts like a read-only statement
-	explainTarget bool    // the head being read is an EXPLAIN target
-	optDepth      int     // paren depth of EXPLAIN's option list
-	pendingSet    bool    // after SET: the next token tells whether it is SET LOCAL
-	sawFor        bool    // FOR seen: a later SHARE is a locking clause
-	sawCreate     bool    // CREATE seen: TEMP makes a session object
-	sawInto       bool    // INTO seen: SELECT INTO TEMP makes a session table
+	phase         stmtPhase
+	first         sqlKeyword // first keyword, kwNone if the statement starts otherwise
+	roHead        bool       // starts like a read-only statement
+	explainTarget bool       // the head being read is an EXPLAIN target
+	optDepth      int        // paren depth of EXPLAIN's option list
+	pendingSet    bool       // after SET: the next token tells whether it is SET LOCAL
+	sawFor        bool       // FOR seen: a later SHARE is a locking clause
+	sawCreate     bool       // CREATE seen: TEMP makes a session object
+	sawInto       bool       // INTO seen: SELECT INTO TEMP makes a session table
 }
 
 type classifier struct {
-	lx         lexer
-	st         stmt
-	prev       token   // previous token of this statement
-	prevKw     keyword // keyword of prev
-	depth      int     // parenthesis depth
-	statements int     // non-empty statements seen
-	ro         bool    // nothing seen so far rules out a standby
+	lx         sqlLexer
+	st         stmtState
+	prev       sqlToken   // previous token of this statement
+	prevKw     sqlKeyword // keyword of prev
+	depth      int        // parenthesis depth
+	statements int        // non-empty statements seen
+	ro         bool       // nothing seen so far rules out a standby
 	session    bool
 }
 
@@ -103,18 +103,18 @@ func (c *classifier) endStatement() {
 	if c.st.pendingSet {
 		c.session = true // a bare SET: conservative
 	}
-	c.st = stmt{}
+	c.st = stmtState{}
 }
 
-// token feeds one token of the current statement to the classifier.
-func (c *classifier) token(t token) {
+// feed passes one token of the current statement to the classifier.
+func (c *classifier) feed(t sqlToken) {
 	st := &c.st
 	st.started = true
 	kw := kwNone
 	switch t.kind {
 	case tokIdent:
-		kw = lookupKeyword(c.lx.src[t.start:t.end])
-		c.keyword(kw, t)
+		kw = lookupSQLKeyword(c.lx.src[t.start:t.end])
+		c.applyKeyword(kw, t)
 	case tokQuotedIdent:
 		if st.sawCreate || st.sawInto {
 			c.tempSchema(c.lx.src[t.start:t.end])
@@ -171,7 +171,7 @@ func (c *classifier) token(t token) {
 }
 
 // head handles a token where a statement (or an EXPLAIN target) begins.
-func (c *classifier) head(t token, kw keyword) {
+func (c *classifier) head(t sqlToken, kw sqlKeyword) {
 	st := &c.st
 	if t.kind == tokLParen {
 		return // (SELECT ...) and ((VALUES ...))
@@ -201,8 +201,8 @@ func (c *classifier) head(t token, kw keyword) {
 	}
 }
 
-// keyword applies the rules that hold for a keyword anywhere in the text.
-func (c *classifier) keyword(kw keyword, t token) {
+// applyKeyword applies the rules that hold for a keyword anywhere in the text.
+func (c *classifier) applyKeyword(kw sqlKeyword, t sqlToken) {
 	st := &c.st
 	switch kw {
 	case kwNone:
@@ -237,7 +237,7 @@ func (c *classifier) keyword(kw keyword, t token) {
 
 // tempSchema marks an object created in pg_temp as session state.
 func (c *classifier) tempSchema(name string) {
-	if hasPrefixFold(name, "pg_temp") && (len(name) == 7 || name[7] == '_') {
+	if sqlHasPrefixFold(name, "pg_temp") && (len(name) == 7 || name[7] == '_') {
 		c.session = true
 	}
 }
@@ -253,7 +253,7 @@ func (c *classifier) call(name string) {
 	}
 	for _, f := range funcIndex[first-'a'] {
 		if len(name) >= len(f.prefix)+len(f.suffix) && (f.wildcard || len(name) == len(f.prefix)) &&
-			hasPrefixFold(name, f.prefix) && hasPrefixFold(name[len(name)-len(f.suffix):], f.suffix) {
+			sqlHasPrefixFold(name, f.prefix) && sqlHasPrefixFold(name[len(name)-len(f.suffix):], f.suffix) {
 			c.ro = false
 			if f.session {
 				c.session = true
@@ -273,7 +273,7 @@ func (c *classifier) peekQueryStart() bool {
 	if t.kind != tokIdent {
 		return false
 	}
-	switch lookupKeyword(lx.src[t.start:t.end]) {
+	switch lookupSQLKeyword(lx.src[t.start:t.end]) {
 	case kwSelect, kwValues, kwTable, kwWith:
 		return true
 	}
@@ -382,9 +382,9 @@ var funcIndex = func() (idx [26][]funcPattern) {
 	return idx
 }()
 
-// hasPrefixFold reports whether s starts with the lower-case ASCII prefix,
+// sqlHasPrefixFold reports whether s starts with the lower-case ASCII prefix,
 // folding only ASCII letters like PostgreSQL does for identifiers.
-func hasPrefixFold(s, prefix string) bool {
+func sqlHasPrefixFold(s, prefix string) bool {
 	if len(s) < len(prefix) {
 		return false
 	}
@@ -400,10 +400,10 @@ func hasPrefixFold(s, prefix string) bool {
 	return true
 }
 
-type keyword uint8
+type sqlKeyword uint8
 
 const (
-	kwNone keyword = iota
+	kwNone sqlKeyword = iota
 	kwAlter
 	kwAnalyse
 	kwAnalyze
@@ -447,13 +447,13 @@ const (
 	kwWith
 )
 
-type keywordEntry struct {
+type sqlKeywordEntry struct {
 	name string
-	kw   keyword
+	kw   sqlKeyword
 }
 
-// keywords are the words the classifier acts on, in lower case.
-var keywords = [...]keywordEntry{
+// sqlKeywords are the words the classifier acts on, in lower case.
+var sqlKeywords = [...]sqlKeywordEntry{
 	{"alter", kwAlter},
 	{"analyse", kwAnalyse},
 	{"analyze", kwAnalyze},
@@ -497,46 +497,46 @@ var keywords = [...]keywordEntry{
 	{"with", kwWith},
 }
 
-// maxKeywordLen is the length of the longest keyword.
-const maxKeywordLen = 11
+// maxSQLKeywordLen is the length of the longest keyword.
+const maxSQLKeywordLen = 11
 
-// keywordIndex holds keywords by length and first letter: most identifiers
+// sqlKeywordIndex holds the keywords by length and first letter: most identifiers
 // land in an empty bucket, the rest are compared with one or two entries.
-var keywordIndex = func() (idx [maxKeywordLen + 1][26][]keywordEntry) {
-	for _, k := range keywords {
+var sqlKeywordIndex = func() (idx [maxSQLKeywordLen + 1][26][]sqlKeywordEntry) {
+	for _, k := range sqlKeywords {
 		b := &idx[len(k.name)][k.name[0]-'a']
 		*b = append(*b, k)
 	}
 	return idx
 }()
 
-// lookupKeyword returns the keyword an unquoted identifier spells,
+// lookupSQLKeyword returns the keyword an unquoted identifier spells,
 // ignoring ASCII case only, like PostgreSQL.
-func lookupKeyword(s string) keyword {
-	if len(s) < 2 || len(s) > maxKeywordLen {
+func lookupSQLKeyword(s string) sqlKeyword {
+	if len(s) < 2 || len(s) > maxSQLKeywordLen {
 		return kwNone
 	}
 	first := s[0] | 0x20
 	if first < 'a' || first > 'z' {
 		return kwNone
 	}
-	for _, k := range keywordIndex[len(s)][first-'a'] {
-		if hasPrefixFold(s, k.name) {
+	for _, k := range sqlKeywordIndex[len(s)][first-'a'] {
+		if sqlHasPrefixFold(s, k.name) {
 			return k.kw
 		}
 	}
 	return kwNone
 }
 
-type tokKind uint8
+type sqlTokKind uint8
 
 const (
-	tokEOF          tokKind = iota
-	tokError                // unterminated literal or comment, or junk after a number
-	tokIdent                // unquoted identifier or keyword
-	tokQuotedIdent          // "identifier"; the token spans the text between the quotes
-	tokUnicodeIdent         // U&"identifier", whose escapes are not decoded
-	tokString               // any string constant, dollar-quoted included
+	tokEOF          sqlTokKind = iota
+	tokError                   // unterminated literal or comment, or junk after a number
+	tokIdent                   // unquoted identifier or keyword
+	tokQuotedIdent             // "identifier"; the token spans the text between the quotes
+	tokUnicodeIdent            // U&"identifier", whose escapes are not decoded
+	tokString                  // any string constant, dollar-quoted included
 	tokNumber
 	tokParam // $1
 	tokLParen
@@ -545,15 +545,15 @@ const (
 	tokOther // operators and other punctuation, one byte each
 )
 
-type token struct {
-	kind       tokKind
+type sqlToken struct {
+	kind       sqlTokKind
 	start, end int // byte offsets into the source
 }
 
-// lexer splits SQL into tokens the way PostgreSQL's scanner does (with
+// sqlLexer splits SQL into tokens the way PostgreSQL's scanner does (with
 // standard_conforming_strings on), as far as where tokens, literals and
 // comments begin and end. It notes comment hints as it skips them.
-type lexer struct {
+type sqlLexer struct {
 	src  string
 	pos  int
 	hint routeHint
@@ -569,7 +569,7 @@ const (
 	cDigit                  // [0-9]
 )
 
-var charClass = func() (t [256]uint8) {
+var sqlCharClass = func() (t [256]uint8) {
 	for _, c := range " \t\n\r\f\v" {
 		t[c] = cSpace
 	}
@@ -587,22 +587,22 @@ var charClass = func() (t [256]uint8) {
 	return t
 }()
 
-func isSpace(c byte) bool      { return charClass[c]&cSpace != 0 }
-func isIdentStart(c byte) bool { return charClass[c]&cIdentStart != 0 }
-func isDigit(c byte) bool      { return charClass[c]&cDigit != 0 }
+func isSQLSpace(c byte) bool      { return sqlCharClass[c]&cSpace != 0 }
+func isSQLIdentStart(c byte) bool { return sqlCharClass[c]&cIdentStart != 0 }
+func isSQLDigit(c byte) bool      { return sqlCharClass[c]&cDigit != 0 }
 
-// isIdentCont also covers '$', which PostgreSQL allows inside identifiers.
-func isIdentCont(c byte) bool { return charClass[c]&(cIdentStart|cDigit) != 0 || c == '$' }
+// isSQLIdentCont also covers '$', which PostgreSQL allows inside identifiers.
+func isSQLIdentCont(c byte) bool { return sqlCharClass[c]&(cIdentStart|cDigit) != 0 || c == '$' }
 
 // next returns the next token, skipping whitespace and comments.
-func (lx *lexer) next() token {
+func (lx *sqlLexer) next() sqlToken {
 	if !lx.skip() {
-		return token{kind: tokError, start: lx.pos, end: lx.pos}
+		return sqlToken{kind: tokError, start: lx.pos, end: lx.pos}
 	}
 	s := lx.src
 	start := lx.pos
 	if start >= len(s) {
-		return token{kind: tokEOF, start: start, end: start}
+		return sqlToken{kind: tokEOF, start: start, end: start}
 	}
 	c := s[start]
 	switch {
@@ -624,14 +624,14 @@ func (lx *lexer) next() token {
 			t.kind = tokUnicodeIdent
 		}
 		return t
-	case isIdentStart(c):
+	case isSQLIdentStart(c):
 		i := start + 1
-		for i < len(s) && isIdentCont(s[i]) {
+		for i < len(s) && isSQLIdentCont(s[i]) {
 			i++
 		}
 		lx.pos = i
-		return token{kind: tokIdent, start: start, end: i}
-	case isDigit(c) || c == '.' && start+1 < len(s) && isDigit(s[start+1]):
+		return sqlToken{kind: tokIdent, start: start, end: i}
+	case isSQLDigit(c) || c == '.' && start+1 < len(s) && isSQLDigit(s[start+1]):
 		return lx.number(start)
 	case c == '$':
 		return lx.dollar(start)
@@ -646,17 +646,17 @@ func (lx *lexer) next() token {
 	case ';':
 		kind = tokSemicolon
 	}
-	return token{kind: kind, start: start, end: start + 1}
+	return sqlToken{kind: kind, start: start, end: start + 1}
 }
 
 // skip advances past whitespace and comments. It reports false for an
 // unterminated block comment.
-func (lx *lexer) skip() bool {
+func (lx *sqlLexer) skip() bool {
 	s := lx.src
 	for lx.pos < len(s) {
 		c := s[lx.pos]
 		switch {
-		case isSpace(c):
+		case isSQLSpace(c):
 			lx.pos++
 		case c == '-' && lx.pos+1 < len(s) && s[lx.pos+1] == '-':
 			start := lx.pos + 2
@@ -701,19 +701,19 @@ func (lx *lexer) skip() bool {
 
 // noteHint records a routing hint if a comment's text is one. A primary
 // hint wins over a replica hint.
-func (lx *lexer) noteHint(text string) {
-	for len(text) > 0 && isSpace(text[0]) {
+func (lx *sqlLexer) noteHint(text string) {
+	for len(text) > 0 && isSQLSpace(text[0]) {
 		text = text[1:]
 	}
-	for len(text) > 0 && isSpace(text[len(text)-1]) {
+	for len(text) > 0 && isSQLSpace(text[len(text)-1]) {
 		text = text[:len(text)-1]
 	}
 	const primary, replica = "pgreplica:primary", "pgreplica:replica"
 	switch {
 	case len(text) != len(primary):
-	case hasPrefixFold(text, primary):
+	case sqlHasPrefixFold(text, primary):
 		lx.hint = hintPrimary
-	case hasPrefixFold(text, replica) && lx.hint == hintNone:
+	case sqlHasPrefixFold(text, replica) && lx.hint == hintNone:
 		lx.hint = hintReplica
 	}
 }
@@ -721,7 +721,7 @@ func (lx *lexer) noteHint(text string) {
 // str scans a string constant whose opening quote is at s[quote]. In an
 // E-string a backslash escapes the next byte; in every string a doubled
 // quote stands for one.
-func (lx *lexer) str(start, quote int, backslash bool) token {
+func (lx *sqlLexer) str(start, quote int, backslash bool) sqlToken {
 	s := lx.src
 	i := quote + 1
 	for i < len(s) {
@@ -744,23 +744,23 @@ func (lx *lexer) str(start, quote int, backslash bool) token {
 				continue
 			}
 			lx.pos = i + 1
-			return token{kind: tokString, start: start, end: i + 1}
+			return sqlToken{kind: tokString, start: start, end: i + 1}
 		}
 		i++
 	}
 	lx.pos = len(s)
-	return token{kind: tokError, start: start, end: len(s)}
+	return sqlToken{kind: tokError, start: start, end: len(s)}
 }
 
 // quotedIdent scans a double-quoted identifier whose text starts at s[i].
-func (lx *lexer) quotedIdent(i int) token {
+func (lx *sqlLexer) quotedIdent(i int) sqlToken {
 	s := lx.src
 	start := i
 	for {
 		k := strings.IndexByte(s[i:], '"')
 		if k < 0 {
 			lx.pos = len(s)
-			return token{kind: tokError, start: start, end: len(s)}
+			return sqlToken{kind: tokError, start: start, end: len(s)}
 		}
 		i += k
 		if i+1 < len(s) && s[i+1] == '"' {
@@ -770,47 +770,47 @@ func (lx *lexer) quotedIdent(i int) token {
 		lx.pos = i + 1
 		if i == start {
 			// PostgreSQL rejects a zero-length delimited identifier.
-			return token{kind: tokError, start: start, end: i}
+			return sqlToken{kind: tokError, start: start, end: i}
 		}
-		return token{kind: tokQuotedIdent, start: start, end: i}
+		return sqlToken{kind: tokQuotedIdent, start: start, end: i}
 	}
 }
 
 // number scans a numeric constant: 42, 1_000, 1.5e-3, .5, 0x1F, 0o17, 0b1.
-func (lx *lexer) number(start int) token {
+func (lx *sqlLexer) number(start int) sqlToken {
 	s := lx.src
 	i := start
 	if s[i] == '0' && i+1 < len(s) && strings.IndexByte("xXoObB", s[i+1]) >= 0 {
 		i += 2
-		for i < len(s) && (isDigit(s[i]) || isIdentStart(s[i]) && s[i] < 0x80) {
+		for i < len(s) && (isSQLDigit(s[i]) || isSQLIdentStart(s[i]) && s[i] < 0x80) {
 			i++
 		}
 	} else {
-		i = skipDigits(s, i)
+		i = skipSQLDigits(s, i)
 		if i < len(s) && s[i] == '.' && !(i+1 < len(s) && s[i+1] == '.') {
-			i = skipDigits(s, i+1)
+			i = skipSQLDigits(s, i+1)
 		}
 		if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
 			j := i + 1
 			if j < len(s) && (s[j] == '+' || s[j] == '-') {
 				j++
 			}
-			if j < len(s) && isDigit(s[j]) {
-				i = skipDigits(s, j)
+			if j < len(s) && isSQLDigit(s[j]) {
+				i = skipSQLDigits(s, j)
 			}
 		}
 	}
 	lx.pos = i
-	if i < len(s) && isIdentStart(s[i]) {
+	if i < len(s) && isSQLIdentStart(s[i]) {
 		// Trailing junk such as 1e'..': servers before 15 read it as 1
 		// followed by an E-string. Refuse rather than guess.
-		return token{kind: tokError, start: start, end: i}
+		return sqlToken{kind: tokError, start: start, end: i}
 	}
-	return token{kind: tokNumber, start: start, end: i}
+	return sqlToken{kind: tokNumber, start: start, end: i}
 }
 
-func skipDigits(s string, i int) int {
-	for i < len(s) && (isDigit(s[i]) || s[i] == '_') {
+func skipSQLDigits(s string, i int) int {
+	for i < len(s) && (isSQLDigit(s[i]) || s[i] == '_') {
 		i++
 	}
 	return i
@@ -818,22 +818,22 @@ func skipDigits(s string, i int) int {
 
 // dollar scans what starts with '$': a parameter ($1), a dollar-quoted
 // string ($$...$$, $tag$...$tag$) or a lone '$'.
-func (lx *lexer) dollar(start int) token {
+func (lx *sqlLexer) dollar(start int) sqlToken {
 	s := lx.src
 	i := start + 1
-	if i < len(s) && isDigit(s[i]) {
-		for i < len(s) && isDigit(s[i]) {
+	if i < len(s) && isSQLDigit(s[i]) {
+		for i < len(s) && isSQLDigit(s[i]) {
 			i++
 		}
 		lx.pos = i
-		if i < len(s) && isIdentStart(s[i]) {
+		if i < len(s) && isSQLIdentStart(s[i]) {
 			// $1e'..' is junk to the server: refuse like for numbers.
-			return token{kind: tokError, start: start, end: i}
+			return sqlToken{kind: tokError, start: start, end: i}
 		}
-		return token{kind: tokParam, start: start, end: i}
+		return sqlToken{kind: tokParam, start: start, end: i}
 	}
-	if i < len(s) && isIdentStart(s[i]) {
-		for i < len(s) && (isIdentStart(s[i]) || isDigit(s[i])) {
+	if i < len(s) && isSQLIdentStart(s[i]) {
+		for i < len(s) && (isSQLIdentStart(s[i]) || isSQLDigit(s[i])) {
 			i++
 		}
 	}
@@ -843,12 +843,12 @@ func (lx *lexer) dollar(start int) token {
 		k := strings.Index(s[body:], delim)
 		if k < 0 {
 			lx.pos = len(s)
-			return token{kind: tokError, start: start, end: len(s)}
+			return sqlToken{kind: tokError, start: start, end: len(s)}
 		}
 		lx.pos = body + k + len(delim)
-		return token{kind: tokString, start: start, end: lx.pos}
+		return sqlToken{kind: tokString, start: start, end: lx.pos}
 	}
 	// Not a dollar quote: the server too takes '$' alone and rescans.
 	lx.pos = start + 1
-	return token{kind: tokOther, start: start, end: start + 1}
+	return sqlToken{kind: tokOther, start: start, end: start + 1}
 }

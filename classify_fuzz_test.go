@@ -8,7 +8,7 @@ import (
 // lexesCleanly reports whether q has no lexical error and does not end
 // inside a -- comment, that is, whether text appended to q is read as SQL.
 func lexesCleanly(q string) bool {
-	lx := lexer{src: q}
+	lx := sqlLexer{src: q}
 	for {
 		switch lx.next().kind {
 		case tokEOF:
@@ -23,7 +23,7 @@ func FuzzClassify(f *testing.F) {
 	for _, tc := range classifyTests {
 		f.Add(tc.query, "note")
 	}
-	f.Add(longQuery(), "pgreplica:primary")
+	f.Add(longClassifyQuery(), "pgreplica:primary")
 	f.Fuzz(func(t *testing.T, q, other string) {
 		got := classify(q) // must not panic
 		clean := lexesCleanly(q)
@@ -74,7 +74,7 @@ func FuzzClassify(f *testing.F) {
 
 // isHintText reports whether a comment holding s would be a routing hint.
 func isHintText(s string) bool {
-	lx := lexer{}
+	lx := sqlLexer{}
 	lx.noteHint(s)
 	return lx.hint != hintNone
 }
