@@ -1,0 +1,459 @@
+package pgreplica
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Defaults for the DSN keys pgreplica reads. Replica pools are larger than
+// the primary's because a read-heavy service sends most statements there.
+const (
+	DefaultPrimaryMaxConns = 10
+	DefaultReplicaMaxConns = 20
+	DefaultMonitorInterval = time.Second
+	DefaultMaxReplicaLag   = time.Second
+)
+
+// Config describes a primary, its replicas and how pgreplica routes between
+// them. ParseConfig fills every field from a DSN; code that builds a Config
+// itself should start from ParseConfig's result, because the zero value of
+// FallbackToPrimary is false and a zero MaxReplicaLag means no lag limit.
+type Config struct {
+	// Primary is the pool configuration of the node listed first.
+	Primary *pgxpool.Config
+	// Replicas are the pool configurations of the other nodes, in DSN order.
+	Replicas []*pgxpool.Config
+	// Policy chooses among usable replicas; nil means Random().
+	Policy Policy
+	// MonitorInterval is how often every node is probed; zero means
+	// DefaultMonitorInterval.
+	MonitorInterval time.Duration
+	// MaxReplicaLag is how far behind the primary a replica may be and still
+	// serve reads; zero disables the limit.
+	MaxReplicaLag time.Duration
+	// FallbackToPrimary sends reads to the primary when no replica is usable;
+	// when false such reads fail with ErrNoReplica.
+	FallbackToPrimary bool
+	// Logger receives state changes (a node goes down or comes back, starts
+	// or stops lagging, a promotion is followed); nil is silent.
+	Logger *slog.Logger
+}
+
+// ownKeys are the DSN keys pgreplica consumes. pgx would turn any of them
+// into a server runtime parameter, which the server refuses.
+var ownKeys = map[string]bool{
+	"replica_policy":      true,
+	"replica_weights":     true,
+	"primary_max_conns":   true,
+	"replica_max_conns":   true,
+	"monitor_interval":    true,
+	"max_replica_lag":     true,
+	"fallback_to_primary": true,
+}
+
+// ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
+// loudly instead of reaching the server. No libpq key starts with these.
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_"}
+
+func isOwnLooking(key string) bool {
+	for _, p := range ownPrefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func dsnError(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidDSN}, args...)...)
+}
+
+// ParseConfig parses a DSN in URL or keyword/value form that lists the
+// primary first and its replicas after it, e.g.
+//
+//	postgres://app:secret@primary:5432,replica-1:5432,replica-2:5432/shop?replica_policy=round_robin
+//	host=primary,replica-1 port=5432,5433 dbname=shop replica_max_conns=40
+//
+// Any key pgx accepts is accepted and applies to every node; pgreplica's own
+// keys are removed before the rest reaches pgx. Errors wrap ErrInvalidDSN and
+// name the offending key or part, never its value.
+func ParseConfig(dsn string) (*Config, error) {
+	var (
+		d   parsedDSN
+		err error
+	)
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		d, err = parseURLDSN(dsn)
+	} else {
+		d, err = parseKeywordDSN(dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	cfg := &Config{
+		MonitorInterval:   DefaultMonitorInterval,
+		MaxReplicaLag:     DefaultMaxReplicaLag,
+		FallbackToPrimary: true,
+	}
+	primaryMax, replicaMax := int32(DefaultPrimaryMaxConns), int32(DefaultReplicaMaxConns)
+	policyName, weightsText := "", ""
+	for _, kv := range d.own {
+		key, val := kv[0], kv[1]
+		switch key {
+		case "replica_policy":
+			policyName = val
+		case "replica_weights":
+			weightsText = val
+		case "primary_max_conns", "replica_max_conns":
+			n, err := strconv.ParseInt(val, 10, 32)
+			if err != nil || n < 1 {
+				return nil, dsnError("%s must be a whole number of at least 1", key)
+			}
+			if key == "primary_max_conns" {
+				primaryMax = int32(n)
+			} else {
+				replicaMax = int32(n)
+			}
+		case "monitor_interval":
+			dur, err := time.ParseDuration(val)
+			if err != nil || dur < 10*time.Millisecond {
+				return nil, dsnError("monitor_interval must be a duration of at least 10ms, such as 1s or 500ms")
+			}
+			cfg.MonitorInterval = dur
+		case "max_replica_lag":
+			if val == "off" {
+				cfg.MaxReplicaLag = 0
+				break
+			}
+			dur, err := time.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return nil, dsnError("max_replica_lag must be a positive duration, such as 1s or 250ms, or off")
+			}
+			cfg.MaxReplicaLag = dur
+		case "fallback_to_primary":
+			b, err := strconv.ParseBool(val)
+			if err != nil {
+				return nil, dsnError("fallback_to_primary must be true or false")
+			}
+			cfg.FallbackToPrimary = b
+		}
+	}
+
+	for i, nodeDSN := range d.nodes {
+		pc, err := pgxpool.ParseConfig(nodeDSN)
+		if err != nil {
+			return nil, dsnError("%s: %s", nodeLabel(i), pgxParseMessage(err, d.password))
+		}
+		if i == 0 {
+			pc.MaxConns = primaryMax
+			cfg.Primary = pc
+		} else {
+			pc.MaxConns = replicaMax
+			cfg.Replicas = append(cfg.Replicas, pc)
+		}
+	}
+
+	cfg.Policy, err = policyFromDSN(policyName, weightsText, len(cfg.Replicas))
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// nodeLabel names a node by position: in a malformed DSN even the host
+// text may be a piece of an unescaped password.
+func nodeLabel(i int) string {
+	if i == 0 {
+		return "node 1 (the primary)"
+	}
+	return fmt.Sprintf("node %d (replica %d)", i+1, i)
+}
+
+// pgxParseMessage keeps what pgx says was wrong and drops the connection
+// string and values it quotes: pgx's own redaction is best effort, and in a
+// malformed DSN a password may sit where no parser knows it is one.
+func pgxParseMessage(err error, password string) string {
+	msg := err.Error()
+	var pce *pgconn.ParseConfigError
+	if errors.As(err, &pce) {
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			msg = msg[i+3:]
+		}
+	}
+	return redact(quoted.ReplaceAllString(msg, `"…"`), password)
+}
+
+var quoted = regexp.MustCompile(`"[^"]*"|` + "`[^`]*`")
+
+// redact removes the password, and every run of four or more of its
+// letters and digits, from a message that may have echoed it.
+func redact(msg, password string) string {
+	if len(password) < 4 {
+		return msg // shorter runs occur in any message by chance
+	}
+	msg = strings.ReplaceAll(msg, password, "xxxxx")
+	msg = strings.ReplaceAll(msg, url.QueryEscape(password), "xxxxx")
+	for _, frag := range strings.FieldsFunc(password, func(r rune) bool {
+		return !unicode.IsLetter(r) && !unicode.IsDigit(r)
+	}) {
+		if len(frag) >= 4 {
+			msg = strings.ReplaceAll(msg, frag, "xxxxx")
+		}
+	}
+	return msg
+}
+
+func policyFromDSN(name, weightsText string, replicas int) (Policy, error) {
+	var weights []float64
+	if weightsText != "" {
+		for _, w := range strings.Split(weightsText, ",") {
+			f, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
+			if err != nil || f < 0 || f != f {
+				return nil, dsnError("replica_weights must be non-negative numbers separated by commas")
+			}
+			weights = append(weights, f)
+		}
+		if len(weights) != replicas {
+			return nil, dsnError("replica_weights has %d numbers for %d replicas", len(weights), replicas)
+		}
+		if name == "" {
+			name = "weighted"
+		}
+		if name != "weighted" {
+			return nil, dsnError("replica_weights needs replica_policy=weighted")
+		}
+	}
+	switch name {
+	case "", "random":
+		return Random(), nil
+	case "round_robin":
+		return RoundRobin(), nil
+	case "least_busy":
+		return LeastBusy(), nil
+	case "weighted":
+		if weights == nil {
+			return nil, dsnError("replica_policy=weighted needs replica_weights, one number per replica")
+		}
+		return Weighted(weights...), nil
+	}
+	return nil, dsnError("replica_policy must be random, round_robin, weighted or least_busy")
+}
+
+// parsedDSN is a DSN split into one pgx connection string per node plus the
+// pgreplica keys, in the order they appeared.
+type parsedDSN struct {
+	nodes    []string
+	own      [][2]string
+	password string
+}
+
+func parseURLDSN(dsn string) (parsedDSN, error) {
+	var d parsedDSN
+	// net/url validates only the last host's port, so "a:5432,b" fails.
+	// Cut the host list out first and give url.Parse one placeholder host.
+	afterScheme := strings.Index(dsn, "://") + 3
+	authEnd := len(dsn)
+	if i := strings.IndexAny(dsn[afterScheme:], "/?#"); i >= 0 {
+		authEnd = afterScheme + i
+	}
+	hostStart := afterScheme
+	if at := strings.LastIndex(dsn[afterScheme:authEnd], "@"); at >= 0 {
+		hostStart = afterScheme + at + 1
+	}
+	hostList := dsn[hostStart:authEnd]
+	u, err := url.Parse(dsn[:hostStart] + "placeholder" + dsn[authEnd:])
+	if err != nil {
+		// url.Error repeats the whole input, password included: say what
+		// kind of problem it was without it.
+		return d, dsnError("malformed URL (check that the password and other parts are percent-encoded)")
+	}
+	if u.User != nil {
+		d.password, _ = u.User.Password()
+	}
+	q := u.Query()
+	for key, vals := range q {
+		if ownKeys[key] {
+			for _, v := range vals {
+				d.own = append(d.own, [2]string{key, v})
+			}
+			delete(q, key)
+			continue
+		}
+		if err := checkForeignKey(key); err != nil {
+			return d, err
+		}
+	}
+	u.RawQuery = q.Encode()
+	for _, h := range strings.Split(hostList, ",") {
+		if h == "" {
+			return d, dsnError("empty host in the host list")
+		}
+		nu := *u
+		nu.Host = h
+		d.nodes = append(d.nodes, nu.String())
+	}
+	return d, nil
+}
+
+func checkForeignKey(key string) error {
+	if isOwnLooking(key) {
+		return dsnError("unknown pgreplica key %q", key)
+	}
+	if key == "target_session_attrs" || key == "load_balance_hosts" {
+		return dsnError("%s is not supported: pgreplica finds each node's role itself", key)
+	}
+	return nil
+}
+
+func parseKeywordDSN(dsn string) (parsedDSN, error) {
+	var d parsedDSN
+	pairs, err := splitKeywordPairs(dsn)
+	if err != nil {
+		return d, err
+	}
+	var hosts, ports []string
+	var rest [][2]string
+	for _, kv := range pairs {
+		key, val := kv[0], kv[1]
+		switch {
+		case ownKeys[key]:
+			d.own = append(d.own, kv)
+		case key == "host":
+			hosts = strings.Split(val, ",")
+		case key == "port":
+			ports = strings.Split(val, ",")
+		default:
+			if err := checkForeignKey(key); err != nil {
+				return d, err
+			}
+			if key == "password" {
+				d.password = val
+			}
+			rest = append(rest, kv)
+		}
+	}
+	if len(hosts) == 0 {
+		hosts = []string{""} // pgx's defaults (PGHOST, the socket) pick the one node
+	}
+	if len(ports) > 1 && len(ports) != len(hosts) {
+		return d, dsnError("port lists %d ports for %d hosts", len(ports), len(hosts))
+	}
+	for i, h := range hosts {
+		port := ""
+		if len(ports) == 1 {
+			port = ports[0]
+		} else if len(ports) > 1 {
+			port = ports[i]
+		}
+		var b strings.Builder
+		if h != "" {
+			writePair(&b, "host", h)
+		}
+		if port != "" {
+			writePair(&b, "port", port)
+		}
+		for _, kv := range rest {
+			writePair(&b, kv[0], kv[1])
+		}
+		d.nodes = append(d.nodes, b.String())
+	}
+	return d, nil
+}
+
+func writePair(b *strings.Builder, key, val string) {
+	if b.Len() > 0 {
+		b.WriteByte(' ')
+	}
+	b.WriteString(key)
+	b.WriteString("='")
+	for i := 0; i < len(val); i++ {
+		if val[i] == '\'' || val[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(val[i])
+	}
+	b.WriteByte('\'')
+}
+
+// splitKeywordPairs reads libpq's keyword/value syntax: key = value pairs
+// separated by spaces, values optionally single-quoted with backslash
+// escapes.
+func splitKeywordPairs(s string) ([][2]string, error) {
+	var pairs [][2]string
+	i := 0
+	for {
+		for i < len(s) && isDSNSpace(s[i]) {
+			i++
+		}
+		if i >= len(s) {
+			return pairs, nil
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && !isDSNSpace(s[i]) {
+			i++
+		}
+		key := s[start:i]
+		for i < len(s) && isDSNSpace(s[i]) {
+			i++
+		}
+		if i >= len(s) || s[i] != '=' {
+			// Not the word itself: it may be the tail of a password with a
+			// space in it.
+			return nil, dsnError("expected key=value at byte %d", start)
+		}
+		i++
+		for i < len(s) && isDSNSpace(s[i]) {
+			i++
+		}
+		var val strings.Builder
+		if i < len(s) && s[i] == '\'' {
+			i++
+			closed := false
+			for i < len(s) {
+				c := s[i]
+				if c == '\\' && i+1 < len(s) {
+					val.WriteByte(s[i+1])
+					i += 2
+					continue
+				}
+				if c == '\'' {
+					closed = true
+					i++
+					break
+				}
+				val.WriteByte(c)
+				i++
+			}
+			if !closed {
+				return nil, dsnError("unterminated quoted value for %q", key)
+			}
+		} else {
+			for i < len(s) && !isDSNSpace(s[i]) {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				val.WriteByte(s[i])
+				i++
+			}
+		}
+		if key == "" {
+			return nil, dsnError("a value has no key (expected key=value)")
+		}
+		pairs = append(pairs, [2]string{key, val.String()})
+	}
+}
+
+func isDSNSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}

@@ -1,0 +1,177 @@
+package pgreplica
+
+import (
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfigURL(t *testing.T) {
+	cfg, err := ParseConfig("postgres://app:secret@primary:5432,replica-1:5433,replica-2/shop?sslmode=disable&application_name=svc&replica_policy=round_robin&primary_max_conns=7&replica_max_conns=30&monitor_interval=250ms&max_replica_lag=2s&fallback_to_primary=false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Replicas) != 2 {
+		t.Fatalf("replicas = %d, want 2", len(cfg.Replicas))
+	}
+	nodes := append([]string{}, addrOf(cfg.Primary), addrOf(cfg.Replicas[0]), addrOf(cfg.Replicas[1]))
+	if strings.Join(nodes, " ") != "primary:5432 replica-1:5433 replica-2:5432" {
+		t.Fatalf("nodes = %v", nodes)
+	}
+	for _, pc := range append(cfg.Replicas, cfg.Primary) {
+		cc := pc.ConnConfig
+		if cc.Database != "shop" || cc.User != "app" || cc.Password != "secret" || cc.RuntimeParams["application_name"] != "svc" {
+			t.Fatalf("node %s lost a setting: %+v", cc.Host, cc.RuntimeParams)
+		}
+		for k := range cc.RuntimeParams {
+			if ownKeys[k] {
+				t.Fatalf("pgreplica key %q reached pgx", k)
+			}
+		}
+	}
+	if cfg.Primary.MaxConns != 7 || cfg.Replicas[0].MaxConns != 30 {
+		t.Fatalf("max conns = %d/%d", cfg.Primary.MaxConns, cfg.Replicas[0].MaxConns)
+	}
+	if _, ok := cfg.Policy.(*roundRobinPolicy); !ok {
+		t.Fatalf("policy = %T", cfg.Policy)
+	}
+	if cfg.MonitorInterval != 250*time.Millisecond || cfg.MaxReplicaLag != 2*time.Second || cfg.FallbackToPrimary {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	cfg, err := ParseConfig("postgres://app@db1,db2/shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Primary.MaxConns != DefaultPrimaryMaxConns || cfg.Replicas[0].MaxConns != DefaultReplicaMaxConns ||
+		cfg.MonitorInterval != DefaultMonitorInterval || cfg.MaxReplicaLag != DefaultMaxReplicaLag || !cfg.FallbackToPrimary {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+	if _, ok := cfg.Policy.(randomPolicy); !ok {
+		t.Fatalf("default policy = %T", cfg.Policy)
+	}
+	one, err := ParseConfig("postgres://app@db1/shop")
+	if err != nil || len(one.Replicas) != 0 {
+		t.Fatalf("single host: %v, %d replicas", err, len(one.Replicas))
+	}
+	off, err := ParseConfig("postgres://app@db1,db2/shop?max_replica_lag=off")
+	if err != nil || off.MaxReplicaLag != 0 {
+		t.Fatalf("max_replica_lag=off: %v %v", err, off)
+	}
+}
+
+func TestParseConfigKeywordValue(t *testing.T) {
+	cfg, err := ParseConfig(`host=a,b,c port=5432,5433,5434 dbname=shop user=app password='it''s' replica_weights=1,2,3 sslmode=disable`)
+	if err == nil {
+		t.Fatalf("a doubled quote is not libpq's escape; got %+v", cfg)
+	}
+	cfg, err = ParseConfig(`host=a,b,c port=5432,5433,5434 dbname=shop user=app password='it\'s a \\ secret' replica_weights=1,3 sslmode=disable`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := addrOf(cfg.Replicas[1]); got != "c:5434" {
+		t.Fatalf("third node = %s", got)
+	}
+	if cfg.Replicas[0].ConnConfig.Password != `it's a \ secret` {
+		t.Fatalf("password not preserved")
+	}
+	w, ok := cfg.Policy.(weightedPolicy)
+	if !ok || len(w.weights) != 2 || w.weights[1] != 3 {
+		t.Fatalf("policy = %#v", cfg.Policy)
+	}
+	same, err := ParseConfig("host=a,b port=6000 dbname=x")
+	if err != nil || addrOf(same.Replicas[0]) != "b:6000" {
+		t.Fatalf("one port for all hosts: %v", err)
+	}
+}
+
+func TestParseConfigErrorsNameTheKeyNotTheValue(t *testing.T) {
+	cases := []struct{ dsn, want string }{
+		{"postgres://u@a,b/d?replica_policy=fastest", "replica_policy"},
+		{"postgres://u@a,b/d?replica_polcy=random", `unknown pgreplica key "replica_polcy"`},
+		{"postgres://u@a,b/d?primary_max_conns=0", "primary_max_conns"},
+		{"postgres://u@a,b/d?replica_max_conns=many", "replica_max_conns"},
+		{"postgres://u@a,b/d?monitor_interval=5", "monitor_interval"},
+		{"postgres://u@a,b/d?max_replica_lag=-1s", "max_replica_lag"},
+		{"postgres://u@a,b/d?fallback_to_primary=maybe", "fallback_to_primary"},
+		{"postgres://u@a,b,c/d?replica_weights=1", "replica_weights has 1 numbers for 2 replicas"},
+		{"postgres://u@a,b/d?replica_weights=x", "replica_weights"},
+		{"postgres://u@a,b/d?replica_policy=weighted", "needs replica_weights"},
+		{"postgres://u@a,b/d?replica_policy=random&replica_weights=1", "needs replica_policy=weighted"},
+		{"postgres://u@a,b/d?target_session_attrs=read-write", "target_session_attrs"},
+		{"postgres://u@a,,b/d", "empty host"},
+		{"host=a,b,c port=1,2 dbname=d", "port lists 2 ports for 3 hosts"},
+		{"host=a dbname='unterminated", `unterminated quoted value for "dbname"`},
+		{"postgres://u@a:notaport/d", "node 1 (the primary): invalid port"},
+		{"postgres://u:pass@[::1/d", "node 1 (the primary): failed to parse as URL"},
+		{"postgres://u@a,b:99999/d", "node 2 (replica 1)"},
+	}
+	for _, c := range cases {
+		_, err := ParseConfig(c.dsn)
+		if !errors.Is(err, ErrInvalidDSN) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want ErrInvalidDSN mentioning %q", c.dsn, err, c.want)
+		}
+	}
+}
+
+// hostilePasswords are passwords with the characters that break naive
+// DSN handling.
+var hostilePasswords = []string{"p@ss:w/rd", "with space", "q'uote\\back", "per%cent&amp=x?y#z", "ÜnïcødeP@ss"}
+
+func TestErrorsNeverContainThePassword(t *testing.T) {
+	for _, pw := range hostilePasswords {
+		esc := url.QueryEscape(pw)
+		bad := []string{
+			"postgres://app:" + url.PathEscape(pw) + "@a,b/d?replica_policy=nope",
+			"postgres://app:" + url.PathEscape(pw) + "@a,b:99999/d",
+			"postgres://app:" + pw + "@a:xx,b/d",
+			"postgres://app:" + pw + "@a,b/d?connect_timeout=abc",
+			"host=a,b user=app password=" + pw + " replica_max_conns=-1",
+			"host=a,b user=app password='" + strings.ReplaceAll(pw, "'", `\'`) + "' port=1,2,3",
+			"host=a,b user=app password='" + strings.ReplaceAll(pw, "'", `\'`) + "' connect_timeout=abc",
+		}
+		for _, dsn := range bad {
+			_, err := ParseConfig(dsn)
+			if err == nil {
+				t.Errorf("expected an error for a bad DSN")
+				continue
+			}
+			msg := err.Error()
+			for _, secret := range []string{pw, esc, url.PathEscape(pw)} {
+				if len(secret) > 3 && strings.Contains(msg, secret) {
+					t.Errorf("error leaks the password: %s", msg)
+				}
+			}
+			for _, word := range strings.Fields(pw) {
+				if len(word) > 3 && strings.Contains(msg, word) {
+					t.Errorf("error leaks part of the password (%q): %s", word, msg)
+				}
+			}
+		}
+	}
+}
+
+func TestHostilePasswordsReachPgxIntact(t *testing.T) {
+	for _, pw := range hostilePasswords {
+		u := "postgres://app:" + url.PathEscape(pw) + "@a:5432,b:5433/d"
+		cfg, err := ParseConfig(u)
+		if err != nil {
+			t.Fatalf("URL with hostile password: %v", err)
+		}
+		if cfg.Replicas[0].ConnConfig.Password != pw {
+			t.Fatalf("URL password changed")
+		}
+		kv := "host=a,b port=5432,5433 user=app password='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(pw) + "' dbname=d"
+		cfg, err = ParseConfig(kv)
+		if err != nil {
+			t.Fatalf("keyword DSN with hostile password: %v", err)
+		}
+		if cfg.Replicas[0].ConnConfig.Password != pw || cfg.Primary.ConnConfig.Password != pw {
+			t.Fatalf("keyword password changed")
+		}
+	}
+}

@@ -1,0 +1,21 @@
+package pgreplica
+
+import "errors"
+
+// ErrInvalidDSN is returned by ParseConfig, sql.Open and the first use of a
+// *sql.DB when the DSN is malformed or carries a bad pgreplica option. The
+// message names the key or the part that is wrong and never the password.
+var ErrInvalidDSN = errors.New("pgreplica: invalid DSN")
+
+// ErrNoReplica is returned by reads when no replica is usable and
+// fallback_to_primary is off.
+var ErrNoReplica = errors.New("pgreplica: no usable replica")
+
+// ErrClosed is returned by every call made after the connector (and so the
+// *sql.DB) was closed.
+var ErrClosed = errors.New("pgreplica: connector closed")
+
+// ErrNoPrimary is returned by writes when no node is known to be the
+// writable primary (it is down, or the cluster reports two writable nodes
+// and pgreplica refuses to guess).
+var ErrNoPrimary = errors.New("pgreplica: no usable primary")

@@ -1,0 +1,320 @@
+package pgreplica
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// probeSQL learns a node's role and WAL position in one round trip. A
+// primary reports its insert position (it covers every acknowledged
+// commit, even with synchronous_commit off) and its flush position (what a
+// standby can have received); a standby reports what it has replayed.
+const probeSQL = `SELECT pg_is_in_recovery(),
+	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
+	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint`
+
+// historyLen bounds the primary positions kept to turn a standby's replay
+// position into a time lag: ten minutes at the default interval.
+const historyLen = 600
+
+// monitor probes every node on its own connection (so a full pool cannot
+// starve it) each interval, or at once when traffic saw a failure.
+type monitor struct {
+	c        *Connector
+	interval time.Duration
+	timeout  time.Duration
+	kickCh   chan struct{}
+	stopCh   chan struct{}
+	done     chan struct{}
+
+	// Owned by the monitor goroutine.
+	probeConns []*pgx.Conn
+	history    []lsnSample // primary flush positions, oldest first
+	lagging    []bool
+	splitBrain bool
+}
+
+type probeResult struct {
+	skipped  bool
+	err      error
+	standby  bool
+	lsn      uint64 // insert (primary) or replay (standby) position
+	flushLSN uint64
+	started  int64 // monoNow
+	latency  time.Duration
+}
+
+func startMonitor(c *Connector) *monitor {
+	m := &monitor{
+		c:          c,
+		interval:   c.cfg.MonitorInterval,
+		timeout:    min(max(c.cfg.MonitorInterval, 500*time.Millisecond), 5*time.Second),
+		kickCh:     make(chan struct{}, 1),
+		stopCh:     make(chan struct{}),
+		done:       make(chan struct{}),
+		probeConns: make([]*pgx.Conn, len(c.nodes)),
+		lagging:    make([]bool, len(c.nodes)),
+	}
+	go m.run()
+	return m
+}
+
+// kick asks for a probe round now; it never blocks.
+func (m *monitor) kick() {
+	if m == nil {
+		return // routing unit tests run without a monitor
+	}
+	select {
+	case m.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+func (m *monitor) stop() {
+	if m == nil {
+		return
+	}
+	close(m.stopCh)
+	<-m.done
+}
+
+func (m *monitor) run() {
+	defer close(m.done)
+	defer m.closeProbeConns()
+	ticker := time.NewTicker(m.interval)
+	defer ticker.Stop()
+	for {
+		m.round()
+		select {
+		case <-m.stopCh:
+			return
+		case <-ticker.C:
+		case <-m.kickCh:
+			// Failures come in bursts: one extra round covers them all.
+			select {
+			case <-m.stopCh:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (m *monitor) closeProbeConns() {
+	for i, pc := range m.probeConns {
+		if pc != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			_ = pc.Close(ctx)
+			cancel()
+			m.probeConns[i] = nil
+		}
+	}
+}
+
+// round probes every node at once, each bounded by the probe timeout, and
+// then applies what they said.
+func (m *monitor) round() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // a stop must not wait for a frozen node's timeout
+		select {
+		case <-m.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	results := make([]probeResult, len(m.c.nodes))
+	now := time.Now().UnixNano()
+	var wg sync.WaitGroup
+	for i, n := range m.c.nodes {
+		if !n.up.Load() && now < n.nextProbe.Load() {
+			results[i].skipped = true
+			continue
+		}
+		wg.Go(func() { results[i] = m.probe(ctx, i) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return // stopping
+	}
+	m.apply(results)
+}
+
+func (m *monitor) probe(parent context.Context, i int) probeResult {
+	ctx, cancel := context.WithTimeout(parent, m.timeout)
+	defer cancel()
+	r := probeResult{started: monoNow()}
+	t0 := time.Now()
+	pc := m.probeConns[i]
+	if pc == nil || pc.IsClosed() {
+		var err error
+		pc, err = pgx.ConnectConfig(ctx, m.c.nodes[i].pool.Config().ConnConfig)
+		if err != nil {
+			r.err = err
+			return r
+		}
+		m.probeConns[i] = pc
+	}
+	var lsn, flush int64
+	if err := pc.QueryRow(ctx, probeSQL).Scan(&r.standby, &lsn, &flush); err != nil {
+		if ctx.Err() != nil {
+			err = errProbeTimeout
+		}
+		r.err = err
+		closeCtx, closeCancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_ = pc.Close(closeCtx)
+		closeCancel()
+		m.probeConns[i] = nil
+		return r
+	}
+	r.lsn, r.flushLSN, r.latency = uint64(lsn), uint64(flush), time.Since(t0)
+	return r
+}
+
+// apply turns one round of probes into node states, the primary's WAL
+// history, replica lag and, when the servers changed roles, a new topology.
+func (m *monitor) apply(results []probeResult) {
+	c, nodes := m.c, m.c.nodes
+	nowWall := time.Now().UnixNano()
+	for i, r := range results {
+		n := nodes[i]
+		switch {
+		case r.skipped:
+		case r.err != nil:
+			f := n.failures.Add(1)
+			backoff := m.interval << min(f-1, 4) // up to 16 intervals
+			n.nextProbe.Store(nowWall + int64(backoff))
+			if n.up.Swap(false) {
+				c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(r.err))
+			}
+		default:
+			n.failures.Store(0)
+			n.standby.Store(r.standby)
+			n.probedAt.Store(nowWall)
+			n.probeNanos.Store(int64(r.latency))
+			if r.standby {
+				n.replayLSN.Store(r.lsn)
+			}
+			if !n.up.Swap(true) {
+				c.log.Info("pgreplica: node up", "node", n.addr, "role", roleName(r.standby))
+			}
+		}
+	}
+
+	topo := c.topo.Load()
+	primary := m.choosePrimary(topo.primary, results)
+	if primary != topo.primary {
+		var replicas []*node
+		for _, n := range nodes {
+			if n != primary {
+				replicas = append(replicas, n)
+			}
+		}
+		c.topo.Store(&topology{primary: primary, replicas: replicas})
+		c.log.Warn("pgreplica: following a new primary", "node", primary.addr)
+	}
+
+	if primary != nil {
+		if r := results[primary.index]; !r.skipped && r.err == nil && !r.standby {
+			c.primarySample.Store(&lsnSample{at: r.started, lsn: r.lsn})
+			m.history = append(m.history, lsnSample{at: r.started, lsn: r.flushLSN})
+			if len(m.history) > historyLen {
+				m.history = m.history[len(m.history)-historyLen:]
+			}
+		}
+	}
+	m.updateLag(primary)
+}
+
+// choosePrimary keeps the current primary while it answers as writable. It
+// follows a promotion only when the current one is gone or has become a
+// standby and exactly one node answers as writable; two writable nodes are
+// reported and never resolved by guessing.
+func (m *monitor) choosePrimary(cur *node, results []probeResult) *node {
+	var writable []*node
+	for i, r := range results {
+		if !r.skipped && r.err == nil && !r.standby {
+			writable = append(writable, m.c.nodes[i])
+		}
+	}
+	split := len(writable) > 1
+	if split != m.splitBrain {
+		m.splitBrain = split
+		if split {
+			addrs := make([]string, len(writable))
+			for i, n := range writable {
+				addrs[i] = n.addr
+			}
+			m.c.log.Error("pgreplica: more than one writable node; writes stay on the current primary", "writable", addrs)
+		} else {
+			m.c.log.Info("pgreplica: one writable node again")
+		}
+	}
+	if cur != nil {
+		r := results[cur.index]
+		answered := !r.skipped && r.err == nil
+		if answered && !r.standby {
+			return cur
+		}
+		if !answered && len(writable) != 1 {
+			return cur // it may come back; there is nothing unambiguous to follow
+		}
+	}
+	if len(writable) == 1 {
+		return writable[0]
+	}
+	return cur
+}
+
+// updateLag measures each standby against the primary: bytes behind its
+// flush position, and the time since the primary first had WAL the standby
+// has not replayed. Unlike now() - pg_last_xact_replay_timestamp(), neither
+// grows while the primary is idle.
+func (m *monitor) updateLag(primary *node) {
+	if primary == nil || len(m.history) == 0 {
+		return
+	}
+	latest := m.history[len(m.history)-1]
+	now := monoNow()
+	for _, n := range m.c.nodes {
+		if n == primary || !n.standby.Load() || !n.up.Load() {
+			continue
+		}
+		replay := n.replayLSN.Load()
+		var bytes int64
+		var lag time.Duration
+		if replay < latest.lsn {
+			bytes = int64(latest.lsn - replay)
+			// The oldest sample the standby lacks tells how long ago that
+			// WAL existed on the primary.
+			since := latest.at
+			for j := len(m.history) - 1; j >= 0 && m.history[j].lsn > replay; j-- {
+				since = m.history[j].at
+			}
+			lag = time.Duration(now - since)
+		}
+		n.lagBytes.Store(bytes)
+		n.lagNanos.Store(int64(lag))
+		if limit := m.c.cfg.MaxReplicaLag; limit > 0 {
+			over := lag > limit
+			if over != m.lagging[n.index] {
+				m.lagging[n.index] = over
+				if over {
+					m.c.log.Warn("pgreplica: replica lagging", "node", n.addr, "lag", lag, "bytes", bytes)
+				} else {
+					m.c.log.Info("pgreplica: replica caught up", "node", n.addr)
+				}
+			}
+		}
+	}
+}
+
+func roleName(standby bool) string {
+	if standby {
+		return "replica"
+	}
+	return "primary"
+}

@@ -1,0 +1,213 @@
+package pgreplica
+
+import (
+	"context"
+	"database/sql/driver"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// node is one PostgreSQL server of the cluster with its own pool.
+type node struct {
+	index int    // position in the DSN; 0 was listed as the primary
+	addr  string // host:port, never credentials
+	pool  *pgxpool.Pool
+	// wrapper builds the *stdlib.Conn for a physical connection the first
+	// time it is used; see acquire.
+	wrapper driver.Connector
+
+	// Health, written by the monitor and by failing traffic.
+	up         atomic.Bool
+	standby    atomic.Bool // pg_is_in_recovery() at the last probe
+	replayLSN  atomic.Uint64
+	lagBytes   atomic.Int64
+	lagNanos   atomic.Int64
+	probedAt   atomic.Int64 // unix nanos of the last answered probe
+	probeNanos atomic.Int64 // latency of the last answered probe
+	failures   atomic.Int32 // consecutive failed probes, for backoff
+	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
+
+	// fake replaces the pool in routing unit tests; fakeErr makes acquiring
+	// from it fail as an unreachable server would.
+	fake    nodeConn
+	fakeErr error
+
+	// Traffic, for policies and the status snapshot.
+	inFlight   atomic.Int64 // leases held
+	statements atomic.Uint64
+	errors     atomic.Uint64
+	reroutes   [numRerouteReasons]atomic.Uint64
+}
+
+func newNode(index int, cfg *pgxpool.Config) (*node, error) {
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	n := &node{
+		index:   index,
+		addr:    addrOf(cfg),
+		pool:    pool,
+		wrapper: stdlib.GetPoolConnector(pool),
+	}
+	// Until the first probe answers, trust the DSN: listed nodes are up and
+	// every node but the first is a standby.
+	n.up.Store(true)
+	n.standby.Store(index != 0)
+	return n, nil
+}
+
+func addrOf(cfg *pgxpool.Config) string {
+	cc := cfg.ConnConfig
+	if strings.HasPrefix(cc.Host, "/") {
+		return cc.Host // unix socket directory
+	}
+	return net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port)))
+}
+
+// markDown takes the node out of routing at once, after real traffic saw it
+// fail; the monitor brings it back when a probe answers.
+func (n *node) markDown() bool {
+	n.nextProbe.Store(time.Now().UnixNano())
+	return n.up.Swap(false)
+}
+
+// usableReplica says whether the node may serve a read that tolerates
+// maxLag (0: any lag) and must have replayed at least minLSN.
+func (n *node) usableReplica(maxLag time.Duration, minLSN uint64) bool {
+	if !n.up.Load() || !n.standby.Load() {
+		return false
+	}
+	if maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag {
+		return false
+	}
+	return minLSN == 0 || n.replayLSN.Load() >= minLSN
+}
+
+// wrapperKey stores a physical connection's *stdlib.Conn in pgconn's
+// per-connection CustomData so that it is built once per connection, not
+// once per checkout (stdlib's pool connector allocates three objects on
+// every Connect).
+const wrapperKey = "pgreplica.stdlib"
+
+// nodeConn is what a lease runs statements on: pgx's *stdlib.Conn, or a
+// fake in the routing unit tests.
+type nodeConn interface {
+	driver.ExecerContext
+	driver.QueryerContext
+	driver.ConnBeginTx
+	driver.Pinger
+}
+
+// lease is one physical connection pinned for the length of one
+// database/sql checkout.
+type lease struct {
+	node   *node
+	pc     *pgxpool.Conn // set when acquired from the pool directly
+	sc     nodeConn      // runs the statements
+	closer *stdlib.Conn  // set when acquired through the wrapper: Close releases
+	dirty  bool          // session state was changed: reset before reuse
+}
+
+func (l *lease) held() bool { return l.sc != nil }
+
+func (n *node) acquire(ctx context.Context, l *lease) error {
+	if n.fake != nil {
+		if err := n.fakeErr; err != nil {
+			return err
+		}
+		*l = lease{node: n, sc: n.fake}
+		n.inFlight.Add(1)
+		return nil
+	}
+	pc, err := n.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	if sc, ok := pc.Conn().PgConn().CustomData()[wrapperKey].(*stdlib.Conn); ok {
+		*l = lease{node: n, pc: pc, sc: sc}
+		n.inFlight.Add(1)
+		return nil
+	}
+	// A new physical connection: stdlib offers no way to wrap a *pgx.Conn we
+	// hold, only a connector that acquires one itself. Hand this one back and
+	// let the connector acquire; it wraps whatever it gets, and the wrapper
+	// is cached on that connection for every later checkout.
+	pc.Release()
+	dc, err := n.wrapper.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	sc := dc.(*stdlib.Conn)
+	data := sc.Conn().PgConn().CustomData()
+	if cached, ok := data[wrapperKey].(*stdlib.Conn); ok {
+		*l = lease{node: n, sc: cached, closer: sc}
+	} else {
+		data[wrapperKey] = sc
+		*l = lease{node: n, sc: sc, closer: sc}
+	}
+	n.inFlight.Add(1)
+	return nil
+}
+
+// resetSQL undoes what a checkout may leave on a connection, like DISCARD ALL
+// but without DEALLOCATE ALL, which would break pgx's statement cache. One
+// round trip, paid only by checkouts that changed session state.
+const resetSQL = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; " +
+	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; " +
+	"SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+
+const resetTimeout = 2 * time.Second
+
+// release returns the connection to its pool, resetting it first when the
+// checkout changed session state. A connection that cannot be reset, or
+// still holds statements prepared in SQL, is closed instead.
+func (l *lease) release() {
+	if l.sc == nil {
+		return
+	}
+	if l.dirty && !l.reset() {
+		l.discard()
+	}
+	if l.pc != nil {
+		l.pc.Release()
+	} else if l.closer != nil {
+		l.closer.Close()
+	}
+	l.node.inFlight.Add(-1)
+	*l = lease{}
+}
+
+func (l *lease) reset() bool {
+	sc, ok := l.sc.(*stdlib.Conn)
+	if !ok {
+		return true // a fake keeps no session
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+	defer cancel()
+	conn := sc.Conn()
+	if conn.IsClosed() || conn.PgConn().TxStatus() != 'I' {
+		return false // the pool destroys it on release
+	}
+	results, err := conn.PgConn().Exec(ctx, resetSQL).ReadAll()
+	if err != nil || len(results) == 0 {
+		return false
+	}
+	last := results[len(results)-1]
+	return len(last.Rows) == 1 && string(last.Rows[0][0]) == "0"
+}
+
+// discard closes the physical connection so that release destroys it.
+func (l *lease) discard() {
+	if sc, ok := l.sc.(*stdlib.Conn); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = sc.Conn().Close(ctx)
+	}
+}

@@ -1,0 +1,100 @@
+package pgreplica
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+)
+
+// Candidate is a usable replica offered to a Policy.
+type Candidate struct {
+	// Index is the replica's position among the DSN's replicas, from 0.
+	Index int
+	// Addr is host:port.
+	Addr string
+	// InFlight is how many connections pgreplica holds on it right now.
+	InFlight int
+	// Lag is how far behind the primary it was at the last probe.
+	Lag time.Duration
+}
+
+// Policy chooses which usable replica serves a read. Choose gets at least
+// one candidate and returns an index into candidates; it is called
+// concurrently and must not retain the slice. An out-of-range answer is
+// treated as 0.
+type Policy interface {
+	Choose(candidates []Candidate) int
+}
+
+type randomPolicy struct{}
+
+// Random picks a usable replica uniformly at random (the default).
+func Random() Policy { return randomPolicy{} }
+
+func (randomPolicy) Choose(c []Candidate) int { return rand.IntN(len(c)) }
+
+type roundRobinPolicy struct{ next atomic.Uint64 }
+
+// RoundRobin takes usable replicas in turn.
+func RoundRobin() Policy { return &roundRobinPolicy{} }
+
+func (p *roundRobinPolicy) Choose(c []Candidate) int {
+	return int((p.next.Add(1) - 1) % uint64(len(c)))
+}
+
+type weightedPolicy struct{ weights []float64 }
+
+// Weighted picks a usable replica at random in proportion to its weight:
+// weights[i] belongs to the i-th replica of the DSN. A replica without a
+// weight, or with weight 0, is chosen only when all candidates weigh 0.
+func Weighted(weights ...float64) Policy {
+	return weightedPolicy{weights: append([]float64(nil), weights...)}
+}
+
+func (p weightedPolicy) weight(c Candidate) float64 {
+	if c.Index < len(p.weights) {
+		return p.weights[c.Index]
+	}
+	return 0
+}
+
+func (p weightedPolicy) Choose(c []Candidate) int {
+	total := 0.0
+	for _, cand := range c {
+		total += p.weight(cand)
+	}
+	if total <= 0 {
+		return rand.IntN(len(c))
+	}
+	r := rand.Float64() * total
+	for i, cand := range c {
+		r -= p.weight(cand)
+		if r < 0 {
+			return i
+		}
+	}
+	return len(c) - 1
+}
+
+type leastBusyPolicy struct{}
+
+// LeastBusy picks the usable replica on which pgreplica holds the fewest
+// connections, breaking ties at random.
+func LeastBusy() Policy { return leastBusyPolicy{} }
+
+func (leastBusyPolicy) Choose(c []Candidate) int {
+	best, ties := 0, 1
+	for i := 1; i < len(c); i++ {
+		switch {
+		case c[i].InFlight < c[best].InFlight:
+			best, ties = i, 1
+		case c[i].InFlight == c[best].InFlight:
+			// Reservoir sampling keeps ties uniform without a second pass.
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = i
+			}
+		}
+	}
+	return best
+}
