@@ -128,7 +128,15 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 	topo := c.topo.Load()
 	cands, nodes := cn.cands[:0], cn.candNodes[:0]
 	for _, n := range topo.replicas {
-		if tried&(1<<n.index) != 0 || !n.usableReplica(maxLag, minLSN) {
+		if tried&(1<<n.index) != 0 {
+			continue
+		}
+		switch why := n.skipReason(maxLag, minLSN); why {
+		case usable:
+		case rerouteDown, rerouteLag:
+			n.reroutes[why].Add(1)
+			continue
+		default:
 			continue
 		}
 		cands = append(cands, Candidate{

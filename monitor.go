@@ -2,6 +2,7 @@ package pgreplica
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -187,11 +188,13 @@ func (m *monitor) apply(results []probeResult) {
 			f := n.failures.Add(1)
 			backoff := m.interval << min(f-1, 4) // up to 16 intervals
 			n.nextProbe.Store(nowWall + int64(backoff))
+			n.frozen.Store(errors.Is(r.err, errProbeTimeout))
 			if n.up.Swap(false) {
 				c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(r.err))
 			}
 		default:
 			n.failures.Store(0)
+			n.frozen.Store(false)
 			n.standby.Store(r.standby)
 			n.probedAt.Store(nowWall)
 			n.probeNanos.Store(int64(r.latency))

@@ -31,6 +31,7 @@ type node struct {
 	probedAt   atomic.Int64 // unix nanos of the last answered probe
 	probeNanos atomic.Int64 // latency of the last answered probe
 	failures   atomic.Int32 // consecutive failed probes, for backoff
+	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
 
 	// fake replaces the pool in routing unit tests; fakeErr makes acquiring
@@ -81,13 +82,23 @@ func (n *node) markDown() bool {
 // usableReplica says whether the node may serve a read that tolerates
 // maxLag (0: any lag) and must have replayed at least minLSN.
 func (n *node) usableReplica(maxLag time.Duration, minLSN uint64) bool {
-	if !n.up.Load() || !n.standby.Load() {
-		return false
+	return n.skipReason(maxLag, minLSN) == usable
+}
+
+const usable rerouteReason = numRerouteReasons
+
+// skipReason says why the node may not serve such a read, or usable.
+func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
+	switch {
+	case !n.up.Load():
+		return rerouteDown
+	case !n.standby.Load():
+		return rerouteReadOnly // writable: not a replica at all
+	case maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag,
+		minLSN != 0 && n.replayLSN.Load() < minLSN:
+		return rerouteLag
 	}
-	if maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag {
-		return false
-	}
-	return minLSN == 0 || n.replayLSN.Load() >= minLSN
+	return usable
 }
 
 // wrapperKey stores a physical connection's *stdlib.Conn in pgconn's

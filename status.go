@@ -1,0 +1,128 @@
+package pgreplica
+
+import (
+	"time"
+)
+
+// Node roles and states reported by Status.
+const (
+	RolePrimary = "primary"
+	RoleReplica = "replica"
+
+	StateHealthy = "healthy" // answers probes; a replica within max_replica_lag
+	StateLagging = "lagging" // a replica behind max_replica_lag: no reads
+	StateDown    = "down"    // refuses connections or broke them
+	StateFrozen  = "frozen"  // accepts connections but does not answer
+)
+
+// Status is a snapshot of the cluster behind a Connector.
+type Status struct {
+	// Primary is the address writes go to, or "" when no node is known to
+	// be the writable primary.
+	Primary string `json:"primary"`
+	// PrimaryUp says whether the primary answered its latest probe.
+	PrimaryUp bool `json:"primary_up"`
+	// Degraded is set when no replica can serve reads, so they go to the
+	// primary (or fail with ErrNoReplica when fallback is off).
+	Degraded bool         `json:"degraded"`
+	Nodes    []NodeStatus `json:"nodes"`
+}
+
+// NodeStatus is one node's part of a Status. It never holds credentials
+// or raw error messages.
+type NodeStatus struct {
+	Addr  string `json:"addr"`
+	Role  string `json:"role"`
+	State string `json:"state"`
+	// LagBytes and Lag measure a replica against the primary.
+	LagBytes int64         `json:"lag_bytes"`
+	Lag      time.Duration `json:"lag_ns"`
+	// LastProbe is when the node last answered a probe (zero: never).
+	LastProbe    time.Time     `json:"last_probe"`
+	ProbeLatency time.Duration `json:"probe_latency_ns"`
+	// InFlight is how many connections pgreplica holds on it now;
+	// Statements and Errors count every statement routed to it.
+	InFlight   int64  `json:"in_flight"`
+	Statements uint64 `json:"statements"`
+	Errors     uint64 `json:"errors"`
+	// Reroutes counts reads sent elsewhere because of this node, by reason:
+	// down, lag, read_only_error, retry.
+	Reroutes map[string]uint64 `json:"reroutes"`
+	Pool     PoolStatus        `json:"pool"`
+}
+
+// PoolStatus are a node pool's figures, from pgxpool.
+type PoolStatus struct {
+	Max      int32 `json:"max"`
+	Total    int32 `json:"total"`
+	Idle     int32 `json:"idle"`
+	Acquired int32 `json:"acquired"`
+	// AcquireCount and EmptyAcquireCount count acquires, and those that
+	// had to wait for a connection.
+	AcquireCount      int64 `json:"acquire_count"`
+	EmptyAcquireCount int64 `json:"empty_acquire_count"`
+}
+
+// Status returns a snapshot of every node, in DSN order.
+func (c *Connector) Status() Status {
+	topo := c.topo.Load()
+	var s Status
+	usable := false
+	for _, n := range c.nodes {
+		ns := n.status(n == topo.primary, c.cfg.MaxReplicaLag)
+		if n == topo.primary {
+			s.Primary, s.PrimaryUp = n.addr, n.up.Load()
+		} else if ns.State == StateHealthy && ns.Role == RoleReplica {
+			usable = true
+		}
+		s.Nodes = append(s.Nodes, ns)
+	}
+	s.Degraded = !usable
+	return s
+}
+
+func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
+	ns := NodeStatus{
+		Addr:         n.addr,
+		Role:         RoleReplica,
+		LagBytes:     n.lagBytes.Load(),
+		Lag:          time.Duration(n.lagNanos.Load()),
+		ProbeLatency: time.Duration(n.probeNanos.Load()),
+		InFlight:     n.inFlight.Load(),
+		Statements:   n.statements.Load(),
+		Errors:       n.errors.Load(),
+		Reroutes:     make(map[string]uint64, numRerouteReasons),
+	}
+	if isPrimary || !n.standby.Load() {
+		ns.Role = RolePrimary
+		ns.LagBytes, ns.Lag = 0, 0
+	}
+	if t := n.probedAt.Load(); t != 0 {
+		ns.LastProbe = time.Unix(0, t)
+	}
+	switch {
+	case !n.up.Load() && n.frozen.Load():
+		ns.State = StateFrozen
+	case !n.up.Load():
+		ns.State = StateDown
+	case ns.Role == RoleReplica && maxLag > 0 && ns.Lag > maxLag:
+		ns.State = StateLagging
+	default:
+		ns.State = StateHealthy
+	}
+	for r := range numRerouteReasons {
+		ns.Reroutes[r.String()] = n.reroutes[r].Load()
+	}
+	if n.pool != nil {
+		st := n.pool.Stat()
+		ns.Pool = PoolStatus{
+			Max:               st.MaxConns(),
+			Total:             st.TotalConns(),
+			Idle:              st.IdleConns(),
+			Acquired:          st.AcquiredConns(),
+			AcquireCount:      st.AcquireCount(),
+			EmptyAcquireCount: st.EmptyAcquireCount(),
+		}
+	}
+	return ns
+}
