@@ -1,0 +1,498 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// startCluster starts a sandbox for t and closes it in t.Cleanup. It skips
+// the test when PostgreSQL is unavailable, unless PGREPLICA_INTEGRATION=require.
+func startCluster(t *testing.T, opts Options) *Cluster {
+	t.Helper()
+	if opts.Logf == nil {
+		opts.Logf = t.Logf
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	begin := time.Now()
+	c, err := Start(ctx, opts)
+	if errors.Is(err, ErrUnavailable) && os.Getenv("PGREPLICA_INTEGRATION") != "require" {
+		t.Skipf("no PostgreSQL to run (set PGREPLICA_INTEGRATION=require to fail instead): %v", err)
+	}
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Logf("Start took %s", time.Since(begin).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// connect opens an app-user connection to dsn.
+func connect(t *testing.T, ctx context.Context, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func countRows(t *testing.T, ctx context.Context, c *Cluster, i int, where string) int64 {
+	t.Helper()
+	n, err := c.QueryInt(ctx, i, "SELECT count(*) FROM items WHERE "+where)
+	if err != nil {
+		t.Fatalf("count on node %d: %v", i, err)
+	}
+	return n
+}
+
+func TestCluster(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, Options{Replicas: 2})
+	ctx := ctxT(t, 3*time.Minute)
+	if len(c.Nodes) != 3 {
+		t.Fatalf("got %d nodes, want 3", len(c.Nodes))
+	}
+
+	t.Run("roles", func(t *testing.T) {
+		for i, n := range c.Nodes {
+			inRecovery, err := c.QueryInt(ctx, i, "SELECT pg_is_in_recovery()::int")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := int64(min(i, 1)); inRecovery != want {
+				t.Errorf("node %d (%s): pg_is_in_recovery=%d, want %d", i, n.Addr(), inRecovery, want)
+			}
+			if !n.Running() {
+				t.Errorf("node %d not running", i)
+			}
+		}
+		names, err := c.QueryInt(ctx, 0, `SELECT count(*) FROM pg_stat_replication
+			WHERE state = 'streaming' AND application_name IN ('replica1', 'replica2')`)
+		if err != nil || names != 2 {
+			t.Fatalf("streaming replicas named replica1/replica2: %d, %v", names, err)
+		}
+	})
+
+	t.Run("app user", func(t *testing.T) {
+		// The app user logs in with the URL-escaped password, creates a
+		// table in public and takes an advisory lock.
+		conn := connect(t, ctx, c.NodeDSN(0))
+		_, err := conn.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, note text)`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(42); SELECT pg_advisory_unlock(42)`); err != nil {
+			t.Fatal(err)
+		}
+		var who string
+		if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != DefaultUser {
+			t.Fatalf("current_user = %q, %v", who, err)
+		}
+		// Readable from a replica through the app user too.
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		rconn := connect(t, ctx, c.NodeDSN(1))
+		var n int
+		if err := rconn.QueryRow(ctx, "SELECT count(*) FROM items").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("replication", func(t *testing.T) {
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (1, 'replicated')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < len(c.Nodes); i++ {
+			if n := countRows(t, ctx, c, i, "id = 1"); n != 1 {
+				t.Errorf("replica %d sees %d rows with id 1, want 1", i, n)
+			}
+		}
+		// The multi-host DSN reaches the primary first.
+		conn := connect(t, ctx, c.DSN())
+		if got := conn.PgConn().Conn().RemoteAddr().String(); got != c.Nodes[0].Addr() {
+			t.Errorf("multi-host DSN connected to %s, want the primary %s", got, c.Nodes[0].Addr())
+		}
+	})
+
+	t.Run("pause replay", func(t *testing.T) {
+		r := c.Nodes[1]
+		if err := r.PauseReplay(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (2, 'while paused')"); err != nil {
+			t.Fatal(err)
+		}
+		// WaitReplayed skips the paused replica but waits for replica2.
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := countRows(t, ctx, c, 2, "id = 2"); n != 1 {
+			t.Errorf("unpaused replica2 sees %d rows with id 2, want 1", n)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if n := countRows(t, ctx, c, 1, "id = 2"); n != 0 {
+			t.Errorf("paused replica1 sees %d rows with id 2, want 0", n)
+		}
+		if err := r.ResumeReplay(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := countRows(t, ctx, c, 1, "id = 2"); n != 1 {
+			t.Errorf("resumed replica1 sees %d rows with id 2, want 1", n)
+		}
+	})
+
+	t.Run("freeze", func(t *testing.T) {
+		r := c.Nodes[2]
+		conn := connect(t, ctx, c.NodeDSN(2)) // established before the freeze
+		if err := r.Freeze(); err != nil {
+			t.Fatal(err)
+		}
+		frozen := true
+		defer func() {
+			if frozen {
+				r.Thaw()
+			}
+		}()
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		var one int
+		err := conn.QueryRow(qctx, "SELECT 1").Scan(&one)
+		cancel()
+		if err == nil {
+			t.Fatal("query on an established connection to a frozen node succeeded")
+		}
+		qctx, cancel = context.WithTimeout(ctx, time.Second)
+		_, err = c.QueryInt(qctx, 2, "SELECT 1")
+		cancel()
+		if err == nil {
+			t.Fatal("new connection to a frozen node succeeded")
+		}
+		if !r.Running() {
+			t.Error("a frozen node should count as running")
+		}
+		// WaitReplayed skips frozen replicas instead of hanging.
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.WaitReplayed(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("WaitReplayed with a frozen replica: %v", err)
+		}
+		if err := r.Thaw(); err != nil {
+			t.Fatal(err)
+		}
+		frozen = false
+		qctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if v, err := c.QueryInt(qctx, 2, "SELECT 1"); err != nil || v != 1 {
+			t.Fatalf("after Thaw: %d, %v", v, err)
+		}
+	})
+
+	t.Run("stop start replica", func(t *testing.T) {
+		r := c.Nodes[1]
+		if err := r.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if r.Running() {
+			t.Fatal("Running after Stop")
+		}
+		if _, err := c.QueryInt(ctx, 1, "SELECT 1"); err == nil {
+			t.Fatal("query on a stopped node succeeded")
+		}
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (3, 'while stopped')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReplayed(ctx); err != nil { // skips the stopped node
+			t.Fatal(err)
+		}
+		if err := r.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !r.Running() {
+			t.Fatal("not Running after Start")
+		}
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := countRows(t, ctx, c, 1, "id = 3"); n != 1 {
+			t.Errorf("restarted replica1 sees %d rows with id 3, want 1", n)
+		}
+	})
+
+	t.Run("stop start primary", func(t *testing.T) {
+		p := c.Nodes[0]
+		if err := p.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReplayed(ctx); err == nil {
+			t.Error("WaitReplayed with the primary stopped should fail")
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (4, 'after primary restart')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < len(c.Nodes); i++ {
+			if n := countRows(t, ctx, c, i, "id = 4"); n != 1 {
+				t.Errorf("replica %d sees %d rows with id 4 after the primary restarted, want 1", i, n)
+			}
+		}
+	})
+
+	t.Run("promote", func(t *testing.T) {
+		r := c.Nodes[2]
+		if err := r.Promote(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.QueryInt(ctx, 2, "SELECT pg_is_in_recovery()::int"); err != nil || v != 0 {
+			t.Fatalf("after Promote pg_is_in_recovery = %d, %v", v, err)
+		}
+		conn := connect(t, ctx, c.NodeDSN(2))
+		if _, err := conn.Exec(ctx, "INSERT INTO items VALUES (5, 'on the promoted node')"); err != nil {
+			t.Fatalf("write on the promoted node: %v", err)
+		}
+		// WaitReplayed no longer waits for the promoted node.
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestCloseStopsEverything(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, Options{Replicas: 1, User: "o'brien", Password: `p@ss:w/o?rd#%'"\`, Database: "my db"})
+	ctx := ctxT(t, time.Minute)
+
+	// Unusual names and passwords survive quoting and URL escaping.
+	conn := connect(t, ctx, c.DSN())
+	var who, db string
+	if err := conn.QueryRow(ctx, "SELECT current_user, current_database()").Scan(&who, &db); err != nil {
+		t.Fatal(err)
+	}
+	if who != "o'brien" || db != "my db" {
+		t.Errorf("connected as %q to %q", who, db)
+	}
+	conn.Close(ctx)
+
+	if err := c.Nodes[0].Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	dirs := []string{c.Nodes[0].Dir, c.Nodes[1].Dir}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close with a frozen primary: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	for i, n := range c.Nodes {
+		if n.Running() {
+			t.Errorf("node %d still running after Close", i)
+		}
+	}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after Close: %v", d, err)
+		}
+	}
+}
+
+func TestDSN(t *testing.T) {
+	c := &Cluster{user: DefaultUser, password: DefaultPassword, database: DefaultDatabase, superPassword: "s3cret"}
+	for i, port := range []int{5001, 5002, 5003} {
+		c.Nodes = append(c.Nodes, &Node{Index: i, Port: port})
+	}
+	want := "postgres://pgreplica:sandbox-Pa55%3Aw%40rd@127.0.0.1:5001,127.0.0.1:5002,127.0.0.1:5003/pgreplica?sslmode=disable"
+	if got := c.DSN(); got != want {
+		t.Errorf("DSN() = %s\nwant     %s", got, want)
+	}
+	cfg, err := pgconn.ParseConfig(c.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Password != DefaultPassword || cfg.User != DefaultUser || cfg.Database != DefaultDatabase {
+		t.Errorf("parsed user=%q password=%q database=%q", cfg.User, cfg.Password, cfg.Database)
+	}
+	if got := 1 + len(cfg.Fallbacks); got != 3 {
+		t.Errorf("parsed %d hosts, want 3", got)
+	}
+	if got, want := c.NodeDSN(1), "postgres://pgreplica:sandbox-Pa55%3Aw%40rd@127.0.0.1:5002/pgreplica?sslmode=disable"; got != want {
+		t.Errorf("NodeDSN(1) = %s, want %s", got, want)
+	}
+	if got, want := c.AdminDSN(2), "postgres://postgres:s3cret@127.0.0.1:5003/pgreplica?sslmode=disable"; got != want {
+		t.Errorf("AdminDSN(2) = %s, want %s", got, want)
+	}
+	if (*Cluster)(nil).Close() != nil {
+		t.Error("Close on a nil cluster")
+	}
+}
+
+func TestFindBinDir(t *testing.T) {
+	dir, ok := findBinDir()
+	if !ok {
+		t.Skip("no PostgreSQL server binaries here")
+	}
+	if !hasServerPrograms(dir) {
+		t.Fatalf("%s lacks server programs", dir)
+	}
+	t.Logf("PostgreSQL programs in %s", dir)
+	for _, tc := range []struct{ a, b string }{{"9.6", "15"}, {"15", "16"}, {"12", "12.1"}} {
+		if compareVersions(tc.a, tc.b) >= 0 || compareVersions(tc.b, tc.a) <= 0 {
+			t.Errorf("compareVersions(%s, %s) wrong", tc.a, tc.b)
+		}
+	}
+}
+
+func TestErrorsHidePasswords(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, Options{Replicas: -1})
+	ctx := ctxT(t, time.Minute)
+	err := c.Exec(ctx, 0, "SELECT no_such_function()")
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, secret := range []string{c.superPassword, c.password} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error reveals a password: %v", err)
+		}
+	}
+	if len(c.Nodes) != 1 || c.WaitReplayed(ctx) != nil {
+		t.Errorf("primary-only cluster: %d nodes", len(c.Nodes))
+	}
+}
+
+// TestReapStale kills a process that owns a running sandbox, as a go test
+// timeout would, and checks that the next Start removes the leftovers.
+func TestReapStale(t *testing.T) {
+	// Not parallel: another test's Start could reap the helper's sandbox
+	// between the kill and the check below.
+	if os.Getenv("SANDBOX_HELPER") == "1" {
+		c, err := Start(context.Background(), Options{Replicas: 1})
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		pm, _ := postmasterPID(c.Nodes[0].impl.(*localNode).data)
+		fmt.Printf("BASE %s %d\n", filepath.Dir(c.Nodes[0].Dir), pm)
+		time.Sleep(time.Minute) // killed by the parent
+		os.Exit(2)
+	}
+	if _, ok := findBinDir(); !ok {
+		t.Skip("reaping is a local-backend feature; no PostgreSQL server binaries here")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestReapStale$")
+	cmd.Env = append(os.Environ(), "SANDBOX_HELPER=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var base string
+	var pm int
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "BASE %s %d", &base, &pm); err == nil {
+			break
+		}
+		t.Logf("helper: %s", sc.Text())
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if base == "" || pm == 0 {
+		t.Fatal("helper did not start a sandbox")
+	}
+	if !processAlive(pm) {
+		t.Fatalf("the helper's postmaster %d died with it; nothing to reap", pm)
+	}
+	c := startCluster(t, Options{Replicas: -1})
+	_ = c
+	for i := 0; i < 100 && processAlive(pm); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if processAlive(pm) {
+		syscall.Kill(pm, syscall.SIGKILL)
+		t.Errorf("stale postmaster %d still alive after Start", pm)
+	}
+	if _, err := os.Stat(base); !os.IsNotExist(err) {
+		os.RemoveAll(base)
+		t.Errorf("stale sandbox %s not removed: %v", base, err)
+	}
+}
+
+// TestStartFailureCleansUp makes Start fail after the primary is running
+// (role names starting with pg_ are reserved) and checks that nothing is
+// left behind and that the error names the step without the password.
+func TestStartFailureCleansUp(t *testing.T) {
+	t.Parallel()
+	if _, ok := findBinDir(); !ok {
+		t.Skip("no PostgreSQL server binaries here")
+	}
+	var base string
+	logf := func(format string, args ...any) {
+		t.Logf(format, args...)
+		if strings.HasPrefix(format, "sandbox in ") {
+			base = args[0].(string)
+		}
+	}
+	const password = "do-not-leak-me"
+	ctx := ctxT(t, time.Minute)
+	c, err := Start(ctx, Options{Replicas: 1, User: "pg_reserved", Password: password, Logf: logf})
+	if err == nil {
+		c.Close()
+		t.Fatal("Start succeeded with a reserved role name")
+	}
+	t.Logf("Start: %v", err)
+	if c != nil {
+		t.Error("Start returned a cluster with its error")
+	}
+	if !strings.Contains(err.Error(), "create app role") {
+		t.Errorf("error does not name the step: %v", err)
+	}
+	if strings.Contains(err.Error(), password) {
+		t.Errorf("error reveals the password: %v", err)
+	}
+	if base == "" {
+		t.Fatal("no base directory logged")
+	}
+	if _, err := os.Stat(base); !os.IsNotExist(err) {
+		t.Errorf("%s left behind: %v", base, err)
+	}
+}
