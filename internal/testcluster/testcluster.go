@@ -1,0 +1,134 @@
+// Package testcluster gives an integration test package one real primary
+// with streaming replicas (from internal/sandbox) for all of its tests.
+//
+//	func TestMain(m *testing.M) { os.Exit(testcluster.Run(m, sandbox.Options{})) }
+//
+// When neither local PostgreSQL binaries nor Docker are available the
+// package's tests are skipped with a message saying how to run them, unless
+// PGREPLICA_INTEGRATION=require (set by .ci/run), which makes it fail.
+package testcluster
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // "pgx", for direct connections to one node
+	"go.uber.org/goleak"
+
+	_ "github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/sandbox"
+)
+
+var cluster *sandbox.Cluster
+
+// Required reports whether integration tests must run (not skip).
+func Required() bool { return os.Getenv("PGREPLICA_INTEGRATION") == "require" }
+
+// Run starts the cluster, runs the tests and tears the cluster down.
+func Run(m *testing.M, opts sandbox.Options) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sandbox.Start(ctx, opts)
+	if err != nil {
+		if errors.Is(err, sandbox.ErrUnavailable) && !Required() {
+			fmt.Println("SKIP integration tests: no PostgreSQL server binaries (apt-get install postgresql) and no Docker daemon.",
+				"Install either and run go test ./... again; set PGREPLICA_INTEGRATION=require to make this an error.")
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "integration cluster:", err)
+		return 1
+	}
+	cluster = c
+	code := m.Run()
+	if err := c.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "closing the integration cluster:", err)
+	}
+	return code
+}
+
+// Cluster is the package's running cluster.
+func Cluster() *sandbox.Cluster { return cluster }
+
+// DSN is the cluster's pgreplica DSN with extra query parameters (a=b&c=d).
+func DSN(params ...string) string {
+	dsn := cluster.DSN()
+	for _, p := range params {
+		sep := "&"
+		if !strings.Contains(dsn, "?") {
+			sep = "?"
+		}
+		dsn += sep + p
+	}
+	return dsn
+}
+
+// Open opens a pgreplica *sql.DB on the cluster, closed when t ends; when
+// t ends it also checks that db.Close left no goroutine of pgreplica's.
+func Open(t testing.TB, params ...string) *sql.DB {
+	t.Helper()
+	NoLeaks(t)
+	db, err := sql.Open("pgreplica", DSN(params...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// NoLeaks makes t fail if goroutines started after this call are still
+// running once t's later cleanups (such as db.Close) have run.
+func NoLeaks(t testing.TB) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		if err := goleak.Find(ignore); err != nil {
+			t.Errorf("goroutines left after db.Close: %v", err)
+		}
+	})
+}
+
+// Direct opens a plain pgx stdlib *sql.DB on node i alone, closed when t
+// ends: what an application would use without pgreplica.
+func Direct(t testing.TB, i int) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", cluster.NodeDSN(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// Querier is what Port needs: a *sql.DB, *sql.Conn or *sql.Tx.
+type Querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Port returns the port of the server that answered a plain read on q.
+func Port(t testing.TB, ctx context.Context, q Querier) int {
+	t.Helper()
+	var port int
+	if err := q.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// Role names the node listening on port: "primary", "replica1", …
+func Role(port int) string {
+	for i, n := range cluster.Nodes {
+		if n.Port == port {
+			if i == 0 {
+				return "primary"
+			}
+			return fmt.Sprintf("replica%d", i)
+		}
+	}
+	return fmt.Sprintf("unknown port %d", port)
+}
