@@ -214,7 +214,7 @@ func (e *localEnv) checkReachable(dir string) error {
 				can = perm&0o001 != 0
 			}
 			if !can {
-				return fmt.Errorf("sandbox: the postgres OS user cannot traverse %s (mode %s) to reach %s; set TMPDIR to a directory it can reach, such as /tmp", d, perm, dir)
+				return fmt.Errorf("the postgres OS user cannot traverse %s (mode %#o) to reach %s; set TMPDIR to a directory it can reach, such as /tmp", d, perm, dir)
 			}
 		}
 		if d == filepath.Dir(d) {
