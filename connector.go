@@ -166,6 +166,9 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 func (c *Connector) trafficFailed(n *node, err error) {
 	if n.markDown() {
 		c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(err))
+		if n.standby.Load() {
+			n.abortConns()
+		}
 		c.mon.kick()
 	}
 }

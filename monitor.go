@@ -192,6 +192,11 @@ func (m *monitor) apply(results []probeResult) {
 			if n.up.Swap(false) {
 				c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(r.err))
 			}
+			if n.standby.Load() {
+				// Reads stuck on it are safe to abort and retry; writes on a
+				// primary are not touched: only the server knows their fate.
+				n.abortConns()
+			}
 		default:
 			n.failures.Store(0)
 			n.frozen.Store(false)

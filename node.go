@@ -6,9 +6,12 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -34,6 +37,11 @@ type node struct {
 	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
 
+	// conns are the node's open physical connections, registered by pool
+	// hooks when they are made and closed, never on the query path.
+	connsMu sync.Mutex
+	conns   map[*pgconn.PgConn]struct{}
+
 	// fake replaces the pool in routing unit tests; fakeErr makes acquiring
 	// from it fail as an unreachable server would.
 	fake    nodeConn
@@ -46,17 +54,42 @@ type node struct {
 	reroutes   [numRerouteReasons]atomic.Uint64
 }
 
+// defaultReplicaConnectTimeout bounds a connection attempt to a replica
+// when the DSN sets none: a frozen server accepts TCP and never answers,
+// and a read should move on to another node instead.
+const defaultReplicaConnectTimeout = 2 * time.Second
+
 func newNode(index int, cfg *pgxpool.Config) (*node, error) {
+	n := &node{index: index, addr: addrOf(cfg), conns: make(map[*pgconn.PgConn]struct{})}
+	cfg = cfg.Copy()
+	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
+	}
+	afterConnect, beforeClose := cfg.AfterConnect, cfg.BeforeClose
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		if afterConnect != nil {
+			if err := afterConnect(ctx, c); err != nil {
+				return err
+			}
+		}
+		n.connsMu.Lock()
+		n.conns[c.PgConn()] = struct{}{}
+		n.connsMu.Unlock()
+		return nil
+	}
+	cfg.BeforeClose = func(c *pgx.Conn) {
+		n.connsMu.Lock()
+		delete(n.conns, c.PgConn())
+		n.connsMu.Unlock()
+		if beforeClose != nil {
+			beforeClose(c)
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
-	n := &node{
-		index:   index,
-		addr:    addrOf(cfg),
-		pool:    pool,
-		wrapper: stdlib.GetPoolConnector(pool),
-	}
+	n.pool, n.wrapper = pool, stdlib.GetPoolConnector(pool)
 	// Until the first probe answers, trust the DSN: listed nodes are up and
 	// every node but the first is a standby.
 	n.up.Store(true)
@@ -70,6 +103,19 @@ func addrOf(cfg *pgxpool.Config) string {
 		return cc.Host // unix socket directory
 	}
 	return net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port)))
+}
+
+// abortConns closes the sockets of the node's physical connections, so that
+// reads blocked on a frozen or dead replica fail now, while their callers'
+// deadlines still leave time to retry them elsewhere. net.Conn.Close is safe
+// while another goroutine reads; pgx then sees a broken connection and the
+// pool destroys it.
+func (n *node) abortConns() {
+	n.connsMu.Lock()
+	defer n.connsMu.Unlock()
+	for pc := range n.conns {
+		_ = pc.Conn().Close()
+	}
 }
 
 // markDown takes the node out of routing at once, after real traffic saw it

@@ -196,6 +196,15 @@ func (d *dockerNode) stop(ctx context.Context) error {
 	return d.pool.Client.KillContainer(dc.KillContainerOptions{ID: d.id(), Signal: dc.SIGKILL, Context: ctx})
 }
 
+// stopClean stops the container with SIGTERM's grace: the server runs a
+// smart-then-fast shutdown, so replicas receive all WAL first.
+func (d *dockerNode) stopClean(ctx context.Context) error {
+	if d.res == nil {
+		return nil
+	}
+	return d.pool.Client.StopContainerWithContext(d.id(), 60, ctx)
+}
+
 func (d *dockerNode) freeze() error { return d.pool.Client.PauseContainer(d.id()) }
 func (d *dockerNode) thaw() error   { return d.pool.Client.UnpauseContainer(d.id()) }
 

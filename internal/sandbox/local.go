@@ -475,6 +475,10 @@ func (l *localNode) stop(ctx context.Context) error {
 	return l.pgctl(ctx, "-m", "immediate", "-w", "-t", "30", "stop")
 }
 
+func (l *localNode) stopClean(ctx context.Context) error {
+	return l.pgctl(ctx, "-m", "fast", "-w", "-t", "60", "stop")
+}
+
 func (l *localNode) promote(ctx context.Context) error {
 	return l.pgctl(ctx, "-w", "-t", "60", "promote")
 }

@@ -126,6 +126,7 @@ type Node struct {
 type nodeImpl interface {
 	start(ctx context.Context) error
 	stop(ctx context.Context) error
+	stopClean(ctx context.Context) error
 	freeze() error
 	thaw() error
 	promote(ctx context.Context) error
@@ -517,6 +518,27 @@ func (n *Node) Stop(ctx context.Context) error {
 	}
 	n.c.logf("stop %s on %s (immediate)", n.name(), n.Addr())
 	if err := n.impl.stop(ctx); err != nil {
+		return fmt.Errorf("sandbox: stop %s: %w", n.name(), err)
+	}
+	n.paused = false
+	return nil
+}
+
+// StopClean shuts the node down in fast mode: clients are disconnected,
+// and a primary's WAL senders ship everything up to the shutdown
+// checkpoint to the replicas first, so no acknowledged commit is missing on
+// them. Use it before promoting a replica when a test counts writes.
+func (n *Node) StopClean(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.frozen {
+		if err := n.impl.thaw(); err != nil {
+			return fmt.Errorf("sandbox: stop %s: thaw: %w", n.name(), err)
+		}
+		n.frozen = false
+	}
+	n.c.logf("stop %s on %s (fast)", n.name(), n.Addr())
+	if err := n.impl.stopClean(ctx); err != nil {
 		return fmt.Errorf("sandbox: stop %s: %w", n.name(), err)
 	}
 	n.paused = false
