@@ -154,6 +154,9 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 		var err error
 		pc, err = pgx.ConnectConfig(ctx, m.c.nodes[i].pool.Config().ConnConfig)
 		if err != nil {
+			if ctx.Err() != nil {
+				err = errProbeTimeout // it accepted the connection and never answered
+			}
 			r.err = err
 			return r
 		}

@@ -1,0 +1,246 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+func TestStoppedReplicaUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	db := testcluster.Open(t, monitorParams)
+	c := connector(t, db)
+	victim := cl.Nodes[1]
+	t.Cleanup(func() { _ = victim.Start(ctx) })
+
+	l := startLoad(t, db, 8, 5*time.Second)
+	l.waitServed(t, cl.Nodes[1].Port, cl.Nodes[2].Port)
+	stopped := time.Now()
+	if err := victim.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	detect := waitUntil(t, 5*time.Second, "replica1 marked down", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateDown })
+	detected := time.Now()
+	t.Logf("replica1 stopped; marked down %v later", detect)
+	time.Sleep(500 * time.Millisecond)
+
+	if err := victim.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	back := waitUntil(t, 10*time.Second, "replica1 serves reads again", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for i := len(l.reads) - 1; i >= 0 && l.reads[i].start.After(detected); i-- {
+			if l.reads[i].port == victim.Port {
+				return true
+			}
+		}
+		return false
+	})
+	restarted := time.Now().Add(-back)
+	t.Logf("replica1 restarted; serving reads %v later", back)
+	reads, failed := l.finish()
+
+	reportFailures(t, failed)
+	// Reads that started after detection and before the restart reached
+	// only the other replica.
+	during := map[int]int{}
+	for _, r := range reads {
+		if r.start.After(detected) && r.end.Before(restarted) {
+			during[r.port]++
+		}
+	}
+	if during[victim.Port] != 0 || during[cl.Nodes[0].Port] != 0 || during[cl.Nodes[2].Port] == 0 {
+		t.Fatalf("reads while replica1 was down, by port: %v (replica2 is %d)", during, cl.Nodes[2].Port)
+	}
+	before := 0
+	for _, r := range reads {
+		if r.end.Before(stopped) && r.port == victim.Port {
+			before++
+		}
+	}
+	if before == 0 {
+		t.Logf("before the stop: %v", portsBefore(reads, stopped))
+		t.Fatal("replica1 served nothing before the fault: the test proves nothing")
+	}
+	t.Logf("%d reads, 0 failed; %d served by replica1 before the stop", len(reads), before)
+}
+
+func TestFrozenReplica(t *testing.T) {
+	cl := testcluster.Cluster()
+	db := testcluster.Open(t, monitorParams)
+	c := connector(t, db)
+	victim := cl.Nodes[2]
+	t.Cleanup(func() { _ = victim.Thaw() })
+
+	const deadline = 3 * time.Second
+	l := startLoad(t, db, 8, deadline)
+	l.waitServed(t, cl.Nodes[1].Port, cl.Nodes[2].Port)
+	if err := victim.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := time.Now()
+	detect := waitUntil(t, 5*time.Second, "replica2 reported frozen", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateFrozen })
+	t.Logf("replica2 frozen; reported frozen %v later", detect)
+	detected := time.Now()
+	time.Sleep(time.Second)
+
+	if err := victim.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	thawed := time.Now()
+	back := waitUntil(t, 10*time.Second, "replica2 healthy again", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateHealthy })
+	t.Logf("replica2 thawed; healthy %v later", back)
+	time.Sleep(500 * time.Millisecond)
+	reads, failed := l.finish()
+
+	reportFailures(t, failed)
+	slowest := time.Duration(0)
+	for _, r := range reads {
+		slowest = max(slowest, r.end.Sub(r.start))
+	}
+	if slowest > deadline+500*time.Millisecond {
+		t.Fatalf("a read took %v, past its %v deadline", slowest, deadline)
+	}
+	during := map[int]int{}
+	for _, r := range reads {
+		if r.start.After(detected) && r.end.Before(thawed) {
+			during[r.port]++
+		}
+	}
+	if during[victim.Port] != 0 || during[cl.Nodes[1].Port] == 0 {
+		t.Fatalf("reads while replica2 was frozen, by port: %v", during)
+	}
+	if portsAfter(reads, thawed.Add(back))[victim.Port] == 0 {
+		t.Fatal("replica2 got no reads after it was thawed")
+	}
+	t.Logf("%d reads, 0 failed, slowest %v; frozen at %v", len(reads), slowest, frozenAt.Format(time.StampMilli))
+}
+
+func TestBothReplicasDown(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	db := testcluster.Open(t, monitorParams)
+	strict := testcluster.Open(t, monitorParams, "fallback_to_primary=false")
+	t.Cleanup(func() {
+		_ = cl.Nodes[1].Start(ctx)
+		_ = cl.Nodes[2].Start(ctx)
+	})
+	for _, i := range []int{1, 2} {
+		if err := cl.Nodes[i].Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first reads find the replicas dead; none of them may fail.
+	for i := range 50 {
+		if port := testcluster.Port(t, ctx, db); port != cl.Nodes[0].Port {
+			t.Fatalf("read %d served by %s, want the primary", i, testcluster.Role(port))
+		}
+	}
+	c := connector(t, strict)
+	waitUntil(t, 5*time.Second, "the strict connector sees both replicas down", func() bool {
+		return c.Status().Degraded
+	})
+	start := time.Now()
+	var port int
+	err := strict.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port)
+	if !errors.Is(err, pgreplica.ErrNoReplica) {
+		t.Fatalf("with fallback_to_primary=false: err = %v, want ErrNoReplica", err)
+	}
+	t.Logf("ErrNoReplica after %v", time.Since(start))
+	// Writes are unaffected.
+	if _, err := strict.ExecContext(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLaggingReplica(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	db := testcluster.Open(t, monitorParams, "max_replica_lag=1s")
+	c := connector(t, db)
+	lagger := cl.Nodes[1]
+	if _, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS lag_ticks (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lagger.ResumeReplay(ctx) })
+
+	stopWriter := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stopWriter:
+				writerDone <- nil
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := db.ExecContext(ctx, "INSERT INTO lag_ticks DEFAULT VALUES"); err != nil {
+				writerDone <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stopWriter)
+		if err := <-writerDone; err != nil {
+			t.Errorf("writer: %v", err)
+		}
+	}()
+
+	if err := lagger.PauseReplay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := waitUntil(t, 10*time.Second, "replica1 reported lagging", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateLagging })
+	t.Logf("replay paused; lagging reported %v later", took)
+	for i := range 100 {
+		if port := testcluster.Port(t, ctx, db); port == lagger.Port {
+			t.Fatalf("read %d served by the lagging replica", i)
+		}
+	}
+	// A call that accepts old data may still use it.
+	var sawLagger bool
+	for range 100 {
+		if testcluster.Port(t, ctx, pgreplicaMaxLag(db)) == lagger.Port {
+			sawLagger = true
+			break
+		}
+	}
+	if !sawLagger {
+		t.Fatal("a read allowing 1h of lag never used the lagging replica")
+	}
+	if err := lagger.ResumeReplay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took = waitUntil(t, 10*time.Second, "replica1 healthy again", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateHealthy })
+	t.Logf("replay resumed; healthy %v later", took)
+	waitUntil(t, 5*time.Second, "replica1 serves reads again", func() bool { return testcluster.Port(t, ctx, db) == lagger.Port })
+}
+
+func TestStartWithReplicaDown(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	down := cl.Nodes[2]
+	if err := down.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = down.Start(ctx) })
+	db := testcluster.Open(t, monitorParams)
+	for range 50 {
+		if port := testcluster.Port(t, ctx, db); port == down.Port {
+			t.Fatal("a stopped replica answered")
+		}
+	}
+	if err := down.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := waitUntil(t, 15*time.Second, "the replica that was down at start-up serves reads", func() bool {
+		return testcluster.Port(t, ctx, db) == down.Port
+	})
+	t.Logf("replica2 started; serving reads %v later", took)
+}

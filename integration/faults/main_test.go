@@ -1,0 +1,168 @@
+// Package faults injects real faults into a real primary with two streaming
+// replicas and checks what an application sees: stop a replica with
+// pg_ctl -m immediate, freeze one with SIGSTOP, make one lag with
+// pg_wal_replay_pause(), promote one with pg_ctl promote.
+package faults
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/sandbox"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+func TestMain(m *testing.M) { os.Exit(testcluster.Run(m, sandbox.Options{})) }
+
+// monitorParams make faults visible within a fraction of a second.
+const monitorParams = "monitor_interval=200ms"
+
+// load runs plain reads from several goroutines until stopped and records
+// which server answered each one and when it started.
+type load struct {
+	db      *sql.DB
+	timeout time.Duration
+
+	mu     sync.Mutex
+	reads  []readResult
+	failed []error
+
+	stop chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+	n    atomic.Int64
+}
+
+type readResult struct {
+	start, end time.Time
+	port       int
+}
+
+func startLoad(t *testing.T, db *sql.DB, workers int, timeout time.Duration) *load {
+	l := &load{db: db, timeout: timeout, stop: make(chan struct{})}
+	for range workers {
+		l.wg.Go(l.worker)
+	}
+	t.Cleanup(func() { l.finish() }) // also when the test fails early
+	return l
+}
+
+func (l *load) worker() {
+	for {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		start := time.Now()
+		var port int
+		err := l.db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port)
+		cancel()
+		end := time.Now()
+		l.n.Add(1)
+		l.mu.Lock()
+		if err != nil {
+			l.failed = append(l.failed, err)
+		} else {
+			l.reads = append(l.reads, readResult{start: start, end: end, port: port})
+		}
+		l.mu.Unlock()
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// finish stops the load and returns what it saw.
+func (l *load) finish() ([]readResult, []error) {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+	return l.reads, l.failed
+}
+
+// waitUntil polls cond every 20ms until it holds or d passes.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func connector(t *testing.T, db *sql.DB) *pgreplica.Connector {
+	t.Helper()
+	c, err := pgreplica.ConnectorOf(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func nodeState(c *pgreplica.Connector, addr string) string {
+	for _, n := range c.Status().Nodes {
+		if n.Addr == addr {
+			return n.State
+		}
+	}
+	return "missing"
+}
+
+// portsAfter counts the reads that started after t, by port.
+func portsAfter(reads []readResult, after time.Time) map[int]int {
+	m := map[int]int{}
+	for _, r := range reads {
+		if r.start.After(after) {
+			m[r.port]++
+		}
+	}
+	return m
+}
+
+func reportFailures(t *testing.T, failed []error) {
+	t.Helper()
+	for i, err := range failed {
+		if i == 5 {
+			t.Errorf("… %d failed reads in all", len(failed))
+			break
+		}
+		t.Errorf("failed read: %v", err)
+	}
+}
+
+func portsBefore(reads []readResult, before time.Time) map[int]int {
+	m := map[int]int{}
+	for _, r := range reads {
+		if r.end.Before(before) {
+			m[r.port]++
+		}
+	}
+	return m
+}
+
+// waitServed waits until each of ports has answered at least one read.
+func (l *load) waitServed(t *testing.T, ports ...int) {
+	t.Helper()
+	waitUntil(t, 10*time.Second, "the load reaches every replica", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		seen := map[int]bool{}
+		for _, r := range l.reads {
+			seen[r.port] = true
+		}
+		for _, p := range ports {
+			if !seen[p] {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -1,0 +1,127 @@
+package faults
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+// TestPromotion runs last in this package: it changes the cluster for good.
+// The primary stops cleanly (its WAL senders ship every acknowledged commit
+// first) and replica1 is promoted; writes must follow to it without a
+// restart, and every write pgreplica acknowledged must be on it at the end.
+func TestPromotion(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	db := testcluster.Open(t, monitorParams)
+	c := connector(t, db)
+	if _, err := db.ExecContext(ctx, "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu      sync.Mutex
+		acked   []int64
+		failed  int
+		stop    = make(chan struct{})
+		writers sync.WaitGroup
+	)
+	for w := range 4 {
+		writers.Go(func() {
+			for i := int64(w); ; i += 4 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := db.ExecContext(wctx, "INSERT INTO acked (id) VALUES ($1)", i)
+				cancel()
+				mu.Lock()
+				if err == nil {
+					acked = append(acked, i)
+				} else {
+					failed++
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		})
+	}
+	t.Cleanup(func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		writers.Wait()
+	})
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	waitUntil(t, 10*time.Second, "writes flow", func() bool { return count() > 50 })
+
+	if err := cl.Nodes[0].StopClean(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Nodes[1].Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	promoted := time.Now()
+	before := count()
+	took := waitUntil(t, 10*time.Second, "writes succeed on the promoted replica", func() bool { return count() > before+20 })
+	t.Logf("replica1 promoted; writes flowing again %v later", took)
+	if got := c.Status().Primary; got != cl.Nodes[1].Addr() {
+		t.Fatalf("status says the primary is %s, want %s", got, cl.Nodes[1].Addr())
+	}
+	if took > 10*200*time.Millisecond+2*time.Second {
+		t.Logf("note: slower than 10 monitor intervals")
+	}
+	close(stop)
+	writers.Wait()
+
+	// Every acknowledged write is on the new primary.
+	direct := testcluster.Direct(t, 1)
+	var onPrimary int
+	if err := direct.QueryRowContext(ctx, "SELECT count(*) FROM acked").Scan(&onPrimary); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	seen := map[int64]bool{}
+	rows, err := direct.QueryContext(ctx, "SELECT id FROM acked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		seen[id] = true
+	}
+	lost := 0
+	for _, id := range acked {
+		if !seen[id] {
+			lost++
+		}
+	}
+	if lost != 0 {
+		t.Fatalf("%d of %d acknowledged writes are not on the new primary", lost, len(acked))
+	}
+	t.Logf("%d writes acknowledged, all %d rows on the new primary; %d writes failed while no primary answered (since %v)",
+		len(acked), onPrimary, failed, promoted.Format(time.StampMilli))
+	// Reads still work: replica2 follows the stopped primary and falls behind,
+	// so reads go to whatever is usable, the new primary at worst.
+	if port := testcluster.Port(t, ctx, db); port == cl.Nodes[0].Port {
+		t.Fatal("the stopped primary answered")
+	}
+}
