@@ -163,7 +163,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			o.report.set(n, reason)
 		}
 		if o.session != nil && c.txLease == nil {
-			o.session.noteWrite()
+			o.session.noteWrite(c.c)
 		}
 	}
 	return res, nil
@@ -204,7 +204,7 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		return nil, err
 	}
 	if !cl.readOnly && o != nil && o.session != nil {
-		o.session.noteWrite()
+		o.session.noteWrite(c.c)
 	}
 	return rows, nil
 }

@@ -17,7 +17,7 @@ func (t *tx) Commit() error {
 	err := t.inner.Commit()
 	t.c.txLease = nil
 	if err == nil && !t.readOnly && t.session != nil {
-		t.session.noteWrite()
+		t.session.noteWrite(t.c.c)
 	}
 	return err
 }

@@ -1,0 +1,70 @@
+package sessions
+
+import (
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+// WithMaxLag sets the lag a call accepts: replicas two seconds behind serve
+// a read that allows 30s, and not one that allows 100ms, nor one under the
+// DSN's default limit of 1s.
+func TestWithMaxLagPerCall(t *testing.T) {
+	ctx := testCtx(t)
+	table := newTable(t, ctx, "lag", "id int")
+	db := testcluster.Open(t, "monitor_interval="+interval.String())
+	c, err := pgreplica.ConnectorOf(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pauseReplay(t, ctx, 1, 2)
+	if _, err := db.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	const behind = 2 * time.Second
+	lagging := func() bool {
+		for _, n := range c.Status().Nodes {
+			if n.Role == pgreplica.RoleReplica && n.Lag < behind {
+				return false
+			}
+		}
+		return true
+	}
+	if !eventually(ctx, time.Minute, lagging) {
+		t.Fatalf("the replicas never showed a lag of %s: %+v", behind, c.Status().Nodes)
+	}
+	for _, n := range c.Status().Nodes {
+		t.Logf("%s %s: lag %s, %s", n.Addr, n.Role, n.Lag.Round(time.Millisecond), n.State)
+	}
+
+	for _, tc := range []struct {
+		name      string
+		maxLag    time.Duration // 0: no WithMaxLag
+		onReplica bool
+	}{
+		{"WithMaxLag(30s)", 30 * time.Second, true},
+		{"WithMaxLag(100ms)", 100 * time.Millisecond, false},
+		{"DSN default (1s)", 0, false},
+	} {
+		for range 10 {
+			rctx := ctx
+			if tc.maxLag != 0 {
+				rctx = pgreplica.WithMaxLag(rctx, tc.maxLag)
+			}
+			rctx, route := pgreplica.WithRoute(rctx)
+			var n int
+			if err := db.QueryRowContext(rctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if tc.onReplica {
+				if !isReplicaAddr(route.Node()) || n != 0 {
+					t.Fatalf("%s: served by %s (%s), %d rows; want a lagging replica, without the row", tc.name, route.Node(), route.Reason(), n)
+				}
+			} else if route.Node() != primaryAddr() || route.Reason() != pgreplica.ReasonFallback || n != 1 {
+				t.Fatalf("%s: served by %s (%s), %d rows; want the primary as fallback, with the row", tc.name, route.Node(), route.Reason(), n)
+			}
+		}
+	}
+}
