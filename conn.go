@@ -44,6 +44,11 @@ type conn struct {
 	// node only when it was the first, so nothing was observed yet.
 	statements int
 
+	// openWrite is a session whose write went through the query path in
+	// this checkout: it is acknowledged (committed) only once the rows are
+	// closed, which database/sql signals by ending the checkout.
+	openWrite *Session
+
 	// Scratch space for pickReplica, reused to keep routing allocation-free.
 	cands     []Candidate
 	candNodes []*node
@@ -65,6 +70,7 @@ func (c *conn) endCheckout() {
 	}
 	c.primary.release()
 	c.replica.release()
+	c.closeOpenWrite()
 	c.pinned = false
 	c.statements = 0
 }
@@ -203,10 +209,21 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		c.c.primaryFailed(err)
 		return nil, err
 	}
-	if !cl.readOnly && o != nil && o.session != nil {
-		o.session.noteWrite(c.c)
+	if !cl.readOnly && o != nil && o.session != nil && c.txLease == nil {
+		c.closeOpenWrite()
+		o.session.open.Add(1)
+		c.openWrite = o.session
 	}
 	return rows, nil
+}
+
+// closeOpenWrite records the checkout's query-path write as acknowledged.
+func (c *conn) closeOpenWrite() {
+	if s := c.openWrite; s != nil {
+		c.openWrite = nil
+		s.noteWrite(c.c)
+		s.open.Add(-1)
+	}
 }
 
 // queryOn runs one query on a held lease.
@@ -309,6 +326,11 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		lastErr, reason = err, ReasonRetry
 	}
 
+	if minLSN != 0 && c.c.anyUsableReplica(maxLag, tried) {
+		// Replicas are fine; they have not replayed this session's writes
+		// yet. That is not a fallback: the session needs the primary.
+		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
+	}
 	if !c.c.cfg.FallbackToPrimary {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w (last replica error: %v)", ErrNoReplica, lastErr)
@@ -399,7 +421,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		l.release()
 		tried |= 1 << n.index
 	}
-	if !c.c.cfg.FallbackToPrimary {
+	if !c.c.cfg.FallbackToPrimary && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, tried)) {
 		return nil, ErrNoReplica
 	}
 	return nil, nil

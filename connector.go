@@ -161,6 +161,17 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 	return nodes[i]
 }
 
+// anyUsableReplica says whether a replica not yet tried could serve a read
+// that tolerates maxLag, whatever its replay position.
+func (c *Connector) anyUsableReplica(maxLag time.Duration, tried uint64) bool {
+	for _, n := range c.topo.Load().replicas {
+		if tried&(1<<n.index) == 0 && n.usableReplica(maxLag, 0) {
+			return true
+		}
+	}
+	return false
+}
+
 // trafficFailed records that real traffic found n unreachable: it leaves
 // routing at once, and the monitor re-probes it.
 func (c *Connector) trafficFailed(n *node, err error) {

@@ -230,7 +230,7 @@ func (m *monitor) apply(results []probeResult) {
 
 	if primary != nil {
 		if r := results[primary.index]; !r.skipped && r.err == nil && !r.standby {
-			c.primarySample.Store(&lsnSample{at: r.started, lsn: r.lsn})
+			c.primarySample.Store(&lsnSample{at: r.started, lsn: lastRecordEnd(r.lsn)})
 			m.history = append(m.history, lsnSample{at: r.started, lsn: r.flushLSN})
 			if len(m.history) > historyLen {
 				m.history = m.history[len(m.history)-historyLen:]
@@ -321,6 +321,20 @@ func (m *monitor) updateLag(primary *node) {
 			}
 		}
 	}
+}
+
+// lastRecordEnd turns pg_current_wal_insert_lsn() into the end of the last
+// WAL record. When that record ends exactly at a page boundary, the insert
+// position points past the next page's header (24 bytes, or 40 at a
+// segment start), while a standby's replay position stops at the boundary;
+// an idle primary would keep sessions off the replicas until more WAL came.
+// A record never ends inside a header, so nothing is lost by stepping back.
+func lastRecordEnd(insertLSN uint64) uint64 {
+	const walPageSize = 8192 // XLOG_BLCKSZ, PostgreSQL's default build
+	if off := insertLSN % walPageSize; off == 24 || off == 40 {
+		return insertLSN - off
+	}
+	return insertLSN
 }
 
 func roleName(standby bool) string {

@@ -493,3 +493,85 @@ func TestClosedConnectorRefusesConnections(t *testing.T) {
 		t.Fatalf("err = %v, want ErrClosed", err)
 	}
 }
+
+func TestSessionWriteThroughQueryCountsWhenTheCheckoutEnds(t *testing.T) {
+	fc := newFakeCluster(t, 1, defaultCfg())
+	sess := WithSession(context.Background())
+	ctx := context.Background()
+	fc.c.nodes[1].replayLSN.Store(1000)
+
+	// INSERT … RETURNING on a held sql.Conn: the row is back, the commit
+	// may not be (pgx returns the first row before the implicit commit).
+	fc.mocks[0].ExpectQuery(q("INSERT INTO t (x) VALUES (1) RETURNING id")).WillReturnRows(oneRow())
+	sc, err := fc.db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.QueryRowContext(sess, "INSERT INTO t (x) VALUES (1) RETURNING id").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	// A probe after the first row must not settle the write.
+	fc.c.primarySample.Store(&lsnSample{at: monoNow(), lsn: 100})
+	fc.mocks[0].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	rctx, route := WithRoute(sess)
+	if err := fc.db.QueryRowContext(rctx, "SELECT x FROM t").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	if route.Reason() != ReasonSession {
+		t.Fatalf("reason = %s while the write's checkout is open, want session", route.Reason())
+	}
+	sc.Close()
+	// The checkout ended: the first probe that starts after it settles it.
+	fc.c.primarySample.Store(&lsnSample{at: monoNow(), lsn: 500})
+	fc.mocks[1].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	if err := fc.db.QueryRowContext(rctx, "SELECT x FROM t").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	if route.Reason() != ReasonRead {
+		t.Fatalf("reason = %s after the probe, want read", route.Reason())
+	}
+}
+
+func TestSessionBehindReplicasIsNotAFallback(t *testing.T) {
+	cfg := defaultCfg()
+	cfg.FallbackToPrimary = false
+	fc := newFakeCluster(t, 1, cfg)
+	sess := WithSession(context.Background())
+	fc.mocks[0].ExpectExec(q("UPDATE t SET x = 1")).WillReturnResult(sqlmock.NewResult(0, 1))
+	if _, err := fc.db.ExecContext(sess, "UPDATE t SET x = 1"); err != nil {
+		t.Fatal(err)
+	}
+	fc.c.primarySample.Store(&lsnSample{at: monoNow(), lsn: 100})
+	fc.c.nodes[1].replayLSN.Store(50)
+	fc.mocks[0].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	ctx, route := WithRoute(sess)
+	if err := fc.db.QueryRowContext(ctx, "SELECT x FROM t").Scan(new(int)); err != nil {
+		t.Fatalf("a healthy replica behind the session's write: err = %v, want the primary to answer", err)
+	}
+	if route.Reason() != ReasonSession {
+		t.Fatalf("reason = %s, want session", route.Reason())
+	}
+	// A read-only transaction in the session goes to the primary too.
+	fc.mocks[0].ExpectBegin()
+	fc.mocks[0].ExpectCommit()
+	tx, err := fc.db.BeginTx(sess, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLastRecordEnd(t *testing.T) {
+	for _, c := range []struct{ in, want uint64 }{
+		{8192*5 + 24, 8192 * 5},       // short page header
+		{16<<20*3 + 40, 16 << 20 * 3}, // long header at a segment start
+		{8192*5 + 100, 8192*5 + 100},
+		{8192 * 5, 8192 * 5},
+	} {
+		if got := lastRecordEnd(c.in); got != c.want {
+			t.Errorf("lastRecordEnd(%d) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}

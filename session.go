@@ -64,6 +64,11 @@ type Session struct {
 	conn atomic.Pointer[Connector]
 	// wrote is set by the first write through this Session value.
 	wrote atomic.Bool
+	// open counts writes sent through the query path whose result is still
+	// being read: pgx hands back the first row of INSERT … RETURNING before
+	// the implicit commit, so until the checkout ends the write is not yet
+	// acknowledged and no probe can cover it.
+	open atomic.Int32
 }
 
 // WithSession returns a context carrying a new read-your-writes session, or
@@ -100,6 +105,9 @@ func (s *Session) noteWrite(c *Connector) {
 // or needPrimary when its latest write (or the position of the token it
 // was restored from) is not yet covered by a probe of the primary.
 func (s *Session) floor(c *Connector) (minLSN uint64, needPrimary bool) {
+	if s.open.Load() > 0 {
+		return 0, true
+	}
 	sample := c.primarySample.Load()
 	if cl := s.claim.Load(); cl != 0 {
 		if s.conn.Load() != c {
