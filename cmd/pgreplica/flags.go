@@ -22,7 +22,7 @@ func newFlagSet(name, synopsis, about string) *flagSet {
 }
 
 func (fs *flagSet) printUsage(w io.Writer) {
-	fmt.Fprintf(w, "Usage: %s %s\n\n%s\n", fs.Name(), fs.synopsis, strings.TrimSpace(fs.about))
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n", strings.TrimSpace(fs.Name()+" "+fs.synopsis), strings.TrimSpace(fs.about))
 	hasFlags := false
 	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 	if hasFlags {
