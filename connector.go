@@ -180,6 +180,7 @@ func (c *Connector) trafficFailed(n *node, err error) {
 		if n.standby.Load() {
 			n.abortConns()
 		}
+		n.resetPool()
 		c.mon.kick()
 	}
 }

@@ -148,7 +148,6 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	ctx, cancel := context.WithTimeout(parent, m.timeout)
 	defer cancel()
 	r := probeResult{started: monoNow()}
-	t0 := time.Now()
 	pc := m.probeConns[i]
 	if pc == nil || pc.IsClosed() {
 		var err error
@@ -163,6 +162,7 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 		m.probeConns[i] = pc
 	}
 	var lsn, flush int64
+	t0 := time.Now() // latency of the query alone, not of a reconnect
 	if err := pc.QueryRow(ctx, probeSQL).Scan(&r.standby, &lsn, &flush); err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout
@@ -194,6 +194,7 @@ func (m *monitor) apply(results []probeResult) {
 			n.frozen.Store(errors.Is(r.err, errProbeTimeout))
 			if n.up.Swap(false) {
 				c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(r.err))
+				n.resetPool()
 			}
 			if n.standby.Load() {
 				// Reads stuck on it are safe to abort and retry; writes on a

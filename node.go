@@ -118,6 +118,16 @@ func (n *node) abortConns() {
 	}
 }
 
+// resetPool drops the pool's connections to a node found down: idle ones now,
+// busy ones when released. Otherwise a server that restarts quickly would
+// be handed its predecessor's dead connections (pgxpool pings only those
+// idle for over a second), and the first reads would mark it down again.
+func (n *node) resetPool() {
+	if n.pool != nil {
+		n.pool.Reset()
+	}
+}
+
 // markDown takes the node out of routing at once, after real traffic saw it
 // fail; the monitor brings it back when a probe answers.
 func (n *node) markDown() bool {

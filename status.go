@@ -13,6 +13,7 @@ const (
 	StateLagging = "lagging" // a replica behind max_replica_lag: no reads
 	StateDown    = "down"    // refuses connections or broke them
 	StateFrozen  = "frozen"  // accepts connections but does not answer
+	StateUnknown = "unknown" // not probed yet: routing trusts the DSN until then
 )
 
 // Status is a snapshot of the cluster behind a Connector.
@@ -72,7 +73,7 @@ func (c *Connector) Status() Status {
 		ns := n.status(n == topo.primary, c.cfg.MaxReplicaLag)
 		if n == topo.primary {
 			s.Primary, s.PrimaryUp = n.addr, n.up.Load()
-		} else if ns.State == StateHealthy && ns.Role == RoleReplica {
+		} else if (ns.State == StateHealthy || ns.State == StateUnknown) && ns.Role == RoleReplica {
 			usable = true
 		}
 		s.Nodes = append(s.Nodes, ns)
@@ -101,6 +102,8 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.LastProbe = time.Unix(0, t)
 	}
 	switch {
+	case n.up.Load() && n.probedAt.Load() == 0:
+		ns.State = StateUnknown
 	case !n.up.Load() && n.frozen.Load():
 		ns.State = StateFrozen
 	case !n.up.Load():

@@ -64,7 +64,7 @@ func WithConstLabels(l prom.Labels) Option {
 }
 
 // states are the values of the state label of pgreplica_node_state.
-var states = []string{pgreplica.StateHealthy, pgreplica.StateLagging, pgreplica.StateDown, pgreplica.StateFrozen}
+var states = []string{pgreplica.StateHealthy, pgreplica.StateLagging, pgreplica.StateDown, pgreplica.StateFrozen, pgreplica.StateUnknown}
 
 type collector struct {
 	c *pgreplica.Connector
