@@ -111,8 +111,12 @@ func (c *conn) Begin() (driver.Tx, error) {
 	return c.BeginTx(context.Background(), driver.TxOptions{})
 }
 
+// Ping checks the primary. It does not pin the checkout to it: a sql.Conn
+// that pings keeps reading from replicas.
 func (c *conn) Ping(ctx context.Context) error {
+	pinned := c.pinned
 	l, err := c.primaryLease(ctx)
+	c.pinned = pinned
 	if err != nil {
 		return err
 	}

@@ -95,8 +95,10 @@ func (c *Connector) Connect(context.Context) (driver.Conn, error) {
 // Driver returns the pgreplica driver.
 func (c *Connector) Driver() driver.Driver { return c.driver }
 
-// Close stops the monitor and closes every pool, waiting for both. It is
-// idempotent; database/sql calls it from db.Close.
+// Close stops the monitor and closes every pool; database/sql calls it from
+// db.Close. A pool from which a sql.Conn, Tx or Rows still holds a
+// connection closes when that connection is released, as with database/sql's
+// own connections. It is idempotent.
 func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
@@ -108,9 +110,7 @@ func (c *Connector) Close() error {
 
 func (c *Connector) closeNodes() {
 	for _, n := range c.nodes {
-		if n.pool != nil {
-			n.pool.Close()
-		}
+		n.closeWhenIdle()
 	}
 }
 

@@ -42,6 +42,11 @@ type node struct {
 	connsMu sync.Mutex
 	conns   map[*pgconn.PgConn]struct{}
 
+	// closing is set when the connector closed; the pool closes when the
+	// last lease comes back (pgxpool.Close would wait for it).
+	closing   atomic.Bool
+	closePool sync.Once
+
 	// fake replaces the pool in routing unit tests; fakeErr makes acquiring
 	// from it fail as an unreachable server would.
 	fake    nodeConn
@@ -247,8 +252,29 @@ func (l *lease) release() {
 	} else if l.closer != nil {
 		l.closer.Close()
 	}
-	l.node.inFlight.Add(-1)
+	n := l.node
 	*l = lease{}
+	if n.inFlight.Add(-1) == 0 && n.closing.Load() {
+		n.close()
+	}
+}
+
+// closeWhenIdle closes the node's pool now if no lease is out, else when
+// the last one is released. db.Close must not wait for a sql.Conn, Tx or
+// Rows that the application still holds.
+func (n *node) closeWhenIdle() {
+	n.closing.Store(true) // before the check: see release
+	if n.inFlight.Load() == 0 {
+		n.close()
+	}
+}
+
+func (n *node) close() {
+	n.closePool.Do(func() {
+		if n.pool != nil {
+			n.pool.Close()
+		}
+	})
 }
 
 func (l *lease) reset() bool {

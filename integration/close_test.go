@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"os"
 	"testing"
 	"time"
 
@@ -85,22 +84,11 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	}
 }
 
-// knownBug skips a test that shows a bug not fixed yet, unless
-// PGREPLICA_KNOWN_BUGS=1: the test fails until the fix lands, and CI must
-// stay green meanwhile. Remove the call with the fix.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("PGREPLICA_KNOWN_BUGS") != "1" {
-		t.Skip("known bug, run with PGREPLICA_KNOWN_BUGS=1: " + what)
-	}
-}
-
 // db.Close returns while a sql.Conn or open Rows still hold server
 // connections, as it does with pgx's stdlib: database/sql closes such
 // connections when they are released. The held server connections are
 // closed once released.
 func TestCloseWithCheckoutsStillHeldReturns(t *testing.T) {
-	knownBug(t, "Connector.Close (connector.go) calls pgxpool.Pool.Close, which blocks until every acquired connection is released, so db.Close hangs while a sql.Conn, Tx or Rows is held")
 	ctx := testCtx(t)
 	testcluster.NoLeaks(t)
 	db, err := sql.Open("pgreplica", testcluster.DSN(monitorInterval))
