@@ -279,25 +279,15 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 	var tried uint64
 	var lastErr error
 	for {
-		l := &c.replica
-		if l.held() && !l.node.usableReplica(maxLag, minLSN) {
-			l.release() // replicas keep no session state: switching is safe
+		l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+		if err != nil {
+			return nil, err
 		}
-		if !l.held() {
-			n := c.c.pickReplica(c, maxLag, minLSN, tried)
-			if n == nil {
-				break
-			}
-			tried |= 1 << n.index
-			if err := n.acquire(ctx, l); err != nil {
-				if ctx.Err() != nil {
-					return nil, err
-				}
-				c.c.trafficFailed(n, err)
-				n.reroutes[rerouteDown].Add(1)
-				lastErr, reason = err, ReasonRetry
-				continue
-			}
+		if l == nil {
+			break
+		}
+		if lastErr != nil {
+			reason = ReasonRetry
 		}
 		n := l.node
 		rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
@@ -321,13 +311,9 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 			}
 			return nil, err
 		}
-		if isConnectionError(err) {
-			c.c.trafficFailed(n, err)
-		}
 		n.reroutes[rerouteRetry].Add(1)
-		l.release()
-		tried |= 1 << n.index
-		lastErr, reason = err, ReasonRetry
+		c.dropReplica(l, err)
+		lastErr = err
 	}
 
 	if minLSN != 0 && c.c.anyUsableReplica(maxLag, tried) {
@@ -345,6 +331,49 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		reason = ReasonFallback
 	}
 	return c.queryPrimary(ctx, o, query, args, reason, cl)
+}
+
+// nextReplica returns the replica lease a read should try next: the one
+// this checkout holds while its node stays usable (replicas keep no session
+// state, so switching is safe), else a new one from a usable replica not in
+// tried. A replica that cannot be reached is marked down and skipped, its
+// error kept in lastErr. It returns nil when no replica is left, and an
+// error only when ctx ended.
+func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uint64, tried *uint64, lastErr *error) (*lease, error) {
+	l := &c.replica
+	if l.held() {
+		if l.node.usableReplica(maxLag, minLSN) {
+			*tried |= 1 << l.node.index
+			return l, nil
+		}
+		l.release()
+	}
+	for !l.held() {
+		n := c.c.pickReplica(c, maxLag, minLSN, *tried)
+		if n == nil {
+			return nil, nil
+		}
+		*tried |= 1 << n.index
+		if err := n.acquire(ctx, l); err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			c.c.trafficFailed(n, err)
+			n.reroutes[rerouteDown].Add(1)
+			*lastErr = err
+		}
+	}
+	return l, nil
+}
+
+// dropReplica gives up the replica lease after a statement failed on it in
+// a way another node may not: the node leaves routing if its connection
+// broke.
+func (c *conn) dropReplica(l *lease, err error) {
+	if isConnectionError(err) {
+		c.c.trafficFailed(l.node, err)
+	}
+	l.release()
 }
 
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
@@ -387,24 +416,14 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		return nil, nil
 	}
 	var tried uint64
+	var lastErr error
 	for {
-		l := &c.replica
-		if l.held() && !l.node.usableReplica(maxLag, minLSN) {
-			l.release()
+		l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+		if err != nil {
+			return nil, err
 		}
-		if !l.held() {
-			n := c.c.pickReplica(c, maxLag, minLSN, tried)
-			if n == nil {
-				break
-			}
-			tried |= 1 << n.index
-			if err := n.acquire(ctx, l); err != nil {
-				if ctx.Err() != nil {
-					return nil, err
-				}
-				c.c.trafficFailed(n, err)
-				continue
-			}
+		if l == nil {
+			break
 		}
 		n := l.node
 		itx, err := l.sc.BeginTx(ctx, opts)
@@ -419,11 +438,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		if ctx.Err() != nil || !isRetryableRead(err) {
 			return nil, err
 		}
-		if isConnectionError(err) {
-			c.c.trafficFailed(n, err)
-		}
-		l.release()
-		tried |= 1 << n.index
+		c.dropReplica(l, err)
 	}
 	if !c.c.cfg.FallbackToPrimary && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, tried)) {
 		return nil, ErrNoReplica

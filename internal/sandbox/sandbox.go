@@ -508,20 +508,7 @@ func (n *Node) name() string {
 // Stop shuts the node down in immediate mode (pg_ctl stop -m immediate, or
 // SIGKILL of the container), thawing it first if it is frozen.
 func (n *Node) Stop(ctx context.Context) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.frozen {
-		if err := n.impl.thaw(); err != nil {
-			return fmt.Errorf("sandbox: stop %s: thaw: %w", n.name(), err)
-		}
-		n.frozen = false
-	}
-	n.c.logf("stop %s on %s (immediate)", n.name(), n.Addr())
-	if err := n.impl.stop(ctx); err != nil {
-		return fmt.Errorf("sandbox: stop %s: %w", n.name(), err)
-	}
-	n.paused = false
-	return nil
+	return n.stop(ctx, "immediate", n.impl.stop)
 }
 
 // StopClean shuts the node down in fast mode: clients are disconnected,
@@ -529,6 +516,10 @@ func (n *Node) Stop(ctx context.Context) error {
 // checkpoint to the replicas first, so no acknowledged commit is missing on
 // them. Use it before promoting a replica when a test counts writes.
 func (n *Node) StopClean(ctx context.Context) error {
+	return n.stop(ctx, "fast", n.impl.stopClean)
+}
+
+func (n *Node) stop(ctx context.Context, mode string, stop func(context.Context) error) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.frozen {
@@ -537,8 +528,8 @@ func (n *Node) StopClean(ctx context.Context) error {
 		}
 		n.frozen = false
 	}
-	n.c.logf("stop %s on %s (fast)", n.name(), n.Addr())
-	if err := n.impl.stopClean(ctx); err != nil {
+	n.c.logf("stop %s on %s (%s)", n.name(), n.Addr(), mode)
+	if err := stop(ctx); err != nil {
 		return fmt.Errorf("sandbox: stop %s: %w", n.name(), err)
 	}
 	n.paused = false
