@@ -47,7 +47,7 @@ type conn struct {
 	// openWrite is a session whose write went through the query path in
 	// this checkout: it is acknowledged (committed) only once the rows are
 	// closed, which database/sql signals by ending the checkout.
-	openWrite *Session
+	openWrite *session
 
 	// Scratch space for pickReplica, reused to keep routing allocation-free.
 	cands     []Candidate
@@ -378,7 +378,7 @@ func (c *conn) dropReplica(l *lease, err error) {
 
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	o := optionsFrom(ctx)
-	var session *Session
+	var session *session
 	if o != nil {
 		session = o.session
 	}

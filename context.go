@@ -13,7 +13,7 @@ type routeOptions struct {
 	primary   bool
 	maxLag    time.Duration
 	hasMaxLag bool
-	session   *Session
+	session   *session
 	report    *Route
 }
 

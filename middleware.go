@@ -103,7 +103,7 @@ func safeMethod(method string) bool {
 }
 
 // sessionCookie is the cookie to set after a request ran with s, or nil.
-func (m *middleware) sessionCookie(ctx context.Context, s *Session) *http.Cookie {
+func (m *middleware) sessionCookie(ctx context.Context, s *session) *http.Cookie {
 	c := m.cookie
 	switch {
 	case s.wrote.Load() || s.clamped.Load() || (s.claim.Load() != 0 && s.conn.Load() != nil):
@@ -125,7 +125,7 @@ type sessionWriter struct {
 	http.ResponseWriter
 	m    *middleware
 	ctx  context.Context
-	s    *Session
+	s    *session
 	done bool
 }
 

@@ -55,7 +55,7 @@ func TestMiddlewareRoutesByMethod(t *testing.T) {
 // before the handler's first byte; the next request restores it.
 func TestMiddlewareSetsCookieAfterWrite(t *testing.T) {
 	fc := newFakeCluster(t, 1, defaultCfg())
-	var restored *Session
+	var restored *session
 	h := Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			restored = sessionOf(r.Context())

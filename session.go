@@ -25,7 +25,7 @@ type lsnSample struct {
 	lsn uint64
 }
 
-// Session is a read-your-writes session: reads made with its context see
+// session is a read-your-writes session: reads made with its context see
 // every write acknowledged earlier through the same session, from a replica
 // that has replayed it or else from the primary. It is safe for concurrent
 // use. A session belongs to one cluster: WAL positions mean nothing on
@@ -36,7 +36,7 @@ type lsnSample struct {
 // reports a WAL position that covers it; until then the session's reads go
 // to the primary, afterwards to any replica that has replayed that
 // position.
-type Session struct {
+type session struct {
 	// lsn is the WAL position the session's writes are known to have
 	// reached: a replica qualifies when it has replayed at least this.
 	lsn atomic.Uint64
@@ -77,13 +77,13 @@ func WithSession(ctx context.Context) context.Context {
 	if o := optionsFrom(ctx); o != nil && o.session != nil {
 		return ctx
 	}
-	s := &Session{}
+	s := &session{}
 	return with(ctx, func(o *routeOptions) { o.session = s })
 }
 
 // noteWrite records that a write through the session, on c, was
 // acknowledged now.
-func (s *Session) noteWrite(c *Connector) {
+func (s *session) noteWrite(c *Connector) {
 	// conn before pending: whoever sees the pending write sees the
 	// connector that can resolve it.
 	if s.conn.Load() != c {
@@ -104,7 +104,7 @@ func (s *Session) noteWrite(c *Connector) {
 // floor returns the replay position a replica needs to serve this session,
 // or needPrimary when its latest write (or the position of the token it
 // was restored from) is not yet covered by a probe of the primary.
-func (s *Session) floor(c *Connector) (minLSN uint64, needPrimary bool) {
+func (s *session) floor(c *Connector) (minLSN uint64, needPrimary bool) {
 	if s.open.Load() > 0 {
 		return 0, true
 	}
@@ -133,7 +133,7 @@ func (s *Session) floor(c *Connector) (minLSN uint64, needPrimary bool) {
 }
 
 // settleClaim replaces the claim cl by the trusted position lsn ≤ cl.
-func (s *Session) settleClaim(cl, lsn uint64) {
+func (s *session) settleClaim(cl, lsn uint64) {
 	if lsn < cl {
 		s.clamped.Store(true)
 	}
@@ -141,7 +141,7 @@ func (s *Session) settleClaim(cl, lsn uint64) {
 	s.claim.CompareAndSwap(cl, 0) // only ever set once, when restored
 }
 
-func (s *Session) raise(lsn uint64) {
+func (s *session) raise(lsn uint64) {
 	for {
 		cur := s.lsn.Load()
 		if lsn <= cur || s.lsn.CompareAndSwap(cur, lsn) {
@@ -200,7 +200,7 @@ func SessionToken(ctx context.Context) string {
 
 // position returns a WAL position that covers every write made through s,
 // asking the primary when one is pending.
-func (s *Session) position(ctx context.Context) uint64 {
+func (s *session) position(ctx context.Context) uint64 {
 	if c := s.conn.Load(); c != nil {
 		if _, needPrimary := s.floor(c); needPrimary {
 			s.settleNow(ctx, c)
@@ -216,7 +216,7 @@ func (s *Session) position(ctx context.Context) uint64 {
 // settleNow resolves the pending write and the claim with the primary's
 // current WAL insert position: the query starts after both, so its answer
 // covers the write and any honest claim.
-func (s *Session) settleNow(ctx context.Context, c *Connector) {
+func (s *session) settleNow(ctx context.Context, c *Connector) {
 	p, cl := s.pending.Load(), s.claim.Load()
 	if p == 0 && cl == 0 {
 		return
@@ -251,8 +251,8 @@ func WithSessionToken(ctx context.Context, token string) context.Context {
 	return with(ctx, func(o *routeOptions) { o.session = s })
 }
 
-func restoreSession(prev *routeOptions, token string) *Session {
-	s := &Session{}
+func restoreSession(prev *routeOptions, token string) *session {
+	s := &session{}
 	if prev != nil && prev.session != nil {
 		old := prev.session
 		s.lsn.Store(old.lsn.Load())

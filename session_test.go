@@ -12,7 +12,7 @@ import (
 	"github.com/DATA-DOG/go-sqlmock"
 )
 
-func sessionOf(ctx context.Context) *Session {
+func sessionOf(ctx context.Context) *session {
 	if o := optionsFrom(ctx); o != nil {
 		return o.session
 	}
@@ -220,7 +220,7 @@ func TestSessionTokenWithoutPrimaryIsConservative(t *testing.T) {
 // covers the probe that resolved it. Run with -race.
 func TestSessionConcurrentWritesAndFloors(t *testing.T) {
 	c := bareConnector()
-	s := &Session{}
+	s := &session{}
 	var lsn atomic.Uint64 // the "primary": each write advances it
 	var probes sync.WaitGroup
 	stop := make(chan struct{})
@@ -279,7 +279,7 @@ func TestSessionConcurrentWritesAndFloors(t *testing.T) {
 // always cover the writes acknowledged before the call.
 func TestSessionTokenConcurrent(t *testing.T) {
 	c := bareConnector()
-	s := &Session{}
+	s := &session{}
 	ctx := with(context.Background(), func(o *routeOptions) { o.session = s })
 	var lsn atomic.Uint64
 	var wg sync.WaitGroup

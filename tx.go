@@ -10,7 +10,7 @@ type tx struct {
 	c        *conn
 	inner    driver.Tx
 	readOnly bool
-	session  *Session
+	session  *session
 }
 
 func (t *tx) Commit() error {
