@@ -156,7 +156,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			return nil, err
 		}
 	}
-	if classify(query).sessionState {
+	if classifyCached(query).sessionState {
 		l.dirty = true
 	}
 	c.statements++
@@ -182,9 +182,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	o := optionsFrom(ctx)
 	if c.txLease != nil {
-		return c.queryOn(ctx, o, c.txLease, query, args, ReasonTransaction, classify(query))
+		return c.queryOn(ctx, o, c.txLease, query, args, ReasonTransaction, classifyCached(query))
 	}
-	cl := classify(query)
+	cl := classifyCached(query)
 	var reason Reason
 	switch {
 	case cl.hint == hintPrimary:

@@ -126,34 +126,35 @@ func (c *Connector) primary() (*node, error) {
 // a read now, skipping those already tried by this call.
 func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried uint64) *node {
 	topo := c.topo.Load()
-	cands, nodes := cn.cands[:0], cn.candNodes[:0]
+	nodes := cn.candNodes[:0]
 	for _, n := range topo.replicas {
 		if tried&(1<<n.index) != 0 {
 			continue
 		}
 		switch why := n.skipReason(maxLag, minLSN); why {
 		case usable:
+			nodes = append(nodes, n)
 		case rerouteDown, rerouteLag:
 			n.reroutes[why].Add(1)
-			continue
-		default:
-			continue
 		}
+	}
+	cn.candNodes = nodes
+	switch len(nodes) {
+	case 0:
+		return nil
+	case 1:
+		return nodes[0] // no choice to make: skip building candidates
+	}
+	cands := cn.cands[:0]
+	for _, n := range nodes {
 		cands = append(cands, Candidate{
 			Index:    n.index - 1,
 			Addr:     n.addr,
 			InFlight: int(n.inFlight.Load()),
 			Lag:      time.Duration(n.lagNanos.Load()),
 		})
-		nodes = append(nodes, n)
 	}
-	cn.cands, cn.candNodes = cands, nodes
-	switch len(nodes) {
-	case 0:
-		return nil
-	case 1:
-		return nodes[0]
-	}
+	cn.cands = cands
 	i := c.policy.Choose(cands)
 	if i < 0 || i >= len(nodes) {
 		i = 0
