@@ -18,7 +18,7 @@ import (
 // both replicas, a transaction and a sql.Conn.
 func TestCloseLeavesNoGoroutine(t *testing.T) {
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "closing", "id int")
+	table := testcluster.NewTable(t, ctx, "closing", "id int")
 	ignore := goleak.IgnoreCurrent()
 
 	db, err := sql.Open("pgreplica", testcluster.DSN("monitor_interval=50ms"))

@@ -122,7 +122,7 @@ func TestPasswordWithSpecialCharactersInBothDSNForms(t *testing.T) {
 	if password != sandbox.DefaultPassword || !strings.ContainsAny(password, ":@") {
 		t.Fatalf("the cluster password %q is not the sandbox default with ':' and '@'", password)
 	}
-	table := newTable(t, ctx, "dsnforms", "form text")
+	table := testcluster.NewTable(t, ctx, "dsnforms", "form text")
 	for _, form := range []struct{ name, dsn string }{
 		{"url", urlDSN(user, password, database)},
 		{"keyword", keywordDSN(user, password, database, monitorInterval, "replica_policy=round_robin")},

@@ -5,9 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"os"
-	"strconv"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,37 +53,8 @@ func isReplicaPort(port int) bool {
 	return false
 }
 
-func isReplicaAddr(addr string) bool {
-	for _, n := range testcluster.Cluster().Nodes[1:] {
-		if n.Addr() == addr {
-			return true
-		}
-	}
-	return false
-}
-
-var tableSeq atomic.Int64
-
-// newTable creates a table named after prefix (unique per call) on the
-// primary through a plain pgx connection, waits until both replicas have
-// replayed it, and returns its name. columns is the text inside CREATE
-// TABLE's parentheses.
-func newTable(t *testing.T, ctx context.Context, prefix, columns string) string {
-	t.Helper()
-	name := strings.ToLower(prefix) + "_" + time.Now().Format("150405") + "_" + strconv.FormatInt(tableSeq.Add(1), 10)
-	mustExec(t, ctx, testcluster.Direct(t, 0), "CREATE TABLE "+name+" ("+columns+")")
-	waitReplayed(t, ctx)
-	return name
-}
-
 // waitReplayed waits until every running, unpaused replica has replayed
 // what the primary has written so far.
-func waitReplayed(t *testing.T, ctx context.Context) {
-	t.Helper()
-	if err := testcluster.Cluster().WaitReplayed(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
 
 type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)

@@ -13,7 +13,7 @@ import (
 func TestPlainReadsSpreadOverBothReplicasNeverPrimary(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	byRole := map[string]int{}
 	for i := range 200 {
@@ -51,7 +51,7 @@ func TestPlainReadsSpreadOverBothReplicasNeverPrimary(t *testing.T) {
 		if !isReplicaPort(port) {
 			t.Fatalf("read %d was served by %s", i, testcluster.Role(port))
 		}
-		if route.Reason() != pgreplica.ReasonRead || !isReplicaAddr(route.Node()) {
+		if route.Reason() != pgreplica.ReasonRead || !testcluster.IsReplicaAddr(route.Node()) {
 			t.Fatalf("read %d: route %s %s, want a replica for reason read", i, route.Node(), route.Reason())
 		}
 		byRole[testcluster.Role(port)]++
@@ -67,7 +67,7 @@ func TestPlainReadsSpreadOverBothReplicasNeverPrimary(t *testing.T) {
 func TestPreparedStatementsRouteLikePlainCalls(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
-	table := newTable(t, ctx, "prep", "id bigserial PRIMARY KEY, v text")
+	table := testcluster.NewTable(t, ctx, "prep", "id bigserial PRIMARY KEY, v text")
 
 	read, err := db.PrepareContext(ctx, "SELECT inet_server_port() WHERE $1::int > 0")
 	if err != nil {

@@ -48,7 +48,7 @@ func pauseReplicas(t *testing.T, ctx context.Context) {
 // would no longer show that the replicas lag.
 func TestReadYourWritesOnConnWhileReplicasLag(t *testing.T) {
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "ryw", "id int PRIMARY KEY, v text")
+	table := testcluster.NewTable(t, ctx, "ryw", "id int PRIMARY KEY, v text")
 	db := openDB(t, "max_replica_lag=off")
 	pauseReplicas(t, ctx)
 

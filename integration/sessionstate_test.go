@@ -214,7 +214,7 @@ func TestSessionStateDoesNotLeakToNextCheckout(t *testing.T) {
 func TestReplicaSessionStateDoesNotLeak(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t, "replica_max_conns=1")
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	c, err := db.Conn(ctx)
 	if err != nil {

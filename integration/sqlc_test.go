@@ -26,7 +26,7 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 	direct := testcluster.Direct(t, 0)
 	mustExec(t, ctx, direct, "DROP TABLE IF EXISTS books, authors")
 	mustExec(t, ctx, direct, string(schema))
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 	db := openDB(t, "max_replica_lag=off")
 	q := sqlcdb.New(db)
 
@@ -42,7 +42,7 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 	if n := queryInt(t, ctx, direct, "SELECT count(*) FROM authors WHERE id = $1", ursula.ID); n != 1 {
 		t.Fatalf("author %d not on the primary", ursula.ID)
 	}
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	got, err := q.GetAuthor(rctx, ursula.ID)
 	if err != nil {
@@ -51,7 +51,7 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 	if got != ursula {
 		t.Fatalf("GetAuthor = %+v, want %+v", got, ursula)
 	}
-	if !isReplicaAddr(route.Node()) || route.Reason() != pgreplica.ReasonRead {
+	if !testcluster.IsReplicaAddr(route.Node()) || route.Reason() != pgreplica.ReasonRead {
 		t.Fatalf("GetAuthor routed to %s for %s, want a replica for read", route.Node(), route.Reason())
 	}
 
@@ -108,12 +108,12 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 	all, err := q.ListAuthors(rctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !isReplicaAddr(route.Node()) {
+	if !testcluster.IsReplicaAddr(route.Node()) {
 		t.Fatalf("ListAuthors served by %s", route.Node())
 	}
 	if len(all) != 2 || all[0].Name != "Italo Calvino" || all[1].Name != "Ursula Le Guin" {
@@ -128,7 +128,7 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := q.GetAuthor(rctx, octavia.ID); !errors.Is(err, sql.ErrNoRows) || !isReplicaAddr(route.Node()) {
+		if _, err := q.GetAuthor(rctx, octavia.ID); !errors.Is(err, sql.ErrNoRows) || !testcluster.IsReplicaAddr(route.Node()) {
 			t.Fatalf("GetAuthor on a paused replica (%s): %v, want sql.ErrNoRows", route.Node(), err)
 		}
 		fresh, err := q.GetAuthorFromPrimary(rctx, octavia.ID)

@@ -26,7 +26,7 @@ type sqlxAuthor struct {
 // NamedExec and a NamedQuery INSERT … RETURNING run on the primary.
 func TestSqlx(t *testing.T) {
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "sqlx_authors", "id bigserial PRIMARY KEY, name text NOT NULL")
+	table := testcluster.NewTable(t, ctx, "sqlx_authors", "id bigserial PRIMARY KEY, name text NOT NULL")
 	testcluster.NoLeaks(t)
 	db, err := sqlx.Open(pgreplica.DriverName, testcluster.DSN(monitorInterval))
 	if err != nil {
@@ -71,7 +71,7 @@ func TestSqlx(t *testing.T) {
 	if n := queryInt(t, ctx, direct, "SELECT count(*) FROM "+table); n != 3 {
 		t.Fatalf("the primary has %d authors, want 3", n)
 	}
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	var one sqlxAuthor
 	if err := db.GetContext(rctx, &one, db.Rebind("SELECT id, name, inet_server_port() AS port FROM "+table+" WHERE id = ?"), created.ID); err != nil {

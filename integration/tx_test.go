@@ -15,7 +15,7 @@ func TestTransactionsRunOnPrimary(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
 	direct := testcluster.Direct(t, 0)
-	table := newTable(t, ctx, "tx", "id int PRIMARY KEY, v text")
+	table := testcluster.NewTable(t, ctx, "tx", "id int PRIMARY KEY, v text")
 
 	for _, commit := range []bool{true, false} {
 		id := 1
@@ -69,7 +69,7 @@ func TestTransactionsRunOnPrimary(t *testing.T) {
 		}
 	}
 	// The committed row reaches the replicas, and plain reads see it there.
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 	var port, n int
 	if err := db.QueryRowContext(ctx, "SELECT inet_server_port(), count(*) FROM "+table).Scan(&port, &n); err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func txPorts(t *testing.T, ctx context.Context, db *sql.DB, opts *sql.TxOptions)
 func TestReadOnlyTransactions(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	cases := []struct {
 		name      string
@@ -162,7 +162,7 @@ func TestReadOnlyTransactions(t *testing.T) {
 		}
 	})
 	t.Run("sql.Conn that wrote", func(t *testing.T) {
-		table := newTable(t, ctx, "rotx", "id int")
+		table := testcluster.NewTable(t, ctx, "rotx", "id int")
 		c, err := db.Conn(ctx)
 		if err != nil {
 			t.Fatal(err)

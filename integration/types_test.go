@@ -61,7 +61,7 @@ func TestPgxTypesAsWithPlainStdlib(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
 	direct := testcluster.Direct(t, 0)
-	table := newTable(t, ctx, "types", `id bigint PRIMARY KEY, ints int8[], flat int4[], name text, amount numeric(20,6),
+	table := testcluster.NewTable(t, ctx, "types", `id bigint PRIMARY KEY, ints int8[], flat int4[], name text, amount numeric(20,6),
 		at timestamptz, doc jsonb, uid uuid, blob bytea`)
 
 	var amount pgtype.Numeric
@@ -78,11 +78,11 @@ func TestPgxTypesAsWithPlainStdlib(t *testing.T) {
 	mustExec(t, ctx, db, insert, 1, []int64{1, -2, 1 << 40}, pgtype.FlatArray[int32]{7, 8}, sql.NullString{String: "named", Valid: true},
 		amount, at, doc, uid, blob)
 	mustExec(t, ctx, db, insert, 2, nil, nil, sql.NullString{}, nil, nil, nil, nil, nil)
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	rctx, route := pgreplica.WithRoute(ctx)
 	got := scanTyped(t, rctx, db, table)
-	if !isReplicaAddr(route.Node()) {
+	if !testcluster.IsReplicaAddr(route.Node()) {
 		t.Fatalf("typed read served by %s, want a replica", route.Node())
 	}
 	want := scanTyped(t, ctx, direct, table)
@@ -178,7 +178,7 @@ func TestPgxTypesAsWithPlainStdlib(t *testing.T) {
 func TestContextDeadlineCancelsStatement(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	for _, tc := range []struct {
 		name string

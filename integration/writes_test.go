@@ -26,10 +26,10 @@ func TestWritesThroughEveryFormLandOnPrimary(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
 	direct := testcluster.Direct(t, 0)
-	table := newTable(t, ctx, "w", "id bigint PRIMARY KEY, v text NOT NULL, n int NOT NULL DEFAULT 0")
+	table := testcluster.NewTable(t, ctx, "w", "id bigint PRIMARY KEY, v text NOT NULL, n int NOT NULL DEFAULT 0")
 	seq := table + "_seq"
 	mustExec(t, ctx, direct, "CREATE SEQUENCE "+seq)
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 
 	// primaryValue reads one column of one row of the table on the primary.
 	primaryValue := func(t *testing.T, id int64) (v string, n int, found bool) {
@@ -309,13 +309,13 @@ func TestWritingFunctionRerunsOnPrimaryAfterReadOnlyError(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t)
 	direct := testcluster.Direct(t, 0)
-	table := newTable(t, ctx, "audit", "id bigserial PRIMARY KEY, who text NOT NULL")
+	table := testcluster.NewTable(t, ctx, "audit", "id bigserial PRIMARY KEY, who text NOT NULL")
 	fn := table + "_touch"
 	mustExec(t, ctx, direct, "CREATE FUNCTION "+fn+"(who text) RETURNS bigint LANGUAGE sql AS $$ INSERT INTO "+
 		table+" (who) VALUES (who) RETURNING id $$")
 	// The replicas must know the function, or they answer "function does not
 	// exist" instead of 25006.
-	waitReplayed(t, ctx)
+	testcluster.WaitReplayed(t, ctx)
 	conn, err := pgreplica.ConnectorOf(ctx, db)
 	if err != nil {
 		t.Fatal(err)

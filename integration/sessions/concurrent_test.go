@@ -34,7 +34,7 @@ func TestConcurrentSessionsNeverReadStale(t *testing.T) {
 		writeEvery = 400 * time.Millisecond
 	)
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "conc", "g int, seq int, PRIMARY KEY (g, seq)")
+	table := testcluster.NewTable(t, ctx, "conc", "g int, seq int, PRIMARY KEY (g, seq)")
 	db := testcluster.Open(t, dsnParams...)
 	db.SetMaxOpenConns(2 * sessions)
 	xdb := sqlx.NewDb(db, "pgreplica")

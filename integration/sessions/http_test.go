@@ -56,7 +56,7 @@ func itemsHandler(t *testing.T, db *sql.DB, table string) http.Handler {
 // soon after replay resumes.
 func TestMiddlewareCarriesSessionsAcrossServers(t *testing.T) {
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "http", "id bigint PRIMARY KEY, v text")
+	table := testcluster.NewTable(t, ctx, "http", "id bigint PRIMARY KEY, v text")
 	dbA := testcluster.Open(t, dsnParams...)
 	dbB := testcluster.Open(t, dsnParams...)
 	srvA := httptest.NewServer(itemsHandler(t, dbA, table))
@@ -83,7 +83,7 @@ func TestMiddlewareCarriesSessionsAcrossServers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if node := resp.Header.Get("X-Served-By"); !isReplicaAddr(node) {
+		if node := resp.Header.Get("X-Served-By"); !testcluster.IsReplicaAddr(node) {
 			t.Logf("GET /items/%d: %s (%s)", id, node, resp.Header.Get("X-Reason"))
 		}
 		return resp.StatusCode, string(body), resp.Header.Get("X-Served-By")
@@ -127,7 +127,7 @@ func TestMiddlewareCarriesSessionsAcrossServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound || !isReplicaAddr(resp.Header.Get("X-Served-By")) {
+	if resp.StatusCode != http.StatusNotFound || !testcluster.IsReplicaAddr(resp.Header.Get("X-Served-By")) {
 		t.Fatalf("GET without the cookie: %d from %s; want 404 from a replica", resp.StatusCode, resp.Header.Get("X-Served-By"))
 	}
 
@@ -164,7 +164,7 @@ func backOnReplica(t *testing.T, get func(*httptest.Server, int) (int, string, s
 		if code != http.StatusOK || body != want {
 			t.Fatalf("GET: %d %q from %s; want %q", code, body, node, want)
 		}
-		if isReplicaAddr(node) {
+		if testcluster.IsReplicaAddr(node) {
 			return time.Since(start)
 		}
 		if time.Since(start) > returnBound {

@@ -3,9 +3,6 @@ package sessions
 import (
 	"context"
 	"os"
-	"strconv"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,36 +41,6 @@ func testCtx(t *testing.T) context.Context {
 
 func primaryAddr() string { return testcluster.Cluster().Nodes[0].Addr() }
 func primaryPort() int    { return testcluster.Cluster().Nodes[0].Port }
-
-func isReplicaAddr(addr string) bool {
-	for _, n := range testcluster.Cluster().Nodes[1:] {
-		if n.Addr() == addr {
-			return true
-		}
-	}
-	return false
-}
-
-var tableSeq atomic.Int64
-
-// newTable creates a table on the primary through a plain pgx connection,
-// waits until both replicas have it, and returns its name.
-func newTable(t *testing.T, ctx context.Context, prefix, columns string) string {
-	t.Helper()
-	name := strings.ToLower(prefix) + "_" + time.Now().Format("150405") + "_" + strconv.FormatInt(tableSeq.Add(1), 10)
-	if _, err := testcluster.Direct(t, 0).ExecContext(ctx, "CREATE TABLE "+name+" ("+columns+")"); err != nil {
-		t.Fatal(err)
-	}
-	waitReplayed(t, ctx)
-	return name
-}
-
-func waitReplayed(t *testing.T, ctx context.Context) {
-	t.Helper()
-	if err := testcluster.Cluster().WaitReplayed(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // pauseReplay stops WAL replay on the given replicas (1-based, as in
 // Cluster.Nodes) until resume is called or t ends, whichever is first.

@@ -13,7 +13,7 @@ import (
 // DSN's default limit of 1s.
 func TestWithMaxLagPerCall(t *testing.T) {
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "lag", "id int")
+	table := testcluster.NewTable(t, ctx, "lag", "id int")
 	db := testcluster.Open(t, "monitor_interval="+interval.String())
 	c, err := pgreplica.ConnectorOf(ctx, db)
 	if err != nil {
@@ -59,7 +59,7 @@ func TestWithMaxLagPerCall(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.onReplica {
-				if !isReplicaAddr(route.Node()) || n != 0 {
+				if !testcluster.IsReplicaAddr(route.Node()) || n != 0 {
 					t.Fatalf("%s: served by %s (%s), %d rows; want a lagging replica, without the row", tc.name, route.Node(), route.Reason(), n)
 				}
 			} else if route.Node() != primaryAddr() || route.Reason() != pgreplica.ReasonFallback || n != 1 {

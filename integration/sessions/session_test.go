@@ -27,7 +27,7 @@ type item struct {
 // intervals.
 func TestSessionReadsItsWritesWhileReplicasLag(t *testing.T) {
 	ctx := testCtx(t)
-	table := newTable(t, ctx, "sess", "id bigint PRIMARY KEY, v text")
+	table := testcluster.NewTable(t, ctx, "sess", "id bigint PRIMARY KEY, v text")
 	db := testcluster.Open(t, dsnParams...)
 	xdb := sqlx.NewDb(db, "pgreplica")
 	resume := pauseReplay(t, ctx, 1, 2)
@@ -132,7 +132,7 @@ func TestSessionReadsItsWritesWhileReplicasLag(t *testing.T) {
 		// Without the session: a replica, which has none of the rows.
 		rctx, route = pgreplica.WithRoute(ctx)
 		n, port = read(rctx)
-		if n != 0 || port == primaryPort() || !isReplicaAddr(route.Node()) {
+		if n != 0 || port == primaryPort() || !testcluster.IsReplicaAddr(route.Node()) {
 			t.Fatalf("%s without the session: %d rows on %s, want 0 on a replica", name, n, testcluster.Role(port))
 		}
 	}
@@ -156,7 +156,7 @@ func TestSessionReadsItsWritesWhileReplicasLag(t *testing.T) {
 		if n != 3 {
 			t.Fatalf("the session read %d rows on %s after resume, want 3", n, testcluster.Role(port))
 		}
-		if isReplicaAddr(route.Node()) {
+		if testcluster.IsReplicaAddr(route.Node()) {
 			back = time.Since(start)
 			return true
 		}

@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,6 +120,42 @@ func Port(t testing.TB, ctx context.Context, q Querier) int {
 		t.Fatal(err)
 	}
 	return port
+}
+
+// IsReplicaAddr reports whether addr (host:port) is one of the replicas the
+// cluster started with.
+func IsReplicaAddr(addr string) bool {
+	for _, n := range cluster.Nodes[1:] {
+		if n.Addr() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+var tableSeq atomic.Int64
+
+// NewTable creates a table named after prefix (unique per call) on the
+// primary through a plain pgx connection, waits until the replicas have
+// replayed it, and returns its name. columns is the text inside CREATE
+// TABLE's parentheses.
+func NewTable(t testing.TB, ctx context.Context, prefix, columns string) string {
+	t.Helper()
+	name := strings.ToLower(prefix) + "_" + time.Now().Format("150405") + "_" + strconv.FormatInt(tableSeq.Add(1), 10)
+	if _, err := Direct(t, 0).ExecContext(ctx, "CREATE TABLE "+name+" ("+columns+")"); err != nil {
+		t.Fatal(err)
+	}
+	WaitReplayed(t, ctx)
+	return name
+}
+
+// WaitReplayed waits until every running replica has replayed the
+// primary's current WAL position.
+func WaitReplayed(t testing.TB, ctx context.Context) {
+	t.Helper()
+	if err := cluster.WaitReplayed(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Role names the node listening on port: "primary", "replica1", …
