@@ -1,0 +1,100 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+// lockedBuffer is a log sink the monitor goroutine writes while the test
+// reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSplitBrainKeepsWritesOnThePrimary runs after TestPromotion (file
+// order): replica1 is the primary and the old primary is stopped. Promoting
+// replica2 as well makes two writable nodes. pgreplica must report it and
+// keep writing to the primary it has, not guess.
+func TestSplitBrainKeepsWritesOnThePrimary(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	if cl.Nodes[0].Running() {
+		t.Skip("needs TestPromotion to have run first (go test -run runs them in file order)")
+	}
+	testcluster.NoLeaks(t)
+	var logs lockedBuffer
+	cfg, err := pgreplica.ParseConfig(testcluster.DSN(monitorParams))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	connector, err := pgreplica.NewConnector(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	t.Cleanup(func() { db.Close() })
+
+	current := cl.Nodes[1].Addr()
+	waitUntil(t, 10*time.Second, "the connector follows the promoted replica1", func() bool {
+		return connector.Status().Primary == current
+	})
+	if err := cl.Nodes[2].Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "two writable nodes are reported", func() bool {
+		return strings.Contains(logs.String(), "more than one writable node")
+	})
+	for i := range 20 {
+		if _, err := db.ExecContext(ctx, "INSERT INTO acked (id) VALUES ($1)", 1_000_000+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := connector.Status().Primary; got != current {
+		t.Fatalf("primary is %s after the split brain, want it kept at %s", got, current)
+	}
+	count := func(i int) int {
+		var n int
+		q := "SELECT count(*) FROM acked WHERE id >= 1000000"
+		if err := testcluster.Direct(t, i).QueryRowContext(ctx, q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if on1, on2 := count(1), count(2); on1 != 20 || on2 != 0 {
+		t.Fatalf("writes after the split brain: %d on replica1 (the primary kept), %d on replica2; want 20 and 0", on1, on2)
+	}
+	t.Log(firstLine(logs.String(), "more than one writable node"))
+}
+
+func firstLine(s, containing string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, containing) {
+			return l
+		}
+	}
+	return fmt.Sprintf("(no line with %q)", containing)
+}
