@@ -125,3 +125,40 @@ func TestPromotion(t *testing.T) {
 		t.Fatal("the stopped primary answered")
 	}
 }
+
+// TestOldPrimaryRejoinsAsStandby runs after TestPromotion: the old primary,
+// stopped cleanly before the promotion, comes back as a standby of the new
+// primary. pgreplica learns its role from the probes and sends it reads.
+func TestOldPrimaryRejoinsAsStandby(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	if cl.Nodes[0].Running() {
+		t.Skip("needs TestPromotion to have run first")
+	}
+	db := testcluster.Open(t, monitorParams)
+	c := connector(t, db)
+	waitUntil(t, 10*time.Second, "the connector follows the promoted replica1", func() bool {
+		return c.Status().Primary == cl.Nodes[1].Addr()
+	})
+	if err := cl.Nodes[0].Rejoin(ctx, cl.Nodes[1]); err != nil {
+		t.Fatal(err)
+	}
+	old := cl.Nodes[0]
+	took := waitUntil(t, 15*time.Second, "the old primary serves reads as a replica", func() bool {
+		return testcluster.Port(t, ctx, db) == old.Port
+	})
+	for _, n := range c.Status().Nodes {
+		if n.Addr == old.Addr() && n.Role != "replica" {
+			t.Fatalf("old primary reported as %s", n.Role)
+		}
+	}
+	// It follows the new timeline: a write on the new primary reaches it.
+	if _, err := db.ExecContext(ctx, "INSERT INTO acked (id) VALUES (-1)"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the old primary replays a write made on the new one", func() bool {
+		n, err := cl.QueryInt(ctx, 0, "SELECT count(*) FROM acked WHERE id = -1")
+		return err == nil && n == 1
+	})
+	t.Logf("old primary rejoined as a standby; serving reads %v after its start", took)
+}

@@ -35,14 +35,15 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestSplitBrainKeepsWritesOnThePrimary runs after TestPromotion (file
-// order): replica1 is the primary and the old primary is stopped. Promoting
+// order): replica1 is the primary; the old primary is a standby of it or
+// stopped. Promoting
 // replica2 as well makes two writable nodes. pgreplica must report it and
 // keep writing to the primary it has, not guess.
 func TestSplitBrainKeepsWritesOnThePrimary(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
-	if cl.Nodes[0].Running() {
-		t.Skip("needs TestPromotion to have run first (go test -run runs them in file order)")
+	if n, err := cl.QueryInt(ctx, 1, "SELECT (NOT pg_is_in_recovery())::int"); err != nil || n != 1 {
+		t.Skip("needs TestPromotion to have run first (tests run in file order)")
 	}
 	testcluster.NoLeaks(t)
 	var logs lockedBuffer

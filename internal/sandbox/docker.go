@@ -205,6 +205,10 @@ func (d *dockerNode) stopClean(ctx context.Context) error {
 	return d.pool.Client.StopContainerWithContext(d.id(), 60, ctx)
 }
 
+func (d *dockerNode) rejoin(context.Context, *Node) error {
+	return errors.New("not supported with the Docker backend")
+}
+
 func (d *dockerNode) freeze() error { return d.pool.Client.PauseContainer(d.id()) }
 func (d *dockerNode) thaw() error   { return d.pool.Client.UnpauseContainer(d.id()) }
 

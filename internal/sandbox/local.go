@@ -455,6 +455,22 @@ func (l *localNode) createReplica(ctx context.Context, primary *Node) error {
 	return l.firstStart(ctx)
 }
 
+// rejoin makes the data directory a standby of primary (standby.signal and
+// primary_conninfo, following the latest timeline by default) and starts
+// it.
+func (l *localNode) rejoin(ctx context.Context, primary *Node) error {
+	if err := l.env.writeFile(filepath.Join(l.data, "standby.signal"), ""); err != nil {
+		return err
+	}
+	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s application_name=%s",
+		primary.Port, superuser, l.n.c.superPassword, l.n.name())
+	if err := l.env.appendFile(filepath.Join(l.data, "postgresql.auto.conf"),
+		"primary_conninfo = "+quoteLiteral(conninfo)+"\n"); err != nil {
+		return err
+	}
+	return l.start(ctx)
+}
+
 func (l *localNode) pgctl(ctx context.Context, args ...string) error {
 	_, err := l.env.run(ctx, "", l.n.Dir, nil, "pg_ctl", append([]string{"-D", l.data}, args...)...)
 	return err

@@ -127,6 +127,7 @@ type nodeImpl interface {
 	start(ctx context.Context) error
 	stop(ctx context.Context) error
 	stopClean(ctx context.Context) error
+	rejoin(ctx context.Context, primary *Node) error
 	freeze() error
 	thaw() error
 	promote(ctx context.Context) error
@@ -640,6 +641,25 @@ func (n *Node) Promote(ctx context.Context) error {
 		return fmt.Errorf("sandbox: promote %s: %w", n.name(), err)
 	}
 	n.standby = false
+	n.paused = false
+	return nil
+}
+
+// Rejoin starts a stopped node as a streaming standby of primary: the way
+// an old primary comes back after a replica was promoted. The old primary
+// must have been stopped with StopClean before the promotion, so that its
+// WAL ends where the new primary's timeline begins (no pg_rewind needed).
+func (n *Node) Rejoin(ctx context.Context, primary *Node) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.impl.running() {
+		return fmt.Errorf("sandbox: rejoin %s: node is running", n.name())
+	}
+	n.c.logf("rejoin %s as a standby of %s", n.name(), primary.Addr())
+	if err := n.impl.rejoin(ctx, primary); err != nil {
+		return fmt.Errorf("sandbox: rejoin %s: %w", n.name(), err)
+	}
+	n.standby = true
 	n.paused = false
 	return nil
 }
