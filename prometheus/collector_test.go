@@ -36,18 +36,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// waitUntil polls cond until it holds, failing t after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func connector(t *testing.T, db *sql.DB) *pgreplica.Connector {
 	t.Helper()
 	c, err := pgreplica.ConnectorOf(ctxT(t, 5*time.Second), db)
@@ -60,7 +48,7 @@ func connector(t *testing.T, db *sql.DB) *pgreplica.Connector {
 // waitAllHealthy waits until every node answered a probe and is healthy.
 func waitAllHealthy(t *testing.T, c *pgreplica.Connector) {
 	t.Helper()
-	waitUntil(t, 30*time.Second, "every node is probed and healthy", func() bool {
+	testcluster.WaitUntil(t, 30*time.Second, "every node is probed and healthy", func() bool {
 		for _, n := range c.Status().Nodes {
 			if n.LastProbe.IsZero() || n.State != pgreplica.StateHealthy {
 				return false
@@ -223,7 +211,7 @@ pgreplica_degraded 0
 		}
 		waitAllHealthy(t, c)
 	})
-	waitUntil(t, 30*time.Second, "pgreplica_node_up of the stopped replica is 0", func() bool {
+	testcluster.WaitUntil(t, 30*time.Second, "pgreplica_node_up of the stopped replica is 0", func() bool {
 		v, ok := value(t, reg, "pgreplica_node_up", "node", r2)
 		return ok && v == 0
 	})

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,24 +40,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a concurrent reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // runCmd runs the command line in-process.
@@ -274,7 +255,7 @@ func TestStatusExitsNonZeroWhenThePrimaryIsUnreachable(t *testing.T) {
 func TestStatusWatchRefreshesUntilInterrupted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testcluster.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"status", "--watch", "--interval", "50ms", "--json", testcluster.Cluster().DSN()}, &out, &errb)
@@ -308,7 +289,7 @@ func TestSandboxCommand(t *testing.T) {
 	ctx := ctxT(t, 3*time.Minute)
 	cmd := exec.CommandContext(ctx, os.Args[0], "sandbox", "--replicas", "1")
 	cmd.Env = append(os.Environ(), asMain+"=1")
-	var stderr syncBuffer
+	var stderr testcluster.SyncBuffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -390,7 +371,7 @@ func TestSandboxCommand(t *testing.T) {
 
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
-	var errb syncBuffer
+	var errb testcluster.SyncBuffer
 	began := time.Now()
 	code := runDemo(ctxT(t, 3*time.Minute), nil, &out, &errb)
 	t.Logf("pgreplica demo (%.1fs):\n%s", time.Since(began).Seconds(), out.String())

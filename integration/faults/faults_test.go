@@ -24,7 +24,7 @@ func TestStoppedReplicaUnderLoad(t *testing.T) {
 	if err := victim.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	detect := waitUntil(t, 5*time.Second, "replica1 marked down", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateDown })
+	detect := testcluster.WaitUntil(t, 5*time.Second, "replica1 marked down", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateDown })
 	detected := time.Now()
 	t.Logf("replica1 stopped; marked down %v later", detect)
 	time.Sleep(500 * time.Millisecond)
@@ -32,7 +32,7 @@ func TestStoppedReplicaUnderLoad(t *testing.T) {
 	if err := victim.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	back := waitUntil(t, 10*time.Second, "replica1 serves reads again", func() bool {
+	back := testcluster.WaitUntil(t, 10*time.Second, "replica1 serves reads again", func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		for i := len(l.reads) - 1; i >= 0 && l.reads[i].start.After(detected); i-- {
@@ -85,7 +85,7 @@ func TestFrozenReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	frozenAt := time.Now()
-	detect := waitUntil(t, 5*time.Second, "replica2 reported frozen", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateFrozen })
+	detect := testcluster.WaitUntil(t, 5*time.Second, "replica2 reported frozen", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateFrozen })
 	t.Logf("replica2 frozen; reported frozen %v later", detect)
 	detected := time.Now()
 	time.Sleep(time.Second)
@@ -94,7 +94,7 @@ func TestFrozenReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	thawed := time.Now()
-	back := waitUntil(t, 10*time.Second, "replica2 healthy again", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateHealthy })
+	back := testcluster.WaitUntil(t, 10*time.Second, "replica2 healthy again", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateHealthy })
 	t.Logf("replica2 thawed; healthy %v later", back)
 	time.Sleep(500 * time.Millisecond)
 	reads, failed := l.finish()
@@ -143,7 +143,7 @@ func TestBothReplicasDown(t *testing.T) {
 		}
 	}
 	c := connector(t, strict)
-	waitUntil(t, 5*time.Second, "the strict connector sees both replicas down", func() bool {
+	testcluster.WaitUntil(t, 5*time.Second, "the strict connector sees both replicas down", func() bool {
 		return c.Status().Degraded
 	})
 	start := time.Now()
@@ -196,7 +196,7 @@ func TestLaggingReplica(t *testing.T) {
 	if err := lagger.PauseReplay(ctx); err != nil {
 		t.Fatal(err)
 	}
-	took := waitUntil(t, 10*time.Second, "replica1 reported lagging", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateLagging })
+	took := testcluster.WaitUntil(t, 10*time.Second, "replica1 reported lagging", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateLagging })
 	t.Logf("replay paused; lagging reported %v later", took)
 	for i := range 100 {
 		if port := testcluster.Port(t, ctx, db); port == lagger.Port {
@@ -217,9 +217,9 @@ func TestLaggingReplica(t *testing.T) {
 	if err := lagger.ResumeReplay(ctx); err != nil {
 		t.Fatal(err)
 	}
-	took = waitUntil(t, 10*time.Second, "replica1 healthy again", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateHealthy })
+	took = testcluster.WaitUntil(t, 10*time.Second, "replica1 healthy again", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateHealthy })
 	t.Logf("replay resumed; healthy %v later", took)
-	waitUntil(t, 5*time.Second, "replica1 serves reads again", func() bool { return testcluster.Port(t, ctx, db) == lagger.Port })
+	testcluster.WaitUntil(t, 5*time.Second, "replica1 serves reads again", func() bool { return testcluster.Port(t, ctx, db) == lagger.Port })
 }
 
 func TestStartWithReplicaDown(t *testing.T) {
@@ -239,7 +239,7 @@ func TestStartWithReplicaDown(t *testing.T) {
 	if err := down.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	took := waitUntil(t, 15*time.Second, "the replica that was down at start-up serves reads", func() bool {
+	took := testcluster.WaitUntil(t, 15*time.Second, "the replica that was down at start-up serves reads", func() bool {
 		return testcluster.Port(t, ctx, db) == down.Port
 	})
 	t.Logf("replica2 started; serving reads %v later", took)

@@ -85,19 +85,6 @@ func (l *load) finish() ([]readResult, []error) {
 	return l.reads, l.failed
 }
 
-// waitUntil polls cond every 20ms until it holds or d passes.
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func connector(t *testing.T, db *sql.DB) *pgreplica.Connector {
 	t.Helper()
 	c, err := pgreplica.ConnectorOf(context.Background(), db)
@@ -151,7 +138,7 @@ func portsBefore(reads []readResult, before time.Time) map[int]int {
 // waitServed waits until each of ports has answered at least one read.
 func (l *load) waitServed(t *testing.T, ports ...int) {
 	t.Helper()
-	waitUntil(t, 10*time.Second, "the load reaches every replica", func() bool {
+	testcluster.WaitUntil(t, 10*time.Second, "the load reaches every replica", func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		seen := map[int]bool{}

@@ -66,7 +66,7 @@ func TestPromotion(t *testing.T) {
 		defer mu.Unlock()
 		return len(acked)
 	}
-	waitUntil(t, 10*time.Second, "writes flow", func() bool { return count() > 50 })
+	testcluster.WaitUntil(t, 10*time.Second, "writes flow", func() bool { return count() > 50 })
 
 	if err := cl.Nodes[0].StopClean(ctx); err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestPromotion(t *testing.T) {
 	}
 	promoted := time.Now()
 	before := count()
-	took := waitUntil(t, 10*time.Second, "writes succeed on the promoted replica", func() bool { return count() > before+20 })
+	took := testcluster.WaitUntil(t, 10*time.Second, "writes succeed on the promoted replica", func() bool { return count() > before+20 })
 	t.Logf("replica1 promoted; writes flowing again %v later", took)
 	if got := c.Status().Primary; got != cl.Nodes[1].Addr() {
 		t.Fatalf("status says the primary is %s, want %s", got, cl.Nodes[1].Addr())
@@ -137,14 +137,14 @@ func TestOldPrimaryRejoinsAsStandby(t *testing.T) {
 	}
 	db := testcluster.Open(t, monitorParams)
 	c := connector(t, db)
-	waitUntil(t, 10*time.Second, "the connector follows the promoted replica1", func() bool {
+	testcluster.WaitUntil(t, 10*time.Second, "the connector follows the promoted replica1", func() bool {
 		return c.Status().Primary == cl.Nodes[1].Addr()
 	})
 	if err := cl.Nodes[0].Rejoin(ctx, cl.Nodes[1]); err != nil {
 		t.Fatal(err)
 	}
 	old := cl.Nodes[0]
-	took := waitUntil(t, 15*time.Second, "the old primary serves reads as a replica", func() bool {
+	took := testcluster.WaitUntil(t, 15*time.Second, "the old primary serves reads as a replica", func() bool {
 		return testcluster.Port(t, ctx, db) == old.Port
 	})
 	for _, n := range c.Status().Nodes {
@@ -156,7 +156,7 @@ func TestOldPrimaryRejoinsAsStandby(t *testing.T) {
 	if _, err := db.ExecContext(ctx, "INSERT INTO acked (id) VALUES (-1)"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "the old primary replays a write made on the new one", func() bool {
+	testcluster.WaitUntil(t, 10*time.Second, "the old primary replays a write made on the new one", func() bool {
 		n, err := cl.QueryInt(ctx, 0, "SELECT count(*) FROM acked WHERE id = -1")
 		return err == nil && n == 1
 	})

@@ -1,38 +1,17 @@
 package faults
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
-
-// lockedBuffer is a log sink the monitor goroutine writes while the test
-// reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestSplitBrainKeepsWritesOnThePrimary runs after TestPromotion (file
 // order): replica1 is the primary; the old primary is a standby of it or
@@ -46,7 +25,7 @@ func TestSplitBrainKeepsWritesOnThePrimary(t *testing.T) {
 		t.Skip("needs TestPromotion to have run first (tests run in file order)")
 	}
 	testcluster.NoLeaks(t)
-	var logs lockedBuffer
+	var logs testcluster.SyncBuffer
 	cfg, err := pgreplica.ParseConfig(testcluster.DSN(monitorParams))
 	if err != nil {
 		t.Fatal(err)
@@ -60,13 +39,13 @@ func TestSplitBrainKeepsWritesOnThePrimary(t *testing.T) {
 	t.Cleanup(func() { db.Close() })
 
 	current := cl.Nodes[1].Addr()
-	waitUntil(t, 10*time.Second, "the connector follows the promoted replica1", func() bool {
+	testcluster.WaitUntil(t, 10*time.Second, "the connector follows the promoted replica1", func() bool {
 		return connector.Status().Primary == current
 	})
 	if err := cl.Nodes[2].Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "two writable nodes are reported", func() bool {
+	testcluster.WaitUntil(t, 10*time.Second, "two writable nodes are reported", func() bool {
 		return strings.Contains(logs.String(), "more than one writable node")
 	})
 	for i := range 20 {

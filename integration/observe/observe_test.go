@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -51,30 +50,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer collects log output written from the monitor's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // observed is a pgreplica *sql.DB on the cluster with everything that
 // reports on it.
 type observed struct {
 	db   *sql.DB
 	c    *pgreplica.Connector
-	logs *syncBuffer // JSON lines, every level
+	logs *testcluster.SyncBuffer // JSON lines, every level
 	reg  *prom.Registry
 }
 
@@ -85,7 +66,7 @@ func open(t *testing.T) *observed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &observed{logs: &syncBuffer{}, reg: prom.NewPedanticRegistry()}
+	o := &observed{logs: &testcluster.SyncBuffer{}, reg: prom.NewPedanticRegistry()}
 	cfg.Logger = slog.New(slog.NewJSONHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if o.c, err = pgreplica.NewConnector(*cfg); err != nil {
 		t.Fatal(err)
@@ -116,24 +97,12 @@ func noSecret(t *testing.T, what, text string) {
 	}
 }
 
-// waitUntil polls cond until it holds, failing t after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitStates waits until every node answered a probe (or is down) and the
 // nodes' states are want, in DSN order.
 func (o *observed) waitStates(t *testing.T, want ...string) pgreplica.Status {
 	t.Helper()
 	var s pgreplica.Status
-	waitUntil(t, 30*time.Second, fmt.Sprintf("the nodes are %v", want), func() bool {
+	testcluster.WaitUntil(t, 30*time.Second, fmt.Sprintf("the nodes are %v", want), func() bool {
 		s = o.c.Status()
 		for i, n := range s.Nodes {
 			if n.State != want[i] || n.LastProbe.IsZero() && n.State != pgreplica.StateDown {
@@ -255,7 +224,7 @@ func stop(t *testing.T, o *observed, i int) {
 			t.Errorf("restart node %d: %v", i, err)
 			return
 		}
-		waitUntil(t, 30*time.Second, fmt.Sprintf("node %d is healthy again", i), func() bool {
+		testcluster.WaitUntil(t, 30*time.Second, fmt.Sprintf("node %d is healthy again", i), func() bool {
 			n := o.c.Status().Nodes[i]
 			return n.State == healthy && !n.LastProbe.IsZero()
 		})
@@ -347,7 +316,7 @@ func TestAReplicaLagging(t *testing.T) {
 		}
 		o.waitStates(t, healthy, healthy, healthy)
 	})
-	waitUntil(t, 30*time.Second, "replica 1 is lagging", func() bool {
+	testcluster.WaitUntil(t, 30*time.Second, "replica 1 is lagging", func() bool {
 		if _, err := o.db.ExecContext(ctx, "INSERT INTO observe_rows DEFAULT VALUES"); err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@
 package testcluster
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,6 +158,39 @@ func WaitReplayed(t testing.TB, ctx context.Context) {
 	if err := cluster.WaitReplayed(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// WaitUntil polls cond every 20ms until it holds, failing t after timeout,
+// and returns how long it took.
+func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// SyncBuffer is a bytes.Buffer that one goroutine (a logger, a command's
+// output) may write while the test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // Role names the node listening on port: "primary", "replica1", …
