@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -37,10 +35,11 @@ type node struct {
 	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
 
-	// conns are the node's open physical connections, registered by pool
-	// hooks when they are made and closed, never on the query path.
+	// conns are the node's sockets, from dial to close, including those
+	// still in the startup handshake; tracked at dial and close only,
+	// never on the query path.
 	connsMu sync.Mutex
-	conns   map[*pgconn.PgConn]struct{}
+	conns   map[*trackedConn]struct{}
 
 	// closing is set when the connector closed; the pool closes when the
 	// last lease comes back (pgxpool.Close would wait for it).
@@ -65,30 +64,18 @@ type node struct {
 const defaultReplicaConnectTimeout = 2 * time.Second
 
 func newNode(index int, cfg *pgxpool.Config) (*node, error) {
-	n := &node{index: index, addr: addrOf(cfg), conns: make(map[*pgconn.PgConn]struct{})}
+	n := &node{index: index, addr: addrOf(cfg), conns: make(map[*trackedConn]struct{})}
 	cfg = cfg.Copy()
 	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
-	afterConnect, beforeClose := cfg.AfterConnect, cfg.BeforeClose
-	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		if afterConnect != nil {
-			if err := afterConnect(ctx, c); err != nil {
-				return err
-			}
+	dial := cfg.ConnConfig.DialFunc
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
 		}
-		n.connsMu.Lock()
-		n.conns[c.PgConn()] = struct{}{}
-		n.connsMu.Unlock()
-		return nil
-	}
-	cfg.BeforeClose = func(c *pgx.Conn) {
-		n.connsMu.Lock()
-		delete(n.conns, c.PgConn())
-		n.connsMu.Unlock()
-		if beforeClose != nil {
-			beforeClose(c)
-		}
+		return n.track(c), nil
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
@@ -110,16 +97,44 @@ func addrOf(cfg *pgxpool.Config) string {
 	return net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port)))
 }
 
-// abortConns closes the sockets of the node's physical connections, so that
-// reads blocked on a frozen or dead replica fail now, while their callers'
-// deadlines still leave time to retry them elsewhere. net.Conn.Close is safe
-// while another goroutine reads; pgx then sees a broken connection and the
-// pool destroys it.
+// trackedConn is a socket to the node that leaves the node's set when it
+// is closed, however pgx closes it (a failed handshake, a broken or
+// destroyed connection).
+type trackedConn struct {
+	net.Conn
+	n *node
+}
+
+func (n *node) track(c net.Conn) *trackedConn {
+	tc := &trackedConn{Conn: c, n: n}
+	n.connsMu.Lock()
+	n.conns[tc] = struct{}{}
+	n.connsMu.Unlock()
+	return tc
+}
+
+func (c *trackedConn) Close() error {
+	c.n.connsMu.Lock()
+	delete(c.n.conns, c)
+	c.n.connsMu.Unlock()
+	return c.Conn.Close()
+}
+
+// abortConns closes the node's sockets, so that reads blocked on a frozen
+// or dead replica fail now, while their callers' deadlines still leave time
+// to retry them elsewhere; a connection still in its startup handshake is
+// cut too, instead of waiting for its connect timeout. net.Conn.Close is
+// safe while another goroutine reads; pgx then sees a broken connection and
+// the pool destroys it.
 func (n *node) abortConns() {
 	n.connsMu.Lock()
-	defer n.connsMu.Unlock()
-	for pc := range n.conns {
-		_ = pc.Conn().Close()
+	conns := make([]net.Conn, 0, len(n.conns))
+	for c := range n.conns {
+		conns = append(conns, c.Conn)
+	}
+	n.connsMu.Unlock()
+	for _, c := range conns {
+		_ = c.Close() // the raw socket: the wrapper's Close would relock
 	}
 }
 
