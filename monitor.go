@@ -26,10 +26,14 @@ const historyLen = 600
 type monitor struct {
 	c        *Connector
 	interval time.Duration
-	timeout  time.Duration
-	kickCh   chan struct{}
-	stopCh   chan struct{}
-	done     chan struct{}
+	timeout  time.Duration // a probe query on an open connection
+	// connectTimeout bounds opening a probe connection, authentication
+	// included: on a loaded machine that alone can outlast timeout, and a
+	// freeze is caught by the query on the open connection anyway.
+	connectTimeout time.Duration
+	kickCh         chan struct{}
+	stopCh         chan struct{}
+	done           chan struct{}
 
 	// Owned by the monitor goroutine.
 	probeConns []*pgx.Conn
@@ -49,15 +53,17 @@ type probeResult struct {
 }
 
 func startMonitor(c *Connector) *monitor {
+	timeout := min(max(c.cfg.MonitorInterval, 500*time.Millisecond), 5*time.Second)
 	m := &monitor{
-		c:          c,
-		interval:   c.cfg.MonitorInterval,
-		timeout:    min(max(c.cfg.MonitorInterval, 500*time.Millisecond), 5*time.Second),
-		kickCh:     make(chan struct{}, 1),
-		stopCh:     make(chan struct{}),
-		done:       make(chan struct{}),
-		probeConns: make([]*pgx.Conn, len(c.nodes)),
-		lagging:    make([]bool, len(c.nodes)),
+		c:              c,
+		interval:       c.cfg.MonitorInterval,
+		timeout:        timeout,
+		connectTimeout: max(timeout, defaultReplicaConnectTimeout),
+		kickCh:         make(chan struct{}, 1),
+		stopCh:         make(chan struct{}),
+		done:           make(chan struct{}),
+		probeConns:     make([]*pgx.Conn, len(c.nodes)),
+		lagging:        make([]bool, len(c.nodes)),
 	}
 	go m.run()
 	return m
@@ -145,15 +151,16 @@ func (m *monitor) round() {
 }
 
 func (m *monitor) probe(parent context.Context, i int) probeResult {
-	ctx, cancel := context.WithTimeout(parent, m.timeout)
-	defer cancel()
 	r := probeResult{started: monoNow()}
 	pc := m.probeConns[i]
 	if pc == nil || pc.IsClosed() {
+		cctx, cancel := context.WithTimeout(parent, m.connectTimeout)
 		var err error
-		pc, err = pgx.ConnectConfig(ctx, m.c.nodes[i].pool.Config().ConnConfig)
+		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].pool.Config().ConnConfig)
+		timedOut := cctx.Err() != nil
+		cancel()
 		if err != nil {
-			if ctx.Err() != nil {
+			if timedOut {
 				err = errProbeTimeout // it accepted the connection and never answered
 			}
 			r.err = err
@@ -161,6 +168,8 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 		}
 		m.probeConns[i] = pc
 	}
+	ctx, cancel := context.WithTimeout(parent, m.timeout)
+	defer cancel()
 	var lsn, flush int64
 	t0 := time.Now() // latency of the query alone, not of a reconnect
 	if err := pc.QueryRow(ctx, probeSQL).Scan(&r.standby, &lsn, &flush); err != nil {
