@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Compile-time checks of the interfaces database/sql looks for. conn
@@ -29,6 +31,14 @@ var (
 // checkouts: a statement takes one from the right node's pool, and it stays
 // pinned until database/sql takes the conn back (IsValid), so each node's
 // pool size is the real cap on its connections.
+//
+// The exception is session state, which stays with the conn that made it,
+// as with pgx's own driver: once a statement on the primary changed the
+// session (SET, a temporary table, a session advisory lock, LISTEN, …) the
+// conn keeps that physical connection across checkouts and sends every
+// later statement to it; when database/sql closes the conn, the connection
+// is closed too instead of going back to the pool. Nothing is ever reset,
+// so whatever the pool's AfterConnect set up stays as it was.
 type conn struct {
 	c *Connector
 
@@ -40,6 +50,9 @@ type conn struct {
 	// pinned is set once this checkout used the primary: later reads follow
 	// it, so a sql.Conn reads its own writes and keeps its session state.
 	pinned bool
+	// sticky is set once the primary lease holds session state: it is kept
+	// (and pinned stays set) across checkouts until the conn is closed.
+	sticky bool
 	// statements run in this checkout; a failed read is retried on another
 	// node only when it was the first, so nothing was observed yet.
 	statements int
@@ -61,36 +74,80 @@ func (c *conn) Connector() *Connector { return c.c }
 // endCheckout releases the pinned physical connections. database/sql calls
 // IsValid when it takes the conn back and Close when it drops it; both end
 // the checkout, idempotently.
-func (c *conn) endCheckout() {
+//
+// It reports whether session state held by the conn was lost.
+func (c *conn) endCheckout() (lost bool) {
 	if c.txLease != nil {
 		// database/sql rolled back or dropped the Tx without telling us
 		// (a closed conn); releasing a connection that is mid-transaction
 		// makes the pool destroy it.
 		c.txLease = nil
 	}
-	c.primary.release()
+	if c.sticky && !c.stickyUsable() {
+		c.sticky, lost = false, true // gone with its connection or role
+	}
+	if !c.sticky {
+		c.primary.release()
+	}
 	c.replica.release()
 	c.closeOpenWrite()
-	c.pinned = false
+	c.pinned = c.sticky
 	c.statements = 0
+	return lost
 }
 
+// stickyUsable says whether the connection holding this conn's session
+// state can still serve it: it is open and its node is still the primary.
+func (c *conn) stickyUsable() bool {
+	l := &c.primary
+	if !l.held() || l.node != c.c.topo.Load().primary {
+		return false
+	}
+	if sc, ok := l.sc.(*stdlib.Conn); ok {
+		return !sc.Conn().IsClosed()
+	}
+	return true
+}
+
+// IsValid ends the checkout. A conn whose session state was lost (its
+// connection broke, or its node is no longer the primary) is invalid, so
+// database/sql closes it instead of running later statements without it.
 func (c *conn) IsValid() bool {
-	c.endCheckout()
-	return !c.c.closed.Load()
+	lost := c.endCheckout()
+	return !c.c.closed.Load() && !lost
 }
 
-func (c *conn) ResetSession(context.Context) error {
-	c.endCheckout()
-	if c.c.closed.Load() {
+// ResetSession runs before a pooled conn is reused. A conn holding session
+// state checks its connection as pgx's driver does (a ping after a second
+// idle); a broken one is reported as driver.ErrBadConn, so database/sql
+// discards the conn and uses another.
+func (c *conn) ResetSession(ctx context.Context) error {
+	if lost := c.endCheckout(); lost || c.c.closed.Load() {
 		return driver.ErrBadConn
+	}
+	if r, ok := c.primary.sc.(driver.SessionResetter); ok && c.sticky {
+		if err := r.ResetSession(ctx); err != nil {
+			return driver.ErrBadConn
+		}
 	}
 	return nil
 }
 
+// Close discards the session state this conn holds with its connection.
 func (c *conn) Close() error {
+	c.sticky = false
 	c.endCheckout()
 	return nil
+}
+
+// noteSessionState records that a statement run on l changes session
+// state: on the primary the conn keeps l from now on; on a replica l is
+// closed when released.
+func (c *conn) noteSessionState(l *lease) {
+	l.dirty = true
+	if l == &c.primary {
+		c.sticky = true
+	}
 }
 
 // CheckNamedValue accepts every argument: pgx encodes them itself.
@@ -100,10 +157,28 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
-// PrepareContext does not prepare on a server: which node runs the
-// statement is known only when it is executed. pgx prepares and caches it
-// per connection on first use.
-func (c *conn) PrepareContext(_ context.Context, query string) (driver.Stmt, error) {
+// PrepareContext checks the statement on the server, as pgx's driver does,
+// so that invalid SQL fails here and not at its first execution: it is
+// parsed and described as an unnamed statement on the open transaction's
+// node, else on the primary, which has the newest schema (without pinning
+// the checkout to it). Which node runs it is decided at each execution;
+// pgx prepares and caches it per connection on first use.
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	l := c.txLease
+	if l == nil {
+		pinned := c.pinned
+		var err error
+		l, err = c.primaryLease(ctx)
+		c.pinned = pinned
+		if err != nil {
+			return nil, err
+		}
+	}
+	if sc, ok := l.sc.(*stdlib.Conn); ok {
+		if _, err := sc.Conn().PgConn().Prepare(ctx, "", query, nil); err != nil {
+			return nil, err
+		}
+	}
 	return &stmt{c: c, query: query}, nil
 }
 
@@ -157,7 +232,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		}
 	}
 	if classifyCached(query).sessionState {
-		l.dirty = true
+		c.noteSessionState(l)
 	}
 	c.statements++
 	n := l.node
@@ -193,6 +268,10 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		reason = ReasonUsePrimary
 	case c.pinned:
 		reason = ReasonPinned
+	case cl.sessionState:
+		// Session state belongs with the conn's primary connection, even
+		// when a hint asks for a replica.
+		reason = ReasonClassifier
 	case cl.hint == hintReplica:
 		return c.queryReplica(ctx, o, query, args, ReasonHint, cl)
 	case !cl.readOnly:
@@ -233,7 +312,7 @@ func (c *conn) closeOpenWrite() {
 // queryOn runs one query on a held lease.
 func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
 	if cl.sessionState {
-		l.dirty = true
+		c.noteSessionState(l)
 	}
 	c.statements++
 	n := l.node
@@ -267,9 +346,11 @@ func (c *conn) replicaBounds(o *routeOptions) (maxLag time.Duration, minLSN uint
 }
 
 // queryReplica runs a read on a usable replica. A read that fails before
-// its first row because the replica is unreachable, died or hit a recovery
-// conflict is re-run on another replica and then, with fallback on, on the
-// primary: each node at most once, within the caller's context.
+// its first row because the replica is unreachable, its connection broke or
+// it hit a recovery conflict is re-run on another replica and then, with
+// fallback on, on the primary: each node at most once, within the caller's
+// context. A read the replica refused as one only the primary can serve
+// (see primaryRerun) is re-run on the primary.
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o)
 	if needPrimary {
@@ -294,11 +375,20 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		if err == nil {
 			return rows, nil
 		}
-		if isReadOnlyViolation(err) {
-			// The text wrote after all (a function, or a hint): nothing
-			// happened on the standby, so the primary may run it.
-			n.reroutes[rerouteReadOnly].Add(1)
-			return c.queryPrimary(ctx, o, query, args, ReasonReadOnly, classification{})
+		if why, ok := primaryRerun(err); ok {
+			if why == ReasonReadOnly {
+				// The text wrote after all (a function, or a hint): nothing
+				// happened on the standby, so the primary may run it, as
+				// the write it is.
+				n.reroutes[rerouteReadOnly].Add(1)
+				return c.queryPrimary(ctx, o, query, args, why, classification{})
+			}
+			// Still a read: it need not pin the checkout to the primary.
+			n.reroutes[rerouteStandbyError].Add(1)
+			pinned := c.pinned
+			rows, err := c.queryPrimary(ctx, o, query, args, why, cl)
+			c.pinned = pinned
+			return rows, err
 		}
 		if ctx.Err() != nil || !isRetryableRead(err) {
 			return nil, err
@@ -349,17 +439,16 @@ func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uin
 		l.release()
 	}
 	for !l.held() {
-		n := c.c.pickReplica(c, maxLag, minLSN, *tried)
-		if n == nil {
-			return nil, nil
+		n, err := c.c.pickReplica(c, maxLag, minLSN, *tried)
+		if n == nil || err != nil {
+			return nil, err
 		}
 		*tried |= 1 << n.index
 		if err := n.acquire(ctx, l); err != nil {
 			if ctx.Err() != nil {
 				return nil, err
 			}
-			c.c.trafficFailed(n, err)
-			n.reroutes[rerouteDown].Add(1)
+			c.c.connectFailed(n, err)
 			*lastErr = err
 		}
 	}
@@ -367,12 +456,11 @@ func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uin
 }
 
 // dropReplica gives up the replica lease after a statement failed on it in
-// a way another node may not: the node leaves routing if its connection
-// broke.
+// a way another node may not. Only that connection is lost (the pool
+// destroys a broken one); its node stays in routing unless the monitor
+// finds it down.
 func (c *conn) dropReplica(l *lease, err error) {
-	if isConnectionError(err) {
-		c.c.trafficFailed(l.node, err)
-	}
+	c.c.connectionFailed(err)
 	l.release()
 }
 

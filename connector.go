@@ -123,8 +123,9 @@ func (c *Connector) primary() (*node, error) {
 }
 
 // pickReplica asks the policy to choose among the replicas that may serve
-// a read now, skipping those already tried by this call.
-func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried uint64) *node {
+// a read now, skipping those already tried by this call. It returns nil
+// when none may, and an error only when the policy panicked.
+func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried uint64) (*node, error) {
 	topo := c.topo.Load()
 	nodes := cn.candNodes[:0]
 	for _, n := range topo.replicas {
@@ -134,32 +135,47 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 		switch why := n.skipReason(maxLag, minLSN); why {
 		case usable:
 			nodes = append(nodes, n)
-		case rerouteDown, rerouteLag:
+		case rerouteDown, rerouteLag, rerouteFull:
 			n.reroutes[why].Add(1)
 		}
 	}
 	cn.candNodes = nodes
 	switch len(nodes) {
 	case 0:
-		return nil
+		return nil, nil
 	case 1:
-		return nodes[0] // no choice to make: skip building candidates
+		return nodes[0], nil // no choice to make: skip building candidates
 	}
 	cands := cn.cands[:0]
 	for _, n := range nodes {
 		cands = append(cands, Candidate{
-			Index:    n.index - 1,
+			Index:    n.index,
 			Addr:     n.addr,
 			InFlight: int(n.inFlight.Load()),
 			Lag:      time.Duration(n.lagNanos.Load()),
 		})
 	}
 	cn.cands = cands
-	i := c.policy.Choose(cands)
+	i, err := c.choose(cands)
+	if err != nil {
+		return nil, err
+	}
 	if i < 0 || i >= len(nodes) {
 		i = 0
 	}
-	return nodes[i]
+	return nodes[i], nil
+}
+
+// choose runs the policy. A policy that panics fails the read with an
+// error naming it: the panic would otherwise unwind through database/sql,
+// which then never gets its connection back.
+func (c *Connector) choose(cands []Candidate) (i int, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %T panicked: %v", ErrPolicy, c.policy, r)
+		}
+	}()
+	return c.policy.Choose(cands), nil
 }
 
 // anyUsableReplica says whether a replica not yet tried could serve a read
@@ -173,15 +189,34 @@ func (c *Connector) anyUsableReplica(maxLag time.Duration, tried uint64) bool {
 	return false
 }
 
-// trafficFailed records that real traffic found n unreachable: it leaves
-// routing at once, and the monitor re-probes it.
-func (c *Connector) trafficFailed(n *node, err error) {
+// connectFailed records that a new connection to n could not be opened.
+// A node that cannot be reached leaves routing at once, and the monitor
+// re-probes it; one that refused only for want of a free slot (53300) is
+// full: it gets no new reads for a monitor interval, its connections keep
+// serving, and it is not reported down.
+func (c *Connector) connectFailed(n *node, err error) {
+	if isTooManyConnections(err) {
+		n.fullUntil.Store(time.Now().Add(c.cfg.MonitorInterval).UnixNano())
+		n.reroutes[rerouteFull].Add(1)
+		return
+	}
+	n.reroutes[rerouteDown].Add(1)
 	if n.markDown() {
 		c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(err))
 		if n.standby.Load() {
 			n.abortConns()
 		}
 		n.resetPool()
+		c.mon.kick()
+	}
+}
+
+// connectionFailed records that one established connection to n broke
+// (its backend was terminated, the socket closed): only that connection
+// is lost, and pgxpool destroys it on release. A dying server breaks every
+// connection and refuses new ones, so the monitor checks the node now.
+func (c *Connector) connectionFailed(err error) {
+	if isConnectionError(err) {
 		c.mon.kick()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -319,18 +320,160 @@ func TestReadFailingBeforeFirstRowIsRetriedElsewhere(t *testing.T) {
 	if route.Node() != "node0:5432" || route.Reason() != ReasonRetry {
 		t.Fatalf("route = %s %s, want node0 retry", route.Node(), route.Reason())
 	}
-	if fc.c.nodes[1].up.Load() != false || fc.c.nodes[2].up.Load() != true {
-		t.Fatal("a broken connection marks its node down; a recovery conflict does not")
+	if !fc.c.nodes[1].up.Load() || !fc.c.nodes[2].up.Load() {
+		t.Fatal("one broken connection or a recovery conflict took its node out of routing")
 	}
 }
 
 func TestStatementErrorsAreNotRetried(t *testing.T) {
 	fc := newFakeCluster(t, 2, defaultCfg())
-	fc.mocks[1].ExpectQuery(q("SELECT nope FROM t")).WillReturnError(&pgconn.PgError{Code: "42703", Message: "column does not exist"})
-	err := fc.db.QueryRow("SELECT nope FROM t").Scan(new(int))
+	fc.mocks[1].ExpectQuery(q("SELECT 1/0")).WillReturnError(&pgconn.PgError{Code: "22012", Message: "division by zero"})
+	err := fc.db.QueryRow("SELECT 1/0").Scan(new(int))
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || pe.Code != "42703" {
-		t.Fatalf("err = %v, want the server's 42703", err)
+	if !errors.As(err, &pe) || pe.Code != "22012" {
+		t.Fatalf("err = %v, want the server's 22012 unwrapped", err)
+	}
+}
+
+// Errors by which a standby refuses a read that the primary can serve
+// re-run it there, with their own route reason, without pinning the
+// checkout to the primary.
+func TestStandbyRefusalsReRunOnPrimary(t *testing.T) {
+	for _, tc := range []struct {
+		code string
+		want Reason
+	}{
+		{"0A000", ReasonRecoveryError}, // unlogged table
+		{"55000", ReasonRecoveryError}, // recovery is in progress
+		{"XX000", ReasonRecoveryError}, // cannot assign OIDs during recovery
+		{"42P01", ReasonUndefinedObject},
+		{"42703", ReasonUndefinedObject},
+		{"42883", ReasonUndefinedObject},
+		{"42704", ReasonUndefinedObject},
+		{"3F000", ReasonUndefinedObject},
+	} {
+		t.Run(tc.code, func(t *testing.T) {
+			fc := newFakeCluster(t, 1, defaultCfg())
+			fc.mocks[1].ExpectQuery(q("SELECT x FROM t")).WillReturnError(&pgconn.PgError{Code: tc.code})
+			fc.mocks[0].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+			fc.mocks[1].ExpectQuery(q("SELECT y FROM t")).WillReturnRows(oneRow())
+			ctx, route := WithRoute(context.Background())
+			sc, err := fc.db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sc.Close()
+			if err := sc.QueryRowContext(ctx, "SELECT x FROM t").Scan(new(int)); err != nil {
+				t.Fatal(err)
+			}
+			if route.Node() != "node0:5432" || route.Reason() != tc.want {
+				t.Fatalf("route = %s %s, want node0:5432 %s", route.Node(), route.Reason(), tc.want)
+			}
+			if err := sc.QueryRowContext(ctx, "SELECT y FROM t").Scan(new(int)); err != nil {
+				t.Fatal(err)
+			}
+			if route.Node() != "node1:5432" {
+				t.Fatalf("the next read went to %s: a re-run read pinned the conn to the primary", route.Node())
+			}
+			if got := fc.c.nodes[1].reroutes[rerouteStandbyError].Load(); got != 1 {
+				t.Fatalf("standby_error reroutes = %d, want 1", got)
+			}
+		})
+	}
+}
+
+// A replica that refuses a new connection for want of a slot (53300) is
+// full, not down: reads go elsewhere for a while, and it stays up.
+func TestFullReplicaIsSkippedNotDown(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	fc.c.cfg.MonitorInterval = time.Hour
+	fc.c.nodes[1].fakeErr = fmt.Errorf("connect: %w", &pgconn.PgError{Code: "53300", Message: "sorry, too many clients already"})
+	for range 3 {
+		fc.mocks[2].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	}
+	for range 3 {
+		if err := fc.db.QueryRow("SELECT x FROM t").Scan(new(int)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := fc.c.nodes[1]
+	if !n.up.Load() || !n.isFull() {
+		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.isFull())
+	}
+	if got := n.reroutes[rerouteFull].Load(); got != 3 {
+		t.Fatalf("full reroutes = %d, want 3 (one refusal, then skipped twice)", got)
+	}
+	if st := n.status(false, time.Second); st.State != StateFull {
+		t.Fatalf("state = %s, want %s", st.State, StateFull)
+	}
+}
+
+type panickyPolicy struct{}
+
+func (panickyPolicy) Choose([]Candidate) int { panic("boom") }
+
+// A Policy that panics fails the read with an error naming it, and
+// database/sql gets its connection back.
+func TestPanickingPolicyReturnsAnError(t *testing.T) {
+	cfg := defaultCfg()
+	cfg.Policy = panickyPolicy{}
+	fc := newFakeCluster(t, 2, cfg)
+	for range 5 {
+		err := fc.db.QueryRow("SELECT x FROM t").Scan(new(int))
+		if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "panickyPolicy") || !strings.Contains(err.Error(), "boom") {
+			t.Fatalf("err = %v, want ErrPolicy naming panickyPolicy", err)
+		}
+	}
+	if st := fc.db.Stats(); st.InUse != 0 || st.OpenConnections > 1 {
+		t.Fatalf("db stats %+v: connections leaked", st)
+	}
+}
+
+// Session state stays with the database/sql connection that made it: its
+// later statements go to the primary, on the same physical connection,
+// across checkouts; another connection does not get it.
+func TestSessionStateStaysWithItsConn(t *testing.T) {
+	fc := newFakeCluster(t, 1, defaultCfg())
+	fc.db.SetMaxOpenConns(1)
+	fc.mocks[0].ExpectExec(q("SET search_path TO app")).WillReturnResult(sqlmock.NewResult(0, 0))
+	fc.mocks[0].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	fc.mocks[0].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	if _, err := fc.db.Exec("SET search_path TO app"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, route := WithRoute(context.Background())
+	for range 2 {
+		if err := fc.db.QueryRowContext(ctx, "SELECT x FROM t").Scan(new(int)); err != nil {
+			t.Fatal(err)
+		}
+		if route.Node() != "node0:5432" || route.Reason() != ReasonPinned {
+			t.Fatalf("route = %s %s, want node0:5432 pinned", route.Node(), route.Reason())
+		}
+	}
+	if got := fc.c.nodes[0].inFlight.Load(); got != 1 {
+		t.Fatalf("primary leases held between checkouts = %d, want 1", got)
+	}
+	fc.db.SetMaxIdleConns(0) // closes the idle conn
+	if got := fc.c.nodes[0].inFlight.Load(); got != 0 {
+		t.Fatalf("primary leases held after the conn closed = %d, want 0", got)
+	}
+	fc.mocks[1].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	if err := fc.db.QueryRowContext(ctx, "SELECT x FROM t").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	if route.Node() != "node1:5432" {
+		t.Fatalf("a new conn read from %s, want the replica", route.Node())
+	}
+}
+
+// A statement that changes session state goes to the primary even when a
+// hint asks for a replica.
+func TestSessionStateIgnoresReplicaHint(t *testing.T) {
+	fc := newFakeCluster(t, 1, defaultCfg())
+	const set = "/* pgreplica:replica */ SELECT set_config('search_path', 'app', false)"
+	fc.mocks[0].ExpectQuery(q(set)).WillReturnRows(oneRow())
+	if err := fc.db.QueryRow(set).Scan(new(int)); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -418,8 +561,24 @@ func TestWeightedPolicy(t *testing.T) {
 	}
 }
 
+// After a failover the node listed first can serve reads as a replica: its
+// Candidate.Index is 0, and Weighted gives it no weight instead of
+// panicking.
+func TestWeightedPolicyWithFormerPrimaryAsCandidate(t *testing.T) {
+	w := Weighted(2, 1)
+	cands := []Candidate{{Index: 0}, {Index: 2}}
+	for range 100 {
+		if got := w.Choose(cands); got != 1 {
+			t.Fatalf("Weighted chose %d: the node listed first has no weight", got)
+		}
+	}
+	if got := w.Choose([]Candidate{{Index: 0}}); got != 0 {
+		t.Fatalf("Weighted chose %d of one candidate", got)
+	}
+}
+
 func TestPolicies(t *testing.T) {
-	cands := []Candidate{{Index: 0, InFlight: 5}, {Index: 1, InFlight: 1}, {Index: 2, InFlight: 3}}
+	cands := []Candidate{{Index: 1, InFlight: 5}, {Index: 2, InFlight: 1}, {Index: 3, InFlight: 3}}
 	if got := LeastBusy().Choose(cands); got != 1 {
 		t.Fatalf("LeastBusy chose %d, want 1", got)
 	}

@@ -22,9 +22,11 @@ func pgCode(err error) string {
 // write. Nothing happened, so the primary may run the statement.
 func isReadOnlyViolation(err error) bool { return pgCode(err) == "25006" }
 
-// isConnectionError reports errors that say the node (not the statement) is
-// unusable: it could not be reached, the connection broke, or the server is
-// shutting down or starting up.
+// isConnectionError reports errors that say a connection (not the
+// statement) failed: it could not be opened, it broke, or its backend was
+// terminated. One connection failing says little about its node: only a
+// failure to open a new one (see connectFailed) or the monitor takes a node
+// out of routing.
 func isConnectionError(err error) bool {
 	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
@@ -50,8 +52,8 @@ func isConnectionError(err error) bool {
 }
 
 // isRetryableRead reports errors after which a read that returned no row
-// yet may run again on another node: the node failed, or a standby
-// cancelled it in a recovery conflict, or it has no free connection slot.
+// yet may run again on another node: its connection broke, or a standby
+// cancelled it in a recovery conflict.
 func isRetryableRead(err error) bool {
 	if isConnectionError(err) {
 		return true
@@ -59,10 +61,33 @@ func isRetryableRead(err error) bool {
 	switch pgCode(err) {
 	case "40001", "40P01": // recovery conflicts are reported as these on a standby
 		return true
-	case "53300": // too_many_connections
-		return true
 	}
 	return false
+}
+
+// isTooManyConnections reports a server that refused one new connection
+// because it has no free slot (53300): it is full, not down.
+func isTooManyConnections(err error) bool { return pgCode(err) == "53300" }
+
+// primaryRerun says whether a read that a standby refused before its first
+// row should run again on the primary, and with which route reason. Each of
+// these leaves nothing behind on the standby:
+//   - 25006: the text wrote after all (a function, or a hint);
+//   - 0A000, 55000, XX000: the standby cannot serve it (an unlogged table,
+//     pg_current_wal_lsn(), an OID to assign) while the primary can;
+//   - an undefined object: the standby may not have replayed the DDL that
+//     created it yet. The primary has the newest schema, so its answer is
+//     the one the application would get without replicas.
+func primaryRerun(err error) (Reason, bool) {
+	switch pgCode(err) {
+	case "25006":
+		return ReasonReadOnly, true
+	case "0A000", "55000", "XX000":
+		return ReasonRecoveryError, true
+	case "42P01", "42703", "42883", "42704", "3F000":
+		return ReasonUndefinedObject, true
+	}
+	return ReasonNone, false
 }
 
 // errorClass is a short description of err for logs and status: raw

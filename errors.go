@@ -19,3 +19,7 @@ var ErrClosed = errors.New("pgreplica: connector closed")
 // writable primary (it is down, or the cluster reports two writable nodes
 // and pgreplica refuses to guess).
 var ErrNoPrimary = errors.New("pgreplica: no usable primary")
+
+// ErrPolicy is returned by reads when the replica Policy panicked while
+// choosing a replica; the message names the policy's type and the panic.
+var ErrPolicy = errors.New("pgreplica: replica policy failed")

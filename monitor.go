@@ -152,6 +152,20 @@ func (m *monitor) round() {
 
 func (m *monitor) probe(parent context.Context, i int) probeResult {
 	r := probeResult{started: monoNow()}
+	reused := m.probeConns[i] != nil && !m.probeConns[i].IsClosed()
+	r.err = m.probeOnce(parent, i, &r)
+	if r.err != nil && reused && !errors.Is(r.err, errProbeTimeout) && parent.Err() == nil {
+		// The probe's own connection may have been the only one to fail
+		// (pg_terminate_backend, an idle timeout): that says nothing about
+		// the node, so ask once more on a new connection.
+		r.err = m.probeOnce(parent, i, &r)
+	}
+	return r
+}
+
+// probeOnce runs the probe query, opening the node's probe connection
+// first when it has none. A connection that failed is closed.
+func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error {
 	pc := m.probeConns[i]
 	if pc == nil || pc.IsClosed() {
 		cctx, cancel := context.WithTimeout(parent, m.connectTimeout)
@@ -163,8 +177,7 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 			if timedOut {
 				err = errProbeTimeout // it accepted the connection and never answered
 			}
-			r.err = err
-			return r
+			return err
 		}
 		m.probeConns[i] = pc
 	}
@@ -172,19 +185,21 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	defer cancel()
 	var lsn, flush int64
 	t0 := time.Now() // latency of the query alone, not of a reconnect
-	if err := pc.QueryRow(ctx, probeSQL).Scan(&r.standby, &lsn, &flush); err != nil {
+	// The simple protocol: probes must work whatever the DSN's query mode,
+	// e.g. behind a pgbouncer that keeps no prepared statements.
+	err := pc.QueryRow(ctx, probeSQL, pgx.QueryExecModeSimpleProtocol).Scan(&r.standby, &lsn, &flush)
+	if err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout
 		}
-		r.err = err
 		closeCtx, closeCancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		_ = pc.Close(closeCtx)
 		closeCancel()
 		m.probeConns[i] = nil
-		return r
+		return err
 	}
 	r.lsn, r.flushLSN, r.latency = uint64(lsn), uint64(flush), time.Since(t0)
-	return r
+	return nil
 }
 
 // apply turns one round of probes into node states, the primary's WAL

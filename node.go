@@ -34,6 +34,7 @@ type node struct {
 	failures   atomic.Int32 // consecutive failed probes, for backoff
 	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
+	fullUntil  atomic.Int64 // unix nanos until which it gets no new reads: it refused a connection with 53300
 
 	// conns are the node's sockets, from dial to close, including those
 	// still in the startup handshake; tracked at dial and close only,
@@ -173,8 +174,24 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 	case maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag,
 		minLSN != 0 && n.replayLSN.Load() < minLSN:
 		return rerouteLag
+	case n.isFull():
+		return rerouteFull
 	}
 	return usable
+}
+
+// isFull says whether the node refused a new connection for want of a free
+// slot less than a monitor interval ago.
+func (n *node) isFull() bool {
+	until := n.fullUntil.Load()
+	if until == 0 {
+		return false
+	}
+	if time.Now().UnixNano() < until {
+		return true
+	}
+	n.fullUntil.CompareAndSwap(until, 0)
+	return false
 }
 
 // wrapperKey stores a physical connection's *stdlib.Conn in pgconn's
@@ -199,7 +216,7 @@ type lease struct {
 	pc     *pgxpool.Conn // set when acquired from the pool directly
 	sc     nodeConn      // runs the statements
 	closer *stdlib.Conn  // set when acquired through the wrapper: Close releases
-	dirty  bool          // session state was changed: reset before reuse
+	dirty  bool          // session state was changed: close, never reuse
 }
 
 func (l *lease) held() bool { return l.sc != nil }
@@ -243,23 +260,15 @@ func (n *node) acquire(ctx context.Context, l *lease) error {
 	return nil
 }
 
-// resetSQL undoes what a checkout may leave on a connection, like DISCARD ALL
-// but without DEALLOCATE ALL, which would break pgx's statement cache. One
-// round trip, paid only by checkouts that changed session state.
-const resetSQL = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; " +
-	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; " +
-	"SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
-
-const resetTimeout = 2 * time.Second
-
-// release returns the connection to its pool, resetting it first when the
-// checkout changed session state. A connection that cannot be reset, or
-// still holds statements prepared in SQL, is closed instead.
+// release returns the connection to its pool. One that holds session
+// state (its conn is being closed, or the state was made on a replica) is
+// closed instead: resetting it would also undo what the pool's AfterConnect
+// set up, such as a role.
 func (l *lease) release() {
 	if l.sc == nil {
 		return
 	}
-	if l.dirty && !l.reset() {
+	if l.dirty {
 		l.discard()
 	}
 	if l.pc != nil {
@@ -290,25 +299,6 @@ func (n *node) close() {
 			n.pool.Close()
 		}
 	})
-}
-
-func (l *lease) reset() bool {
-	sc, ok := l.sc.(*stdlib.Conn)
-	if !ok {
-		return true // a fake keeps no session
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
-	defer cancel()
-	conn := sc.Conn()
-	if conn.IsClosed() || conn.PgConn().TxStatus() != 'I' {
-		return false // the pool destroys it on release
-	}
-	results, err := conn.PgConn().Exec(ctx, resetSQL).ReadAll()
-	if err != nil || len(results) == 0 {
-		return false
-	}
-	last := results[len(results)-1]
-	return len(last.Rows) == 1 && string(last.Rows[0][0]) == "0"
 }
 
 // discard closes the physical connection so that release destroys it.

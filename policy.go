@@ -8,7 +8,10 @@ import (
 
 // Candidate is a usable replica offered to a Policy.
 type Candidate struct {
-	// Index is the replica's position among the DSN's replicas, from 0.
+	// Index is the node's position in the DSN's host list, from 0: the
+	// first replica listed is 1. It does not change with the topology: after
+	// a failover, the node listed first (Index 0) can be a candidate, once it
+	// has rejoined as a standby.
 	Index int
 	// Addr is host:port.
 	Addr string
@@ -45,15 +48,17 @@ func (p *roundRobinPolicy) Choose(c []Candidate) int {
 type weightedPolicy struct{ weights []float64 }
 
 // Weighted picks a usable replica at random in proportion to its weight:
-// weights[i] belongs to the i-th replica of the DSN. A replica without a
-// weight, or with weight 0, is chosen only when all candidates weigh 0.
+// weights[i] belongs to the i-th replica of the DSN (the host at Index
+// i+1). A replica without a weight, or with weight 0, is chosen only when
+// all candidates weigh 0; that includes the node listed first when it
+// serves as a replica after a failover.
 func Weighted(weights ...float64) Policy {
 	return weightedPolicy{weights: append([]float64(nil), weights...)}
 }
 
 func (p weightedPolicy) weight(c Candidate) float64 {
-	if c.Index < len(p.weights) {
-		return p.weights[c.Index]
+	if i := c.Index - 1; i >= 0 && i < len(p.weights) {
+		return p.weights[i]
 	}
 	return 0
 }

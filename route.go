@@ -10,21 +10,23 @@ type Reason uint8
 
 // The reasons a statement is routed where it is.
 const (
-	ReasonNone        Reason = iota
-	ReasonRead               // a plain read, served by a replica
-	ReasonWrite              // Exec: always the primary
-	ReasonClassifier         // the text may write or lock: primary
-	ReasonHint               // a /* pgreplica:… */ comment chose the node
-	ReasonUsePrimary         // the ctx carried UsePrimary
-	ReasonPinned             // this checkout used the primary earlier
-	ReasonTransaction        // inside a transaction, on its node
-	ReasonSession            // the session's writes are not on any usable replica yet
-	ReasonFallback           // no usable replica: the primary served the read
-	ReasonRetry              // a replica failed before the first row; served by another node
-	ReasonReadOnly           // a replica refused it as a write (SQLSTATE 25006): re-run on the primary
+	ReasonNone            Reason = iota
+	ReasonRead                   // a plain read, served by a replica
+	ReasonWrite                  // Exec: always the primary
+	ReasonClassifier             // the text may write or lock: primary
+	ReasonHint                   // a /* pgreplica:… */ comment chose the node
+	ReasonUsePrimary             // the ctx carried UsePrimary
+	ReasonPinned                 // this checkout used the primary earlier
+	ReasonTransaction            // inside a transaction, on its node
+	ReasonSession                // the session's writes are not on any usable replica yet
+	ReasonFallback               // no usable replica: the primary served the read
+	ReasonRetry                  // a replica failed before the first row; served by another node
+	ReasonReadOnly               // a replica refused it as a write (SQLSTATE 25006): re-run on the primary
+	ReasonRecoveryError          // a replica cannot serve it during recovery (0A000, 55000, XX000): re-run on the primary
+	ReasonUndefinedObject        // a replica did not know an object (not replayed yet?): re-run on the primary
 )
 
-var reasonNames = [...]string{"none", "read", "write", "classifier", "hint", "use_primary", "pinned", "transaction", "session", "fallback", "retry", "read_only_error"}
+var reasonNames = [...]string{"none", "read", "write", "classifier", "hint", "use_primary", "pinned", "transaction", "session", "fallback", "retry", "read_only_error", "recovery_error", "undefined_object"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -37,14 +39,16 @@ func (r Reason) String() string {
 type rerouteReason uint8
 
 const (
-	rerouteDown     rerouteReason = iota // it failed or was known down
-	rerouteLag                           // behind max_replica_lag or the session
-	rerouteReadOnly                      // it answered 25006
-	rerouteRetry                         // a read on it failed and was retried elsewhere
+	rerouteDown         rerouteReason = iota // it failed or was known down
+	rerouteLag                               // behind max_replica_lag or the session
+	rerouteReadOnly                          // it answered 25006
+	rerouteRetry                             // a read on it failed and was retried elsewhere
+	rerouteStandbyError                      // it refused a read only the primary can serve
+	rerouteFull                              // it refused a new connection: no free slot
 	numRerouteReasons
 )
 
-var rerouteNames = [numRerouteReasons]string{"down", "lag", "read_only_error", "retry"}
+var rerouteNames = [numRerouteReasons]string{"down", "lag", "read_only_error", "retry", "standby_error", "full"}
 
 func (r rerouteReason) String() string { return rerouteNames[r] }
 

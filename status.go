@@ -13,6 +13,7 @@ const (
 	StateLagging = "lagging" // a replica behind max_replica_lag: no reads
 	StateDown    = "down"    // refuses connections or broke them
 	StateFrozen  = "frozen"  // accepts connections but does not answer
+	StateFull    = "full"    // refuses new connections (53300): no new reads for now
 	StateUnknown = "unknown" // not probed yet: routing trusts the DSN until then
 )
 
@@ -47,7 +48,8 @@ type NodeStatus struct {
 	Statements uint64 `json:"statements"`
 	Errors     uint64 `json:"errors"`
 	// Reroutes counts reads sent elsewhere because of this node, by reason:
-	// down, lag, read_only_error, retry.
+	// down, lag, read_only_error, retry, standby_error (it refused a read
+	// only the primary can serve), full (it refused a new connection).
 	Reroutes map[string]uint64 `json:"reroutes"`
 	Pool     PoolStatus        `json:"pool"`
 }
@@ -102,6 +104,8 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.LastProbe = time.Unix(0, t)
 	}
 	switch {
+	case n.up.Load() && n.isFull():
+		ns.State = StateFull
 	case n.up.Load() && n.probedAt.Load() == 0:
 		ns.State = StateUnknown
 	case !n.up.Load() && n.frozen.Load():

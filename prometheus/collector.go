@@ -13,7 +13,7 @@
 //
 //	pgreplica_primary_up                     gauge    the primary answered its latest probe
 //	pgreplica_degraded                       gauge    no replica is usable: reads go to the primary
-//	pgreplica_node_up                        gauge    {node} the node answers probes (healthy or lagging)
+//	pgreplica_node_up                        gauge    {node} the node answers probes (healthy, lagging or full)
 //	pgreplica_node_is_primary                gauge    {node} the node is the writable primary
 //	pgreplica_node_state                     gauge    {node,state} 1 for the node's state, 0 for the others
 //	pgreplica_replication_lag_seconds        gauge    {node} replicas only
@@ -31,8 +31,9 @@
 //	pgreplica_pool_acquires_total            counter  {node}
 //	pgreplica_pool_empty_acquires_total      counter  {node} acquires that had to wait for a connection
 //
-// Reroute reasons are down, lag, read_only_error and retry (see
-// pgreplica.NodeStatus.Reroutes). Nothing exported holds credentials.
+// Reroute reasons are down, lag, read_only_error, retry, standby_error and
+// full (see pgreplica.NodeStatus.Reroutes). Nothing exported holds
+// credentials.
 package prometheus
 
 import (
@@ -64,7 +65,7 @@ func WithConstLabels(l prom.Labels) Option {
 }
 
 // states are the values of the state label of pgreplica_node_state.
-var states = []string{pgreplica.StateHealthy, pgreplica.StateLagging, pgreplica.StateDown, pgreplica.StateFrozen, pgreplica.StateUnknown}
+var states = []string{pgreplica.StateHealthy, pgreplica.StateLagging, pgreplica.StateFull, pgreplica.StateDown, pgreplica.StateFrozen, pgreplica.StateUnknown}
 
 type collector struct {
 	c *pgreplica.Connector
@@ -99,7 +100,7 @@ func NewCollector(c *pgreplica.Connector, opts ...Option) prom.Collector {
 		primaryUp: desc("primary_up", "Whether the primary answered its latest probe (1) or not (0)."),
 		degraded:  desc("degraded", "Whether no replica can serve reads, so that they go to the primary (1) or not (0)."),
 
-		up:           desc("node_up", "Whether the node answers probes (1: healthy or lagging) or not (0: down or frozen).", node...),
+		up:           desc("node_up", "Whether the node answers probes (1: healthy, lagging or full) or not (0: down or frozen).", node...),
 		isPrimary:    desc("node_is_primary", "Whether the node is the writable primary (1) or a replica (0).", node...),
 		state:        desc("node_state", "The node's state: 1 for the current one (healthy, lagging, down, frozen), 0 for the others.", "node", "state"),
 		lagSeconds:   desc("replication_lag_seconds", "How long ago the primary had WAL that the replica has not replayed yet.", node...),
@@ -109,7 +110,7 @@ func NewCollector(c *pgreplica.Connector, opts ...Option) prom.Collector {
 		inFlight:     desc("in_flight_connections", "Connections to the node that pgreplica holds for statements right now.", node...),
 		statements:   desc("statements_total", "Statements routed to the node.", node...),
 		errors:       desc("statement_errors_total", "Statements routed to the node that returned an error.", node...),
-		reroutes:     desc("reroutes_total", "Reads sent to another node because of this one, by reason (down, lag, read_only_error, retry).", "node", "reason"),
+		reroutes:     desc("reroutes_total", "Reads sent to another node because of this one, by reason (down, lag, read_only_error, retry, standby_error, full).", "node", "reason"),
 
 		poolMax:           desc("pool_max_connections", "Maximum size of the node's connection pool.", node...),
 		poolTotal:         desc("pool_connections", "Connections open in the node's pool, idle, acquired or being opened.", node...),
@@ -149,7 +150,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 	gauge(c.degraded, b2f(s.Degraded))
 	for _, n := range s.Nodes {
 		a := n.Addr
-		gauge(c.up, b2f(n.State == pgreplica.StateHealthy || n.State == pgreplica.StateLagging), a)
+		gauge(c.up, b2f(n.State == pgreplica.StateHealthy || n.State == pgreplica.StateLagging || n.State == pgreplica.StateFull), a)
 		gauge(c.isPrimary, b2f(n.Role == pgreplica.RolePrimary), a)
 		for _, st := range states {
 			gauge(c.state, b2f(n.State == st), a, st)

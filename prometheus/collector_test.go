@@ -170,7 +170,7 @@ pgreplica_statements_total{node=%q} %d
 pgreplica_node_is_primary{node=%[1]q} 1
 pgreplica_node_is_primary{node=%[3]q} 0
 pgreplica_node_is_primary{node=%[5]q} 0
-# HELP pgreplica_node_up Whether the node answers probes (1: healthy or lagging) or not (0: down or frozen).
+# HELP pgreplica_node_up Whether the node answers probes (1: healthy, lagging or full) or not (0: down or frozen).
 # TYPE pgreplica_node_up gauge
 pgreplica_node_up{node=%[1]q} 1
 pgreplica_node_up{node=%[3]q} 1
@@ -190,8 +190,8 @@ pgreplica_degraded 0
 	if n := testutil.CollectAndCount(col, "pgreplica_replication_lag_seconds", "pgreplica_replication_lag_bytes"); n != 4 {
 		t.Errorf("%d lag samples, want 2 per replica and none for the primary", n)
 	}
-	if n := testutil.CollectAndCount(col, "pgreplica_reroutes_total"); n != 3*4 {
-		t.Errorf("%d reroute samples, want 4 reasons for each of 3 nodes", n)
+	if n := testutil.CollectAndCount(col, "pgreplica_reroutes_total"); n != 3*6 {
+		t.Errorf("%d reroute samples, want 6 reasons for each of 3 nodes", n)
 	}
 	if v, _ := value(t, reg, "pgreplica_pool_max_connections", "node", r1); v != pgreplica.DefaultReplicaMaxConns {
 		t.Errorf("pool max of %s = %v, want %d", r1, v, pgreplica.DefaultReplicaMaxConns)

@@ -167,7 +167,7 @@ func waitProbed(ctx context.Context, c *pgreplica.Connector, cfg *pgreplica.Conf
 	for again := false; !again; {
 		again = true
 		for _, n := range c.Status().Nodes {
-			if up := n.State == pgreplica.StateHealthy || n.State == pgreplica.StateLagging; up && !n.LastProbe.After(first[n.Addr]) {
+			if up := n.State == pgreplica.StateHealthy || n.State == pgreplica.StateLagging || n.State == pgreplica.StateFull; up && !n.LastProbe.After(first[n.Addr]) {
 				again = false
 			}
 		}
