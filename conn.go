@@ -51,8 +51,11 @@ type conn struct {
 	// it, so a sql.Conn reads its own writes and keeps its session state.
 	pinned bool
 	// sticky is set once the primary lease holds session state: it is kept
-	// (and pinned stays set) across checkouts until the conn is closed.
-	sticky bool
+	// (and pinned stays set) across checkouts until the conn is closed; see
+	// sessionstate.go. evicted is set, under Connector.sticky.mu, when a
+	// waiter took its connection while database/sql held the conn idle.
+	sticky  bool
+	evicted bool
 	// statements run in this checkout; a failed read is retried on another
 	// node only when it was the first, so nothing was observed yet.
 	statements int
@@ -96,25 +99,16 @@ func (c *conn) endCheckout() (lost bool) {
 	return lost
 }
 
-// stickyUsable says whether the connection holding this conn's session
-// state can still serve it: it is open and its node is still the primary.
-func (c *conn) stickyUsable() bool {
-	l := &c.primary
-	if !l.held() || l.node != c.c.topo.Load().primary {
-		return false
-	}
-	if sc, ok := l.sc.(*stdlib.Conn); ok {
-		return !sc.Conn().IsClosed()
-	}
-	return true
-}
-
 // IsValid ends the checkout. A conn whose session state was lost (its
 // connection broke, or its node is no longer the primary) is invalid, so
 // database/sql closes it instead of running later statements without it.
 func (c *conn) IsValid() bool {
 	lost := c.endCheckout()
-	return !c.c.closed.Load() && !lost
+	valid := !c.c.closed.Load() && !lost
+	if valid && c.sticky {
+		c.parkSticky()
+	}
+	return valid
 }
 
 // ResetSession runs before a pooled conn is reused. A conn holding session
@@ -122,7 +116,8 @@ func (c *conn) IsValid() bool {
 // idle); a broken one is reported as driver.ErrBadConn, so database/sql
 // discards the conn and uses another.
 func (c *conn) ResetSession(ctx context.Context) error {
-	if lost := c.endCheckout(); lost || c.c.closed.Load() {
+	evicted := c.unparkSticky()
+	if lost := c.endCheckout(); lost || evicted || c.c.closed.Load() {
 		return driver.ErrBadConn
 	}
 	if r, ok := c.primary.sc.(driver.SessionResetter); ok && c.sticky {
@@ -135,19 +130,10 @@ func (c *conn) ResetSession(ctx context.Context) error {
 
 // Close discards the session state this conn holds with its connection.
 func (c *conn) Close() error {
+	c.unparkSticky()
 	c.sticky = false
 	c.endCheckout()
 	return nil
-}
-
-// noteSessionState records that a statement run on l changes session
-// state: on the primary the conn keeps l from now on; on a replica l is
-// closed when released.
-func (c *conn) noteSessionState(l *lease) {
-	l.dirty = true
-	if l == &c.primary {
-		c.sticky = true
-	}
 }
 
 // CheckNamedValue accepts every argument: pgx encodes them itself.
@@ -211,6 +197,9 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 	p, err := c.c.primary()
 	if err != nil {
 		return nil, err
+	}
+	if p.maxConns > 0 && p.inFlight.Load() >= p.maxConns {
+		c.c.evictIdleSticky() // else this could wait for an idle conn's session
 	}
 	if err := p.acquire(ctx, &c.primary); err != nil {
 		c.c.primaryFailed(err)
@@ -294,7 +283,7 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 	}
 	if !cl.readOnly && o != nil && o.session != nil && c.txLease == nil {
 		c.closeOpenWrite()
-		o.session.open.Add(1)
+		o.session.beginWrite(c.c)
 		c.openWrite = o.session
 	}
 	return rows, nil

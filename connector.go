@@ -35,6 +35,7 @@ type Connector struct {
 	topo   atomic.Pointer[topology]
 
 	primarySample atomic.Pointer[lsnSample] // newest probe of the primary
+	sticky        stickyConns               // idle conns holding session state
 
 	closed    atomic.Bool
 	closeOnce sync.Once

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -260,6 +261,12 @@ type parsedDSN struct {
 
 func parseURLDSN(dsn string) (parsedDSN, error) {
 	var d parsedDSN
+	if strings.Contains(dsn, "#") {
+		// url.Parse (and so pgx) would drop everything after it as a
+		// fragment: with "#" in a password, the rest of the password and
+		// the host list silently vanish.
+		return d, dsnError("the URL contains '#', which starts a fragment: percent-encode it as %%23 (in a password, for example)")
+	}
 	// net/url validates only the last host's port, so "a:5432,b" fails.
 	// Cut the host list out first and give url.Parse one placeholder host.
 	afterScheme := strings.Index(dsn, "://") + 3
@@ -294,13 +301,40 @@ func parseURLDSN(dsn string) (parsedDSN, error) {
 			return d, err
 		}
 	}
-	u.RawQuery = q.Encode()
-	for _, h := range strings.Split(hostList, ",") {
-		if h == "" {
+	// Hosts and ports may also come as query parameters, as libpq allows
+	// (postgres:///db?host=/var/run/postgresql,replica-1&port=5432,5433);
+	// they win over the authority, as in pgx.
+	hosts, inQuery := strings.Split(hostList, ","), false
+	if hs := q["host"]; len(hs) > 0 {
+		hosts, inQuery = strings.Split(hs[len(hs)-1], ","), true
+		delete(q, "host")
+	}
+	var ports []string
+	if ps := q["port"]; len(ps) > 0 {
+		ports = strings.Split(ps[len(ps)-1], ",")
+		delete(q, "port")
+	}
+	if len(ports) > 1 && len(ports) != len(hosts) {
+		return d, dsnError("port lists %d ports for %d hosts", len(ports), len(hosts))
+	}
+	for i, h := range hosts {
+		if h == "" && len(hosts) > 1 {
 			return d, dsnError("empty host in the host list")
 		}
+		nq := maps.Clone(q)
 		nu := *u
 		nu.Host = h
+		if inQuery {
+			nu.Host = ""
+			nq.Set("host", h)
+		}
+		switch {
+		case len(ports) == 1:
+			nq.Set("port", ports[0])
+		case len(ports) > 1:
+			nq.Set("port", ports[i])
+		}
+		nu.RawQuery = nq.Encode()
 		d.nodes = append(d.nodes, nu.String())
 	}
 	return d, nil

@@ -19,6 +19,9 @@ type node struct {
 	index int    // position in the DSN; 0 was listed as the primary
 	addr  string // host:port, never credentials
 	pool  *pgxpool.Pool
+	// maxConns is the pool's size: with this many leases out, the next
+	// acquire waits.
+	maxConns int64
 	// wrapper builds the *stdlib.Conn for a physical connection the first
 	// time it is used; see acquire.
 	wrapper driver.Connector
@@ -83,6 +86,7 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 		return nil, err
 	}
 	n.pool, n.wrapper = pool, stdlib.GetPoolConnector(pool)
+	n.maxConns = int64(pool.Config().MaxConns) // pgxpool's default when cfg left it 0
 	// Until the first probe answers, trust the DSN: listed nodes are up and
 	// every node but the first is a standby.
 	n.up.Store(true)

@@ -101,6 +101,20 @@ func (s *session) noteWrite(c *Connector) {
 	}
 }
 
+// beginWrite records a write sent through the query path on c, whose
+// result is still being read; noteWrite follows when its checkout ends.
+// From now on the session counts as having written, so that a token taken
+// before then is conservative instead of covering nothing.
+func (s *session) beginWrite(c *Connector) {
+	s.open.Add(1)
+	if s.conn.Load() != c {
+		s.conn.Store(c)
+	}
+	if !s.wrote.Load() {
+		s.wrote.Store(true)
+	}
+}
+
 // floor returns the replay position a replica needs to serve this session,
 // or needPrimary when its latest write (or the position of the token it
 // was restored from) is not yet covered by a probe of the primary.
@@ -206,7 +220,10 @@ func (s *session) position(ctx context.Context) uint64 {
 			s.settleNow(ctx, c)
 		}
 	}
-	if s.pending.Load() != 0 {
+	if s.pending.Load() != 0 || s.open.Load() > 0 {
+		// A write whose position is unknown, or not even committed yet
+		// (INSERT … RETURNING whose rows are still open): whoever restores
+		// the token reads from the primary until its next probe.
 		return unknownLSN
 	}
 	// A claim that no connector could check yet is passed on as it came.
