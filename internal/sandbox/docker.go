@@ -257,3 +257,9 @@ func (d *dockerNode) exec(ctx context.Context, user string, cmd ...string) (stri
 	}
 	return text, nil
 }
+
+func (d *dockerNode) partition(context.Context) error {
+	return errors.New("not supported with the Docker backend yet")
+}
+
+func (d *dockerNode) heal(context.Context) error { return nil }

@@ -268,6 +268,7 @@ func startLocal(ctx context.Context, c *Cluster, bin string, replicas int) error
 	if err != nil {
 		return fmt.Errorf("sandbox: create base directory: %w", err)
 	}
+	c.id = strings.TrimPrefix(filepath.Base(base), baseDirPrefix)
 	c.teardown = func() error {
 		if err := os.RemoveAll(base); err != nil {
 			return fmt.Errorf("remove %s: %w", base, err)
@@ -385,6 +386,7 @@ func reapStale(logf func(string, ...any)) {
 			continue // owner alive
 		}
 		logf("remove stale sandbox %s (owner pid %d is gone)", base, pid)
+		removeTaggedRules(filepath.Base(base))
 		pidfiles, _ := filepath.Glob(filepath.Join(base, "node*", "data", "postmaster.pid"))
 		for _, pf := range pidfiles {
 			data := filepath.Dir(pf)

@@ -91,6 +91,10 @@ type Cluster struct {
 	superPassword            string
 	logf                     func(format string, args ...any)
 	backend                  string // "local" or "docker"
+	// id tags what this cluster creates outside its nodes (iptables
+	// rules, containers, networks) so leftovers of a crashed run can be
+	// found: "pgreplica-sandbox-<id>".
+	id string
 
 	// teardown releases what the backend holds besides the nodes (the
 	// base directory, the Docker network). It runs after every node was
@@ -115,10 +119,11 @@ type Node struct {
 	c    *Cluster
 	impl nodeImpl
 
-	mu      sync.Mutex
-	frozen  bool
-	standby bool // true until Promote; Nodes[0] is never a standby
-	paused  bool // PauseReplay called and not resumed
+	mu          sync.Mutex
+	frozen      bool
+	partitioned bool // Partition called and not healed
+	standby     bool // true until Promote; Nodes[0] is never a standby
+	paused      bool // PauseReplay called and not resumed
 }
 
 // nodeImpl is what a backend (local processes or Docker containers) does for
@@ -131,6 +136,10 @@ type nodeImpl interface {
 	freeze() error
 	thaw() error
 	promote(ctx context.Context) error
+	// partition drops every packet to and from the node's server;
+	// heal removes what partition added. See partition.go.
+	partition(ctx context.Context) error
+	heal(ctx context.Context) error
 	running() bool
 	// destroy forcefully stops the node; the node is not frozen when
 	// it is called. It must work on a node that never started.
@@ -279,15 +288,15 @@ func (c *Cluster) connectAdmin(ctx context.Context, i int, db string) (*pgx.Conn
 	return conn, nil
 }
 
-// WaitReplayed returns once every standby that is running, not frozen and
-// not paused (by PauseReplay or by a direct pg_wal_replay_pause()) has
+// WaitReplayed returns once every standby that is running, not frozen, not
+// partitioned and not paused (by PauseReplay or by a direct pg_wal_replay_pause()) has
 // replayed the WAL position that Nodes[0] had when WaitReplayed was called.
 // Promoted nodes are no longer standbys and are not waited for. It fails if
 // Nodes[0] is stopped or frozen, or when ctx ends first.
 func (c *Cluster) WaitReplayed(ctx context.Context) error {
 	p := c.Nodes[0]
-	if !p.Running() || p.isFrozen() {
-		return errors.New("sandbox: WaitReplayed: primary (node 0) is not running or frozen")
+	if !p.Running() || p.isFrozen() || p.isPartitioned() {
+		return errors.New("sandbox: WaitReplayed: primary (node 0) is not running, frozen or partitioned")
 	}
 	conn, err := c.connectAdmin(ctx, 0, c.database)
 	if err != nil {
@@ -301,7 +310,7 @@ func (c *Cluster) WaitReplayed(ctx context.Context) error {
 	}
 	for _, n := range c.Nodes[1:] {
 		n.mu.Lock()
-		skip := !n.standby || n.frozen || n.paused
+		skip := !n.standby || n.frozen || n.paused || n.partitioned
 		n.mu.Unlock()
 		if skip || !n.Running() {
 			continue
@@ -455,7 +464,8 @@ func (c *Cluster) waitAccepting(ctx context.Context, i int, timeout time.Duratio
 	}
 }
 
-// Close stops every node (thawing frozen ones first) with an immediate
+// Close stops every node (healing partitioned and thawing frozen ones
+// first) with an immediate
 // shutdown and removes everything Start created. It is idempotent, safe on
 // a nil Cluster and on the remains of a failed Start.
 func (c *Cluster) Close() error {
@@ -470,6 +480,14 @@ func (c *Cluster) Close() error {
 				continue
 			}
 			n.mu.Lock()
+			if n.partitioned {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if err := n.impl.heal(ctx); err != nil {
+					errs = append(errs, fmt.Errorf("heal node %d: %w", i, err))
+				}
+				cancel()
+				n.partitioned = false
+			}
 			if n.frozen {
 				if err := n.impl.thaw(); err != nil {
 					errs = append(errs, fmt.Errorf("thaw node %d: %w", i, err))

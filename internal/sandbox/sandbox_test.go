@@ -218,6 +218,75 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("partition", func(t *testing.T) {
+		r := c.Nodes[1]
+		conn := connect(t, ctx, c.NodeDSN(1)) // established before the partition
+		if err := r.Partition(ctx); err != nil {
+			t.Fatal(err)
+		}
+		partitioned := true
+		defer func() {
+			if partitioned {
+				r.Heal(ctx)
+			}
+		}()
+		// Dropped packets: both the established connection and a new
+		// one hang until their deadline; nothing is refused or reset.
+		const wait = 800 * time.Millisecond
+		qctx, cancel := context.WithTimeout(ctx, wait)
+		begin := time.Now()
+		var one int
+		err := conn.QueryRow(qctx, "SELECT 1").Scan(&one)
+		cancel()
+		if err == nil {
+			t.Fatal("query on an established connection to a partitioned node succeeded")
+		}
+		if took := time.Since(begin); took < wait-50*time.Millisecond {
+			t.Fatalf("query on a partitioned node failed after %v, before its deadline (refused, not dropped?): %v", took, err)
+		}
+		qctx, cancel = context.WithTimeout(ctx, wait)
+		begin = time.Now()
+		_, err = pgx.Connect(qctx, c.NodeDSN(1))
+		cancel()
+		if err == nil {
+			t.Fatal("new connection to a partitioned node succeeded")
+		}
+		if took := time.Since(begin); took < wait-50*time.Millisecond {
+			t.Fatalf("connect to a partitioned node failed after %v, before its deadline (refused, not dropped?): %v", took, err)
+		}
+		if !r.Running() {
+			t.Error("a partitioned node should count as running")
+		}
+		// WaitReplayed skips partitioned replicas instead of hanging.
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (6, 'while partitioned')"); err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.WaitReplayed(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("WaitReplayed with a partitioned replica: %v", err)
+		}
+		if err := r.Heal(ctx); err != nil {
+			t.Fatal(err)
+		}
+		partitioned = false
+		if err := r.Heal(ctx); err != nil {
+			t.Fatalf("second Heal: %v", err)
+		}
+		qctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if v, err := c.QueryInt(qctx, 1, "SELECT 1"); err != nil || v != 1 {
+			t.Fatalf("after Heal: %d, %v", v, err)
+		}
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := countRows(t, ctx, c, 1, "id = 6"); n != 1 {
+			t.Errorf("healed replica1 sees %d rows with id 6, want 1", n)
+		}
+	})
+
 	t.Run("stop start replica", func(t *testing.T) {
 		r := c.Nodes[1]
 		if err := r.Stop(ctx); err != nil {
