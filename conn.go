@@ -106,7 +106,7 @@ func (c *conn) IsValid() bool {
 	lost := c.endCheckout()
 	valid := !c.c.closed.Load() && !lost
 	if valid && c.sticky {
-		c.parkSticky()
+		valid = c.parkSticky()
 	}
 	return valid
 }
@@ -198,8 +198,14 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.maxConns > 0 && p.inFlight.Load() >= p.maxConns {
-		c.c.evictIdleSticky() // else this could wait for an idle conn's session
+	// While this acquires, conns that database/sql takes back give up the
+	// connection they hold for their session if the pool is full; when it
+	// is full already, take one from an idle conn: else this could wait
+	// for a connection that nothing will release.
+	p.acquiring.Add(1)
+	defer p.acquiring.Add(-1)
+	if p.poolFull() {
+		c.c.evictIdleSticky()
 	}
 	if err := p.acquire(ctx, &c.primary); err != nil {
 		c.c.primaryFailed(err)

@@ -397,8 +397,8 @@ func TestFullReplicaIsSkippedNotDown(t *testing.T) {
 		}
 	}
 	n := fc.c.nodes[1]
-	if !n.up.Load() || !n.isFull() {
-		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.isFull())
+	if !n.up.Load() || !n.serverFull() {
+		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.serverFull())
 	}
 	if got := n.reroutes[rerouteFull].Load(); got != 3 {
 		t.Fatalf("full reroutes = %d, want 3 (one refusal, then skipped twice)", got)

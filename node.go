@@ -22,6 +22,8 @@ type node struct {
 	// maxConns is the pool's size: with this many leases out, the next
 	// acquire waits.
 	maxConns int64
+	// acquiring counts primary acquires under way; see parkSticky.
+	acquiring atomic.Int32
 	// wrapper builds the *stdlib.Conn for a physical connection the first
 	// time it is used; see acquire.
 	wrapper driver.Connector
@@ -178,15 +180,20 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 	case maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag,
 		minLSN != 0 && n.replayLSN.Load() < minLSN:
 		return rerouteLag
-	case n.isFull():
+	case n.serverFull():
 		return rerouteFull
 	}
 	return usable
 }
 
-// isFull says whether the node refused a new connection for want of a free
+// poolFull says whether every connection the pool may open is leased out.
+func (n *node) poolFull() bool {
+	return n.maxConns > 0 && n.inFlight.Load() >= n.maxConns
+}
+
+// serverFull says whether the node refused a new connection for want of a free
 // slot less than a monitor interval ago.
-func (n *node) isFull() bool {
+func (n *node) serverFull() bool {
 	until := n.fullUntil.Load()
 	if until == 0 {
 		return false

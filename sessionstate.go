@@ -47,15 +47,24 @@ func (c *conn) stickyUsable() bool {
 	return true
 }
 
-// parkSticky records that database/sql took the sticky conn back.
-func (c *conn) parkSticky() {
+// parkSticky records that database/sql took the sticky conn back. It
+// reports false, making the conn invalid (database/sql then closes it and
+// its connection), when a statement may be waiting for a primary
+// connection: one is being acquired and the pool is full.
+func (c *conn) parkSticky() bool {
 	s := &c.c.sticky
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Under the lock, against a waiter's evictIdleSticky: either the waiter
+	// is counted here, or it finds this conn parked.
+	if n := c.primary.node; n.acquiring.Load() > 0 && n.poolFull() {
+		return false
+	}
 	if s.idle == nil {
 		s.idle = make(map[*conn]struct{})
 	}
 	s.idle[c] = struct{}{}
-	s.mu.Unlock()
+	return true
 }
 
 // unparkSticky is called when database/sql hands the conn out again or

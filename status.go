@@ -104,7 +104,7 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.LastProbe = time.Unix(0, t)
 	}
 	switch {
-	case n.up.Load() && n.isFull():
+	case n.up.Load() && n.serverFull():
 		ns.State = StateFull
 	case n.up.Load() && n.probedAt.Load() == 0:
 		ns.State = StateUnknown

@@ -216,7 +216,7 @@ func TestWritesThroughEveryFormLandOnPrimary(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		defer discardConn(c) // it holds session state: close it, as a pgx user would
 		var pid int
 		rctx, route := pgreplica.WithRoute(ctx)
 		if err := c.QueryRowContext(rctx, "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(7001)) l").Scan(&pid); err != nil {
@@ -256,7 +256,7 @@ func TestWritesThroughEveryFormLandOnPrimary(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		defer discardConn(c) // it holds session state: close it, as a pgx user would
 		rctx, route := pgreplica.WithRoute(ctx)
 		if _, err := c.ExecContext(rctx, "LISTEN ch_exec"); err != nil {
 			t.Fatal(err)
@@ -268,7 +268,7 @@ func TestWritesThroughEveryFormLandOnPrimary(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c2.Close()
+		defer discardConn(c2)
 		rows, err := c2.QueryContext(rctx, "LISTEN ch_query")
 		if err != nil {
 			t.Fatal(err)
