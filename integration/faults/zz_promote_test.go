@@ -2,10 +2,14 @@ package faults
 
 import (
 	"context"
+	"database/sql"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
 
@@ -161,4 +165,106 @@ func TestOldPrimaryRejoinsAsStandby(t *testing.T) {
 		return err == nil && n == 1
 	})
 	t.Logf("old primary rejoined as a standby; serving reads %v after its start", took)
+
+	// Every node has a Candidate.Index, its DSN position, whatever its role
+	// now: the old primary is offered as 0. Weighted gives it no weight
+	// (it used to panic here with index -1, leaking a connection each time).
+	rec := &recordingPolicy{seen: map[int]string{}}
+	policyDB := openWithPolicy(t, rec)
+	weighted := testcluster.Open(t, monitorParams, "replica_policy=weighted", "replica_weights=1,1")
+	for _, db := range []*sql.DB{policyDB, weighted} {
+		pc := connector(t, db)
+		testcluster.WaitUntil(t, 10*time.Second, "a new connector learns the topology", func() bool {
+			st := pc.Status()
+			if st.Primary != cl.Nodes[1].Addr() {
+				return false
+			}
+			for _, n := range st.Nodes {
+				if n.State != pgreplica.StateHealthy {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	rec.mu.Lock()
+	clear(rec.seen) // before the first probe the DSN's roles were trusted
+	rec.mu.Unlock()
+	testcluster.WaitUntil(t, 10*time.Second, "both replicas offered to a policy", func() bool {
+		if _, err := policyDB.ExecContext(ctx, "SELECT 1"); err != nil { // Exec: primary, a no-op for the policy
+			t.Fatal(err)
+		}
+		var one int
+		if err := policyDB.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatal(err)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.seen) == 2
+	})
+	rec.mu.Lock()
+	if rec.seen[0] != old.Addr() || rec.seen[2] != cl.Nodes[2].Addr() {
+		t.Fatalf("candidates seen %v, want index 0 = %s and 2 = %s", rec.seen, old.Addr(), cl.Nodes[2].Addr())
+	}
+	rec.mu.Unlock()
+	for i := range 50 {
+		port := testcluster.Port(t, ctx, weighted)
+		if port == cl.Nodes[1].Port {
+			t.Fatalf("weighted read %d went to the primary", i)
+		}
+	}
+	if st := weighted.Stats(); st.InUse != 0 {
+		t.Fatalf("weighted: %d connections in use after the reads", st.InUse)
+	}
+
+	// A policy that panics makes reads fail with an error naming it, and
+	// gives every connection back.
+	bad := openWithPolicy(t, panickingPolicy{})
+	for i := range 20 {
+		var one int
+		err := bad.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+		if !errors.Is(err, pgreplica.ErrPolicy) || !strings.Contains(err.Error(), "panickingPolicy") {
+			t.Fatalf("read %d with a panicking policy: %v, want ErrPolicy naming it", i, err)
+		}
+	}
+	if st := bad.Stats(); st.InUse != 0 {
+		t.Fatalf("%d database/sql connections leaked by a panicking policy", st.InUse)
+	}
+}
+
+// recordingPolicy notes the Index and Addr of every candidate offered.
+type recordingPolicy struct {
+	mu   sync.Mutex
+	seen map[int]string
+}
+
+func (p *recordingPolicy) Choose(c []pgreplica.Candidate) int {
+	p.mu.Lock()
+	for _, cand := range c {
+		p.seen[cand.Index] = cand.Addr
+	}
+	p.mu.Unlock()
+	return 0
+}
+
+type panickingPolicy struct{}
+
+func (panickingPolicy) Choose([]pgreplica.Candidate) int { panic("policy bug") }
+
+// openWithPolicy opens the cluster with a Policy of the caller's.
+func openWithPolicy(t *testing.T, p pgreplica.Policy) *sql.DB {
+	t.Helper()
+	cfg, err := pgreplica.ParseConfig(testcluster.DSN(monitorParams))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Policy = p
+	c, err := pgreplica.NewConnector(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testcluster.NoLeaks(t)
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db
 }
