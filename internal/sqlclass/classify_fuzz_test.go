@@ -4,6 +4,7 @@ import (
 	"github.com/pgreplica/pgreplica/internal/sqlclass/classifytest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // lexesCleanly reports whether q has no lexical error and does not end
@@ -34,7 +35,7 @@ func FuzzClassify(f *testing.F) {
 
 		// Whitespace and comments in front change nothing.
 		prefixes := []string{" ", "\n\t\r\f\v "}
-		if !strings.Contains(other, "/*") && !strings.Contains(other, "*/") && !isHintText(other) {
+		if !strings.Contains(other, "/*") && !strings.Contains(other, "*/") && !isHintText(other) && utf8.ValidString(other) {
 			prefixes = append(prefixes, "/* "+other+" */ ")
 			if !strings.HasSuffix(other, "/") { // "/" + "*/" would open a nested comment
 				prefixes = append(prefixes, "/*"+other+"*/\n")
