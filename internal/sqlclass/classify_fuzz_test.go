@@ -1,8 +1,10 @@
-package pgreplica
+package sqlclass
 
 import (
+	"github.com/pgreplica/pgreplica/internal/sqlclass/classifytest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // lexesCleanly reports whether q has no lexical error and does not end
@@ -20,53 +22,53 @@ func lexesCleanly(q string) bool {
 }
 
 func FuzzClassify(f *testing.F) {
-	for _, tc := range classifyTests {
-		f.Add(tc.query, "note")
+	for _, tc := range classifytest.Cases {
+		f.Add(tc.Query, "note")
 	}
 	f.Add(longClassifyQuery(), "pgreplica:primary")
 	f.Fuzz(func(t *testing.T, q, other string) {
-		got := classify(q) // must not panic
+		got := Classify(q) // must not panic
 		clean := lexesCleanly(q)
-		if got.readOnly && !lexesCleanly(q+"\n") {
-			t.Fatalf("classify(%q) is read-only but does not lex cleanly", q)
+		if got.ReadOnly && !lexesCleanly(q+"\n") {
+			t.Fatalf("Classify(%q) is read-only but does not lex cleanly", q)
 		}
 
 		// Whitespace and comments in front change nothing.
 		prefixes := []string{" ", "\n\t\r\f\v "}
-		if !strings.Contains(other, "/*") && !strings.Contains(other, "*/") && !isHintText(other) {
+		if !strings.Contains(other, "/*") && !strings.Contains(other, "*/") && !isHintText(other) && utf8.ValidString(other) {
 			prefixes = append(prefixes, "/* "+other+" */ ")
 			if !strings.HasSuffix(other, "/") { // "/" + "*/" would open a nested comment
 				prefixes = append(prefixes, "/*"+other+"*/\n")
 			}
 		}
 		for _, p := range prefixes {
-			if g := classify(p + q); g != got {
-				t.Fatalf("classify(%q) = %+v, but with prefix %q: %+v", q, got, p, g)
+			if g := Classify(p + q); g != got {
+				t.Fatalf("Classify(%q) = %+v, but with prefix %q: %+v", q, got, p, g)
 			}
 		}
 
 		if !clean {
 			return
 		}
-		if g := classify(q + "; DELETE FROM t"); g.readOnly {
-			t.Fatalf("classify(%q + DELETE) = %+v", q, g)
+		if g := Classify(q + "; DELETE FROM t"); g.ReadOnly {
+			t.Fatalf("Classify(%q + DELETE) = %+v", q, g)
 		}
-		if got.readOnly {
-			if g := classify(q + " FOR UPDATE"); g.readOnly {
-				t.Fatalf("classify(%q + FOR UPDATE) = %+v", q, g)
+		if got.ReadOnly {
+			if g := Classify(q + " FOR UPDATE"); g.ReadOnly {
+				t.Fatalf("Classify(%q + FOR UPDATE) = %+v", q, g)
 			}
 		}
 
 		// A read-only text followed by ';' and another: read-only if the
 		// other is, session state and hints combine.
-		if got.readOnly {
-			o := classify(other)
-			j := classify(q + ";" + other)
-			if o.readOnly && !j.readOnly {
-				t.Fatalf("classify(%q ; %q) = %+v, but both are read-only", q, other, j)
+		if got.ReadOnly {
+			o := Classify(other)
+			j := Classify(q + ";" + other)
+			if o.ReadOnly && !j.ReadOnly {
+				t.Fatalf("Classify(%q ; %q) = %+v, but both are read-only", q, other, j)
 			}
-			if j.sessionState != o.sessionState || j.hint != combineHints(got.hint, o.hint) {
-				t.Fatalf("classify(%q ; %q) = %+v, parts %+v and %+v", q, other, j, got, o)
+			if j.SessionState != o.SessionState || j.Hint != combineHints(got.Hint, o.Hint) {
+				t.Fatalf("Classify(%q ; %q) = %+v, parts %+v and %+v", q, other, j, got, o)
 			}
 		}
 	})
@@ -76,13 +78,13 @@ func FuzzClassify(f *testing.F) {
 func isHintText(s string) bool {
 	lx := sqlLexer{}
 	lx.noteHint(s)
-	return lx.hint != hintNone
+	return lx.hint != HintNone
 }
 
 // combineHints is the hint of a text holding the hints of both parts.
-func combineHints(a, b routeHint) routeHint {
-	if a == hintPrimary || b == hintPrimary {
-		return hintPrimary
+func combineHints(a, b Hint) Hint {
+	if a == HintPrimary || b == HintPrimary {
+		return HintPrimary
 	}
 	return max(a, b)
 }

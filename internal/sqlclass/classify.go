@@ -1,0 +1,324 @@
+// Package sqlclass reads SQL texts the way PostgreSQL's scanner does and
+// tells the router whether a hot standby may run them.
+package sqlclass
+
+import "unicode/utf8"
+
+// Classification is what the router needs to know about one SQL text.
+type Classification struct {
+	// ReadOnly: provably read-only, so a hot standby may run it.
+	ReadOnly bool
+	// SessionState: leaves state on the connection after the statement:
+	// SET (not SET LOCAL), RESET, LISTEN, UNLISTEN, PREPARE, DEALLOCATE,
+	// DECLARE ... WITH HOLD, CREATE TEMP objects, LOAD, DISCARD, DO,
+	// session advisory locks, set_config, dblink.
+	SessionState bool
+	Hint         Hint // from a comment hint
+}
+
+// Hint is a routing request written into the SQL text as a comment.
+type Hint uint8
+
+const (
+	HintNone Hint = iota
+	HintPrimary
+	HintReplica
+)
+
+// Classify reads one SQL text (possibly several statements) and reports
+// whether a hot standby may run it, whether it leaves session state behind
+// and which hint it carries. It never allocates. When in doubt it answers
+// ReadOnly false and SessionState true: a wrongly routed write fails on the
+// standby, a needless reset only costs time.
+//
+// The verdict must not depend on the connection: it is cached by text, and
+// standard_conforming_strings can be off through the DSN, a SET, a role or
+// database default or the server's configuration. With it off, a backslash
+// escapes a quote in a plain '...' string, so the same text can hide a call
+// in a string under one reading and expose it under the other. The text is
+// therefore read under both, and is read-only only if both readings say so;
+// session state and a primary hint from either reading count. The second
+// reading is needed only when a plain string holds a backslash: otherwise
+// both readings split the text identically.
+func Classify(query string) Classification {
+	on, ambiguous := classifyReading(query, false)
+	if ambiguous {
+		off, _ := classifyReading(query, true)
+		on = Classification{
+			ReadOnly:     on.ReadOnly && off.ReadOnly,
+			SessionState: on.SessionState || off.SessionState,
+			Hint:         bothHints(on.Hint, off.Hint),
+		}
+	}
+	if !utf8.ValidString(query) {
+		// The server rejects invalid UTF-8 under client_encoding UTF8;
+		// under a client-only encoding such as SJIS, a multibyte character
+		// can end in the byte of a backslash, which this byte-wise reading
+		// would take for an escape. Either way, claim nothing.
+		return Classification{SessionState: true, Hint: on.Hint}
+	}
+	return on
+}
+
+// bothHints combines the hints of two readings of one text: a primary hint
+// in either wins, a replica hint holds only if both carry it.
+func bothHints(a, b Hint) Hint {
+	switch {
+	case a == HintPrimary || b == HintPrimary:
+		return HintPrimary
+	case a == b:
+		return a
+	}
+	return HintNone
+}
+
+// classifyReading classifies query with plain strings read as with
+// standard_conforming_strings off (backslashStrings) or on. It also reports
+// whether a plain string held a backslash, that is, whether the other
+// reading could split the text differently.
+func classifyReading(query string, backslashStrings bool) (Classification, bool) {
+	c := classifier{lx: sqlLexer{src: query, backslashStrings: backslashStrings}, ro: true}
+	for {
+		t := c.lx.next()
+		switch t.kind {
+		case tokEOF:
+			c.endStatement()
+			return Classification{
+				ReadOnly:     c.ro && c.statements > 0 && c.depth == 0,
+				SessionState: c.session,
+				Hint:         c.lx.hint,
+			}, c.lx.plainBackslash
+		case tokError:
+			// The server will reject the text, but our view of where its
+			// literals end may differ from the server's: claim nothing.
+			return Classification{SessionState: true, Hint: c.lx.hint}, c.lx.plainBackslash
+		case tokSemicolon:
+			if c.depth != 0 {
+				// No read-only statement has a ';' inside parentheses.
+				c.ro = false
+				c.depth = 0
+			}
+			c.endStatement()
+			c.prev, c.prevKw, c.name = sqlToken{}, kwNone, calleeName{}
+			continue
+		}
+		c.feed(t)
+	}
+}
+
+// stmtPhase is how far the classifier has got into one statement.
+type stmtPhase uint8
+
+const (
+	phHead        stmtPhase = iota // before the first keyword; '(' is skipped
+	phExplain                      // after EXPLAIN [ANALYZE] [VERBOSE], before its target
+	phExplainOpts                  // inside EXPLAIN ( options )
+	phBody                         // after the first keyword
+)
+
+// stmtState is what the classifier tracks about the current statement.
+type stmtState struct {
+	started       bool // has any token
+	phase         stmtPhase
+	first         sqlKeyword // first keyword, kwNone if the statement starts otherwise
+	roHead        bool       // starts like a read-only statement
+	explainTarget bool       // the head being read is an EXPLAIN target
+	optDepth      int        // paren depth of EXPLAIN's option list
+	pendingSet    bool       // after SET: the next token tells whether it is SET LOCAL
+	sawFor        bool       // FOR seen: a later SHARE is a locking clause
+	sawCreate     bool       // CREATE seen: TEMP makes a session object
+	sawInto       bool       // INTO seen: SELECT INTO TEMP makes a session table
+}
+
+type classifier struct {
+	lx         sqlLexer
+	name       calleeName        // the name a '(' would call
+	buf        [maxIdentLen]byte // a decoded U&"..." name
+	st         stmtState
+	prev       sqlToken   // previous token of this statement
+	prevKw     sqlKeyword // keyword of prev
+	depth      int        // parenthesis depth
+	statements int        // non-empty statements seen
+	ro         bool       // nothing seen so far rules out a standby
+	session    bool
+}
+
+func (c *classifier) endStatement() {
+	if !c.st.started {
+		return // empty statements are ignored
+	}
+	c.statements++
+	if c.st.phase != phBody || !c.st.roHead {
+		c.ro = false
+	}
+	if c.st.pendingSet {
+		c.session = true // a bare SET: conservative
+	}
+	c.st = stmtState{}
+}
+
+// feed passes one token of the current statement to the classifier.
+func (c *classifier) feed(t sqlToken) {
+	st := &c.st
+	st.started = true
+	kw := kwNone
+	switch t.kind {
+	case tokIdent:
+		kw = lookupSQLKeyword(c.lx.src[t.start:t.end])
+		c.applyKeyword(kw, t)
+	case tokQuotedIdent:
+		if st.sawCreate || st.sawInto {
+			c.tempSchema(c.lx.src[t.start:t.end])
+		}
+	case tokUnicodeIdent:
+		if st.sawCreate || st.sawInto {
+			c.session = true // could spell pg_temp
+		}
+	case tokLParen:
+		c.depth++
+		if c.name.tok.kind != tokEOF {
+			c.callName()
+		}
+	case tokRParen:
+		c.depth--
+		if c.depth < 0 {
+			c.ro = false
+		}
+	}
+
+	c.trackName(t, kw)
+
+	if st.pendingSet {
+		st.pendingSet = false
+		switch kw {
+		case kwLocal, kwTransaction, kwConstraints:
+			// Scoped to the current transaction.
+		default:
+			c.session = true
+		}
+	}
+
+	switch st.phase {
+	case phHead:
+		c.head(t, kw)
+	case phExplain:
+		switch {
+		case kw == kwAnalyze || kw == kwAnalyse || kw == kwVerbose:
+			// Old-style options.
+		case t.kind == tokLParen:
+			if c.peekQueryStart() {
+				st.phase, st.explainTarget = phHead, true
+			} else {
+				st.phase, st.optDepth = phExplainOpts, c.depth
+			}
+		default:
+			st.phase, st.explainTarget = phHead, true
+			c.head(t, kw)
+		}
+	case phExplainOpts:
+		if t.kind == tokRParen && c.depth < st.optDepth {
+			st.phase = phExplain
+		}
+	}
+	c.prev, c.prevKw = t, kw
+}
+
+// head handles a token where a statement (or an EXPLAIN target) begins.
+func (c *classifier) head(t sqlToken, kw sqlKeyword) {
+	st := &c.st
+	if t.kind == tokLParen {
+		return // (SELECT ...) and ((VALUES ...))
+	}
+	st.phase = phBody
+	if st.explainTarget {
+		// Only a query: EXPLAIN EXECUTE could run anything.
+		switch kw {
+		case kwSelect, kwValues, kwTable, kwWith:
+			st.roHead = true
+		}
+		return
+	}
+	st.first = kw
+	switch kw {
+	case kwSelect, kwValues, kwTable, kwWith, kwShow:
+		st.roHead = true
+	case kwExplain:
+		st.phase = phExplain
+	case kwSet:
+		st.pendingSet = true
+	case kwReset, kwListen, kwUnlisten, kwPrepare, kwDeallocate, kwLoad, kwDiscard:
+		c.session = true
+	case kwDo:
+		// An anonymous block may SET, LISTEN or create temp tables.
+		c.session = true
+	}
+}
+
+// applyKeyword applies the rules that hold for a keyword anywhere in the text.
+func (c *classifier) applyKeyword(kw sqlKeyword, t sqlToken) {
+	st := &c.st
+	switch kw {
+	case kwNone:
+		if st.sawCreate || st.sawInto {
+			c.tempSchema(c.lx.src[t.start:t.end])
+		}
+	case kwInsert, kwUpdate, kwDelete, kwMerge, kwCopy, kwNotify, kwListen,
+		kwLock, kwTruncate, kwCall, kwAlter, kwDrop, kwGrant, kwSet, kwReset:
+		c.ro = false
+	case kwInto:
+		c.ro = false // SELECT INTO creates a table
+		st.sawInto = true
+	case kwCreate:
+		c.ro = false
+		st.sawCreate = true
+	case kwFor:
+		st.sawFor = true
+	case kwShare:
+		if st.sawFor {
+			c.ro = false // FOR SHARE, FOR KEY SHARE
+		}
+	case kwTemp, kwTemporary:
+		if st.sawCreate || st.sawInto {
+			c.session = true
+		}
+	case kwHold:
+		if st.first == kwDeclare && c.prevKw == kwWith {
+			c.session = true // a WITH HOLD cursor outlives its transaction
+		}
+	}
+}
+
+// tempSchema marks an object created in pg_temp as session state.
+func (c *classifier) tempSchema(name string) {
+	if sqlHasPrefixFold(name, "pg_temp") && (len(name) == 7 || name[7] == '_') {
+		c.session = true
+	}
+}
+
+// call applies sideEffectFuncs to a call of the named function.
+func (c *classifier) call(name string) {
+	if listed, session := SideEffectFunc(name); listed {
+		c.ro = false
+		if session {
+			c.session = true
+		}
+	}
+}
+
+// peekQueryStart reports whether the token after EXPLAIN's '(' begins a
+// query rather than an option list.
+func (c *classifier) peekQueryStart() bool {
+	lx := c.lx // a copy: peeking must not advance the real lexer
+	t := lx.next()
+	if t.kind == tokLParen {
+		return true
+	}
+	if t.kind != tokIdent {
+		return false
+	}
+	switch lookupSQLKeyword(lx.src[t.start:t.end]) {
+	case kwSelect, kwValues, kwTable, kwWith:
+		return true
+	}
+	return false
+}
