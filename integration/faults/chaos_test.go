@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"database/sql"
+	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -242,7 +243,9 @@ func TestReadOnlyTxCommitAfterReplicaStops(t *testing.T) {
 
 // TestRestartedReplicaServesFast: a replica down for 20 s serves reads
 // within one monitor interval plus 1 s of accepting connections again,
-// whatever the probe backoff grew to meanwhile.
+// whatever the probe backoff grew to meanwhile. To start it right after a
+// probe (the worst case for a backoff), the test listens on its port while
+// it is down, sees the monitor's next probe arrive there, then starts it.
 func TestRestartedReplicaServesFast(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
@@ -259,10 +262,38 @@ func TestRestartedReplicaServesFast(t *testing.T) {
 		return nodeState(c, victim.Addr()) == pgreplica.StateDown
 	})
 	time.Sleep(20 * time.Second)
+
+	ln, err := net.Listen("tcp", victim.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	probed := make(chan time.Time, 1)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+			select {
+			case probed <- time.Now():
+			default:
+			}
+		}
+	}()
+	var at time.Time
+	select {
+	case at = <-probed:
+	case <-time.After(10 * time.Second):
+		ln.Close()
+		t.Fatal("no probe of the down replica within 10 s")
+	}
+	ln.Close()
 	if err := victim.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	took := testcluster.WaitUntil(t, 5*time.Second, "replica1 serves reads again", func() bool {
+	t.Logf("replica1 started %v after a probe found it down", time.Since(at).Round(time.Millisecond))
+	took := testcluster.WaitUntil(t, 10*time.Second, "replica1 serves reads again", func() bool {
 		return testcluster.Port(t, ctx, db) == victim.Port
 	})
 	t.Logf("replica1 down 20 s; serving reads %v after it accepted connections", took.Round(time.Millisecond))
