@@ -219,6 +219,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	reason := ReasonWrite
 	l := c.txLease
 	if l != nil {
+		if c.tx.movable {
+			return c.execTxFirst(ctx, o, query, args)
+		}
 		reason = ReasonTransaction
 	} else {
 		var err error
@@ -235,6 +238,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	res, err := l.sc.ExecContext(ctx, query, args)
 	if err != nil {
 		n.errors.Add(1)
+		if c.txLease != nil {
+			c.tx.failed = true
+		}
 		c.c.primaryFailed(err)
 		return nil, err
 	}
@@ -252,7 +258,14 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	o := optionsFrom(ctx)
 	if c.txLease != nil {
-		return c.queryOn(ctx, o, c.txLease, query, args, ReasonTransaction, classifyCached(query))
+		if c.tx.movable {
+			return c.queryTxFirst(ctx, o, query, args)
+		}
+		rows, err := c.queryOn(ctx, o, c.txLease, query, args, ReasonTransaction, classifyCached(query))
+		if err != nil {
+			c.tx.failed = true
+		}
+		return rows, err
 	}
 	cl := classifyCached(query)
 	var reason Reason
@@ -469,11 +482,13 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		// Hot standbys refuse SERIALIZABLE.
 		sql.IsolationLevel(opts.Isolation) != sql.LevelSerializable
 	if wantReplica {
-		if itx, err := c.beginOnReplica(ctx, o, opts); itx != nil || err != nil {
+		var tried uint64
+		if itx, err := c.beginOnReplica(ctx, o, opts, &tried); itx != nil || err != nil {
 			if err != nil {
 				return nil, err
 			}
-			c.tx = tx{c: c, inner: itx, readOnly: true}
+			c.tx = tx{c: c, inner: itx, readOnly: true, opts: opts, tried: tried,
+				onStandby: c.txLease.node.standby.Load(), movable: true}
 			return &c.tx, nil
 		}
 	}
@@ -487,21 +502,21 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, err
 	}
 	c.txLease = l
-	c.tx = tx{c: c, inner: itx, readOnly: opts.ReadOnly, session: session}
+	c.tx = tx{c: c, inner: itx, readOnly: opts.ReadOnly, session: session, opts: opts}
 	return &c.tx, nil
 }
 
-// beginOnReplica starts a read-only transaction on a usable replica. It
-// returns (nil, nil) when the primary should take it instead.
-func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.TxOptions) (driver.Tx, error) {
+// beginOnReplica starts a read-only transaction on a usable replica not in
+// tried, adding the nodes it tries. It returns (nil, nil) when the primary
+// should take it instead.
+func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.TxOptions, tried *uint64) (driver.Tx, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o)
 	if needPrimary {
 		return nil, nil
 	}
-	var tried uint64
 	var lastErr error
 	for {
-		l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+		l, err := c.nextReplica(ctx, maxLag, minLSN, tried, &lastErr)
 		if err != nil {
 			return nil, err
 		}
@@ -523,8 +538,90 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		}
 		c.dropReplica(l, err)
 	}
-	if !c.c.cfg.FallbackToPrimary && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, tried)) {
+	if !c.c.cfg.FallbackToPrimary && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
 		return nil, ErrNoReplica
 	}
 	return nil, nil
+}
+
+// queryTxFirst runs the first statement of a read-only transaction that
+// began on a replica. Until a statement has succeeded the transaction has
+// returned nothing, so when its replica fails (unreachable, died, recovery
+// conflict) it begins again on the next usable node and the statement runs
+// there: no snapshot that the caller has seen is broken.
+func (c *conn) queryTxFirst(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue) (driver.Rows, error) {
+	cl := classifyCached(query)
+	for {
+		l := c.txLease
+		rows, err := c.queryOn(ctx, o, l, query, args, ReasonTransaction, cl)
+		if err == nil {
+			c.tx.movable = false
+			return rows, nil
+		}
+		if !c.moveTx(ctx, o, l, err) {
+			c.tx.failed = true
+			return nil, err
+		}
+	}
+}
+
+// execTxFirst is queryTxFirst for ExecContext.
+func (c *conn) execTxFirst(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue) (driver.Result, error) {
+	for {
+		l := c.txLease
+		if classifyCached(query).sessionState {
+			l.dirty = true
+		}
+		c.statements++
+		l.node.statements.Add(1)
+		res, err := l.sc.ExecContext(ctx, query, args)
+		if err == nil {
+			c.tx.movable = false
+			if o != nil && o.report != nil {
+				o.report.set(l.node, ReasonTransaction)
+			}
+			return res, nil
+		}
+		l.node.errors.Add(1)
+		if !c.moveTx(ctx, o, l, err) {
+			c.tx.failed = true
+			return nil, err
+		}
+	}
+}
+
+// moveTx begins the conn's movable read-only transaction again on another
+// node after its statement failed on l with err, when err says the replica
+// (not the statement) failed. It reports whether the statement may run
+// again on the new c.txLease.
+func (c *conn) moveTx(ctx context.Context, o *routeOptions, l *lease, err error) bool {
+	if ctx.Err() != nil || !isRetryableRead(err) || isReadOnlyViolation(err) {
+		return false
+	}
+	l.node.reroutes[rerouteRetry].Add(1)
+	// The old transaction is abandoned with its connection: releasing a
+	// connection that is mid-transaction makes the pool destroy it.
+	c.txLease = nil
+	c.tx.movable = false
+	c.dropReplica(l, err)
+	itx, berr := c.beginOnReplica(ctx, o, c.tx.opts, &c.tx.tried)
+	if berr != nil {
+		return false
+	}
+	if itx == nil {
+		// No replica is left: the primary takes it, as BeginTx would have.
+		pl, perr := c.primaryLease(ctx)
+		if perr != nil {
+			return false
+		}
+		if itx, perr = pl.sc.BeginTx(ctx, c.tx.opts); perr != nil {
+			c.c.primaryFailed(perr)
+			return false
+		}
+		c.txLease = pl
+		c.tx.inner, c.tx.onStandby = itx, false
+		return true
+	}
+	c.tx.inner, c.tx.onStandby, c.tx.movable = itx, c.txLease.node.standby.Load(), true
+	return true
 }

@@ -15,7 +15,10 @@
 //     locks, anything the statement classifier cannot prove read-only) run on
 //     the primary.
 //   - Plain reads run on a healthy, caught-up replica chosen by a Policy;
-//     read-only transactions run on one replica from BEGIN to COMMIT.
+//     read-only transactions run on one replica from BEGIN to COMMIT (one
+//     whose replica fails before any statement succeeded begins again on
+//     another node; one on a standby whose connection is lost at COMMIT
+//     has committed: a standby has nothing to lose).
 //   - A replica that refuses a statement as a write (SQLSTATE 25006) makes
 //     it run again on the primary. A read that fails before its first row
 //     because a replica died is re-run on another node.

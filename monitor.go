@@ -40,6 +40,7 @@ type monitor struct {
 	history    []lsnSample // primary flush positions, oldest first
 	lagging    []bool
 	splitBrain bool
+	roundStart int64 // unix nanos at which the current round began
 }
 
 type probeResult struct {
@@ -135,6 +136,7 @@ func (m *monitor) round() {
 	}()
 	results := make([]probeResult, len(m.c.nodes))
 	now := time.Now().UnixNano()
+	m.roundStart = now
 	var wg sync.WaitGroup
 	for i, n := range m.c.nodes {
 		if !n.up.Load() && now < n.nextProbe.Load() {
@@ -170,7 +172,7 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 	if pc == nil || pc.IsClosed() {
 		cctx, cancel := context.WithTimeout(parent, m.connectTimeout)
 		var err error
-		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].pool.Config().ConnConfig)
+		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].probeConfig)
 		timedOut := cctx.Err() != nil
 		cancel()
 		if err != nil {
@@ -212,11 +214,12 @@ func (m *monitor) apply(results []probeResult) {
 		switch {
 		case r.skipped:
 		case r.err != nil:
-			f := n.failures.Add(1)
-			backoff := m.interval << min(f-1, 4) // up to 16 intervals
-			n.nextProbe.Store(nowWall + int64(backoff))
+			n.failures.Add(1)
+			// Counted from the round's start, less half an interval, so that
+			// a backoff of k intervals means k ticks despite scheduling jitter.
+			n.nextProbe.Store(m.roundStart + int64(m.backoff(n.failures.Load())-m.interval/2))
 			n.frozen.Store(errors.Is(r.err, errProbeTimeout))
-			if n.up.Swap(false) {
+			if n.setDown() {
 				c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(r.err))
 				n.resetPool()
 			}
@@ -234,7 +237,7 @@ func (m *monitor) apply(results []probeResult) {
 			if r.standby {
 				n.replayLSN.Store(r.lsn)
 			}
-			if !n.up.Swap(true) {
+			if n.setUp() {
 				c.log.Info("pgreplica: node up", "node", n.addr, "role", roleName(r.standby))
 			}
 		}
@@ -263,6 +266,19 @@ func (m *monitor) apply(results []probeResult) {
 		}
 	}
 	m.updateLag(primary)
+}
+
+// maxProbeGap is the longest a down node goes unprobed: probing a dead
+// node once a second costs nothing, and a restarted one must serve again
+// within a monitor interval plus a second, whatever its downtime.
+const maxProbeGap = time.Second
+
+// backoff is how long after its f-th failed probe in a row a down node is
+// probed again: the interval, doubling, but never leaving a gap longer
+// than max(interval, maxProbeGap) once the round's tick is counted.
+func (m *monitor) backoff(f int32) time.Duration {
+	limit := max(maxProbeGap-m.interval, m.interval)
+	return min(m.interval<<min(max(f-1, 0), 4), limit)
 }
 
 // choosePrimary keeps the current primary while it answers as writable. It

@@ -3,6 +3,7 @@ package pgreplica
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -24,13 +27,24 @@ type node struct {
 	maxConns int64
 	// acquiring counts primary acquires under way; see parkSticky.
 	acquiring atomic.Int32
+	// probeConfig is the pool's connection config with the server's own
+	// dial function: the monitor must reach a node that routing has
+	// given up on.
+	probeConfig *pgx.ConnConfig
+	// slots admits at most the pool's size of leases at once. Waiting here
+	// rather than inside pgxpool lets a read stop waiting when the node is
+	// marked down; pgxpool's own wait only ends with the caller's context.
+	slots chan struct{}
 	// wrapper builds the *stdlib.Conn for a physical connection the first
 	// time it is used; see acquire.
 	wrapper driver.Connector
 
-	// Health, written by the monitor and by failing traffic.
+	// Health, written by the monitor and by failing traffic. up changes
+	// only under stateMu, together with epoch.
+	stateMu    sync.Mutex
 	up         atomic.Bool
-	standby    atomic.Bool // pg_is_in_recovery() at the last probe
+	epoch      atomic.Pointer[upEpoch] // the current up period; ends when the node is marked down
+	standby    atomic.Bool             // pg_is_in_recovery() at the last probe
 	replayLSN  atomic.Uint64
 	lagBytes   atomic.Int64
 	lagNanos   atomic.Int64
@@ -75,25 +89,125 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
-	dial := cfg.ConnConfig.DialFunc
-	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return n.track(c), nil
-	}
+	n.probeConfig = cfg.ConnConfig.Copy()
+	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
 	n.pool, n.wrapper = pool, stdlib.GetPoolConnector(pool)
 	n.maxConns = int64(pool.Config().MaxConns) // pgxpool's default when cfg left it 0
+	n.slots = make(chan struct{}, n.maxConns)
 	// Until the first probe answers, trust the DSN: listed nodes are up and
 	// every node but the first is a standby.
+	n.epoch.Store(newUpEpoch())
 	n.up.Store(true)
 	n.standby.Store(index != 0)
 	return n, nil
+}
+
+// errNodeDown is what a lease or a dial gets from a replica that routing
+// has marked down; reads move on to the next node.
+var errNodeDown = errors.New("pgreplica: node is marked down")
+
+// dialFunc wraps the node's dial function for the pool's connections and
+// for pgx's cancel requests, which dial through it too (pgconn's
+// CancelRequest calls Config.DialFunc with the caller's context: 15 s when
+// a broken connection is closed, and pgxpool holds the connection's slot
+// until it returns). A dial to a replica marked down fails at once; one in
+// progress when it is marked down is abandoned; every dial is bounded by
+// the connect timeout. Sockets are tracked so abortConns can close them.
+func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		e := n.downEpoch()
+		if e == nil {
+			return nil, errNodeDown
+		}
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		if timeout > 0 {
+			var cancelT context.CancelFunc
+			dctx, cancelT = context.WithTimeout(dctx, timeout)
+			defer cancelT()
+		}
+		if e != noEpoch {
+			stop := context.AfterFunc(e.ctx, cancel)
+			defer stop()
+		}
+		c, err := dial(dctx, network, addr)
+		if err != nil {
+			if e != noEpoch && e.ctx.Err() != nil {
+				return nil, errNodeDown
+			}
+			return nil, err
+		}
+		tc := n.track(c)
+		if e != noEpoch && e.ctx.Err() != nil {
+			// Marked down while dialling: abortConns may have run before
+			// this socket was tracked.
+			tc.Close()
+			return nil, errNodeDown
+		}
+		return tc, nil
+	}
+}
+
+// upEpoch is one period during which the node was up; its context ends
+// when the node is marked down, waking waits and dials on it.
+type upEpoch struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newUpEpoch() *upEpoch {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &upEpoch{ctx: ctx, cancel: cancel}
+}
+
+// noEpoch is downEpoch's answer for a node whose waits and dials are not
+// cut short when it is marked down: the primary, whose writes only the
+// server can judge.
+var noEpoch = &upEpoch{}
+
+// downEpoch returns the up period whose end should abort a wait or a dial
+// on the node, noEpoch when none should, or nil when the node is a replica
+// already marked down.
+func (n *node) downEpoch() *upEpoch {
+	if !n.standby.Load() {
+		return noEpoch
+	}
+	e := n.epoch.Load()
+	if !n.up.Load() {
+		return nil
+	}
+	return e
+}
+
+// setDown marks the node down and ends its up period; it reports whether
+// the node was up.
+func (n *node) setDown() bool {
+	n.stateMu.Lock()
+	defer n.stateMu.Unlock()
+	if !n.up.Swap(false) {
+		return false
+	}
+	if e := n.epoch.Load(); e != nil && e.cancel != nil {
+		e.cancel()
+	}
+	return true
+}
+
+// setUp marks the node up in a new up period; it reports whether the node
+// was down.
+func (n *node) setUp() bool {
+	n.stateMu.Lock()
+	defer n.stateMu.Unlock()
+	if n.up.Load() {
+		return false
+	}
+	n.epoch.Store(newUpEpoch())
+	n.up.Store(true)
+	return true
 }
 
 func addrOf(cfg *pgxpool.Config) string {
@@ -159,7 +273,7 @@ func (n *node) resetPool() {
 // fail; the monitor brings it back when a probe answers.
 func (n *node) markDown() bool {
 	n.nextProbe.Store(time.Now().UnixNano())
-	return n.up.Swap(false)
+	return n.setDown()
 }
 
 // usableReplica says whether the node may serve a read that tolerates
@@ -241,13 +355,56 @@ func (n *node) acquire(ctx context.Context, l *lease) error {
 		n.inFlight.Add(1)
 		return nil
 	}
+	if err := n.takeSlot(ctx); err != nil {
+		return err
+	}
+	if err := n.acquireConn(ctx, l); err != nil {
+		<-n.slots
+		return err
+	}
+	n.inFlight.Add(1)
+	return nil
+}
+
+// takeSlot admits one more lease on the node. When every slot is taken it
+// waits for one, for the caller's context to end, or for a replica to be
+// marked down, whichever comes first: a read waiting for a dead node's
+// connections moves to the next node instead. The common case, a free
+// slot, costs one channel send and allocates nothing.
+func (n *node) takeSlot(ctx context.Context) error {
+	select {
+	case n.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	e := n.downEpoch()
+	if e == nil {
+		return errNodeDown
+	}
+	var down <-chan struct{}
+	if e != noEpoch {
+		down = e.ctx.Done()
+	}
+	select {
+	case n.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-down:
+		return errNodeDown
+	}
+}
+
+// acquireConn takes a physical connection for l; the caller holds a slot,
+// so the pool has room unless a destroyed connection still holds its own
+// slot (the dial function keeps that short: see dialFunc).
+func (n *node) acquireConn(ctx context.Context, l *lease) error {
 	pc, err := n.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	if sc, ok := pc.Conn().PgConn().CustomData()[wrapperKey].(*stdlib.Conn); ok {
 		*l = lease{node: n, pc: pc, sc: sc}
-		n.inFlight.Add(1)
 		return nil
 	}
 	// A new physical connection: stdlib offers no way to wrap a *pgx.Conn we
@@ -267,7 +424,6 @@ func (n *node) acquire(ctx context.Context, l *lease) error {
 		data[wrapperKey] = sc
 		*l = lease{node: n, sc: sc, closer: sc}
 	}
-	n.inFlight.Add(1)
 	return nil
 }
 
@@ -288,6 +444,9 @@ func (l *lease) release() {
 		l.closer.Close()
 	}
 	n := l.node
+	if n.slots != nil {
+		<-n.slots
+	}
 	*l = lease{}
 	if n.inFlight.Add(-1) == 0 && n.closing.Load() {
 		n.close()

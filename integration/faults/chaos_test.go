@@ -1,0 +1,303 @@
+package faults
+
+import (
+	"context"
+	"database/sql"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+// openToReplica1 opens a *sql.DB whose reads go to replica1 while it is
+// usable and to replica2 only when it is not: the tests below know which
+// replica a read waits on.
+func openToReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica.Connector) {
+	t.Helper()
+	testcluster.NoLeaks(t)
+	cfg, err := pgreplica.ParseConfig(testcluster.DSN(params...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Policy = pgreplica.Weighted(1, 0)
+	c, err := pgreplica.NewConnector(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db, c
+}
+
+func poolOf(c *pgreplica.Connector, addr string) pgreplica.PoolStatus {
+	for _, n := range c.Status().Nodes {
+		if n.Addr == addr {
+			return n.Pool
+		}
+	}
+	return pgreplica.PoolStatus{}
+}
+
+type portResult struct {
+	port int
+	err  error
+	at   time.Time
+}
+
+// TestFrozenReplicaWaitingRead: replica1 has one connection, held by a
+// sql.Conn with a read pending on it; a second read waits for that
+// connection. When replica1 freezes, the waiting read must leave as soon as
+// replica1 is reported frozen and be served by replica2, and replica1's
+// pool slot must be free within one connect timeout (2 s).
+func TestFrozenReplicaWaitingRead(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	victim, other := cl.Nodes[1], cl.Nodes[2]
+	db, c := openToReplica1(t, monitorParams, "replica_max_conns=1")
+	t.Cleanup(func() { _ = victim.Thaw() })
+
+	holder, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if port := testcluster.Port(t, ctx, holder); port != victim.Port {
+		t.Fatalf("first read on the sql.Conn served by %s, want replica1", testcluster.Role(port))
+	}
+	pending := make(chan error, 1)
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var port int
+		pending <- holder.QueryRowContext(pctx, "SELECT pg_sleep(30), inet_server_port()").Scan(new(string), &port)
+	}()
+
+	waiting := make(chan portResult, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var r portResult
+		r.err = db.QueryRowContext(rctx, "SELECT inet_server_port()").Scan(&r.port)
+		r.at = time.Now()
+		waiting <- r
+	}()
+	select {
+	case r := <-waiting:
+		t.Fatalf("the read did not wait for replica1's only connection: port %d, err %v", r.port, r.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	if err := victim.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := time.Now()
+	testcluster.WaitUntil(t, 5*time.Second, "replica1 reported frozen", func() bool {
+		return nodeState(c, victim.Addr()) == pgreplica.StateFrozen
+	})
+	detected := time.Now()
+	r := <-waiting
+	if r.err != nil {
+		t.Fatalf("the waiting read failed: %v", r.err)
+	}
+	if r.port != other.Port {
+		t.Fatalf("the waiting read was served by %s, want replica2", testcluster.Role(r.port))
+	}
+	t.Logf("replica1 frozen; reported frozen %v later; the waiting read was served by replica2 %v after that",
+		detected.Sub(frozenAt).Round(time.Millisecond), r.at.Sub(detected).Round(time.Millisecond))
+	// WaitUntil polls every 20 ms; the read may have finished just before
+	// the poll saw the state.
+	if late := r.at.Sub(detected); late > 300*time.Millisecond {
+		t.Fatalf("the waiting read ended %v after replica1 was reported frozen", late)
+	}
+
+	if err := <-pending; err == nil {
+		t.Fatal("the read pending on the frozen replica succeeded")
+	}
+	holder.Close()
+	free := testcluster.WaitUntil(t, 2*time.Second, "replica1's pool slot freed", func() bool {
+		return poolOf(c, victim.Addr()).Total == 0
+	})
+	t.Logf("replica1's pool empty %v after the sql.Conn was closed", free.Round(time.Millisecond))
+
+	// Reads meanwhile go to replica2 without waiting.
+	for range 20 {
+		if port := testcluster.Port(t, ctx, db); port != other.Port {
+			t.Fatalf("read while replica1 is frozen served by %s", testcluster.Role(port))
+		}
+	}
+}
+
+// TestReadOnlyTxMovesBeforeFirstRow: replica1 is stopped between BEGIN READ
+// ONLY and the first SELECT; the SELECT is served by replica2 and COMMIT
+// succeeds.
+func TestReadOnlyTxMovesBeforeFirstRow(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	victim, other := cl.Nodes[1], cl.Nodes[2]
+	db, _ := openToReplica1(t, monitorParams)
+	t.Cleanup(func() { _ = victim.Start(ctx) })
+
+	rctx, route := pgreplica.WithRoute(ctx)
+	tx, err := db.BeginTx(rctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if route.Node() != victim.Addr() {
+		t.Fatalf("BEGIN READ ONLY on %s, want replica1 %s", route.Node(), victim.Addr())
+	}
+	if err := victim.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	if err := tx.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+		t.Fatalf("first SELECT after replica1 stopped: %v", err)
+	}
+	if port != other.Port {
+		t.Fatalf("first SELECT served by %s, want replica2", testcluster.Role(port))
+	}
+	// Still one transaction on replica2: a second statement sees the same
+	// server and the same transaction.
+	var p2 int
+	var readOnly string
+	if err := tx.QueryRowContext(ctx, "SELECT inet_server_port(), current_setting('transaction_read_only')").Scan(&p2, &readOnly); err != nil {
+		t.Fatal(err)
+	}
+	if p2 != other.Port || readOnly != "on" {
+		t.Fatalf("second statement: %s, transaction_read_only=%s", testcluster.Role(p2), readOnly)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("COMMIT: %v", err)
+	}
+}
+
+// TestReadOnlyTxCommitAfterReplicaStops: a read-only transaction has read
+// from replica1, which is stopped before COMMIT. A further read fails (it
+// has seen data: it does not move), and COMMIT (or ROLLBACK) succeeds: a
+// standby has nothing to lose. A SERIALIZABLE read-only transaction, which
+// runs on the primary, still reports a commit whose connection was lost.
+func TestReadOnlyTxCommitAfterReplicaStops(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	victim := cl.Nodes[1]
+	db, _ := openToReplica1(t, monitorParams)
+	t.Cleanup(func() { _ = victim.Start(ctx) })
+
+	begin := func() *sql.Tx {
+		t.Helper()
+		tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if port := testcluster.Port(t, ctx, tx); port != victim.Port {
+			t.Fatalf("read-only transaction on %s, want replica1", testcluster.Role(port))
+		}
+		return tx
+	}
+	committed, rolledBack, stays := begin(), begin(), begin()
+	if err := victim.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	if err := stays.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err == nil {
+		t.Fatalf("a read after the first row moved silently to %s", testcluster.Role(port))
+	}
+	if err := stays.Rollback(); err != nil {
+		t.Fatalf("ROLLBACK after a failed read: %v", err)
+	}
+	if err := committed.Commit(); err != nil {
+		t.Fatalf("COMMIT of a read-only transaction whose replica stopped: %v", err)
+	}
+	if err := rolledBack.Rollback(); err != nil {
+		t.Fatalf("ROLLBACK of a read-only transaction whose replica stopped: %v", err)
+	}
+	if err := victim.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// SERIALIZABLE: on the primary; its backend is terminated before COMMIT.
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelSerializable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	var pid int
+	if err := tx.QueryRowContext(ctx, "SELECT inet_server_port(), pg_backend_pid()").Scan(&port, &pid); err != nil {
+		t.Fatal(err)
+	}
+	if port != cl.Nodes[0].Port {
+		t.Fatalf("SERIALIZABLE read-only transaction on %s, want the primary", testcluster.Role(port))
+	}
+	if _, err := cl.QueryInt(ctx, 0, "SELECT count(*) FROM (SELECT pg_terminate_backend("+strconv.Itoa(pid)+")) t"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err == nil {
+		t.Fatal("COMMIT of a SERIALIZABLE read-only transaction whose primary connection was terminated reported success")
+	} else {
+		t.Logf("SERIALIZABLE on the primary: COMMIT reports %v", err)
+	}
+}
+
+// TestRestartedReplicaServesFast: a replica down for 20 s serves reads
+// within one monitor interval plus 1 s of accepting connections again,
+// whatever the probe backoff grew to meanwhile. To start it right after a
+// probe (the worst case for a backoff), the test listens on its port while
+// it is down, sees the monitor's next probe arrive there, then starts it.
+func TestRestartedReplicaServesFast(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	victim := cl.Nodes[1]
+	db, c := openToReplica1(t, monitorParams)
+	t.Cleanup(func() { _ = victim.Start(ctx) })
+	if port := testcluster.Port(t, ctx, db); port != victim.Port {
+		t.Fatalf("read served by %s, want replica1", testcluster.Role(port))
+	}
+	if err := victim.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitUntil(t, 5*time.Second, "replica1 marked down", func() bool {
+		return nodeState(c, victim.Addr()) == pgreplica.StateDown
+	})
+	time.Sleep(20 * time.Second)
+
+	ln, err := net.Listen("tcp", victim.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	probed := make(chan time.Time, 1)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+			select {
+			case probed <- time.Now():
+			default:
+			}
+		}
+	}()
+	var at time.Time
+	select {
+	case at = <-probed:
+	case <-time.After(10 * time.Second):
+		ln.Close()
+		t.Fatal("no probe of the down replica within 10 s")
+	}
+	ln.Close()
+	if err := victim.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("replica1 started %v after a probe found it down", time.Since(at).Round(time.Millisecond))
+	took := testcluster.WaitUntil(t, 10*time.Second, "replica1 serves reads again", func() bool {
+		return testcluster.Port(t, ctx, db) == victim.Port
+	})
+	t.Logf("replica1 down 20 s; serving reads %v after it accepted connections", took.Round(time.Millisecond))
+	if limit := 200*time.Millisecond + time.Second; took > limit {
+		t.Fatalf("replica1 served reads %v after its restart, want within %v (monitor interval + 1 s)", took, limit)
+	}
+}

@@ -1,0 +1,395 @@
+// Package soak runs a mixed workload through one pgreplica *sql.DB while
+// one replica at a time is crashed, frozen, lagged or has its backends
+// terminated, and checks what the application saw: every plain read
+// served, read-only transactions that fail only after returning data, no
+// stale read in a read-your-writes session, every acknowledged write on the
+// primary, no goroutine left and no pool over its size.
+//
+// It runs for 30 s by default; PGREPLICA_SOAK=10m runs longer. The fault
+// schedule comes from a seed that the log prints; PGREPLICA_SOAK_SEED=N
+// replays it.
+package soak
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/sandbox"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+func TestMain(m *testing.M) { os.Exit(testcluster.Run(m, sandbox.Options{})) }
+
+const (
+	readers    = 10
+	writers    = 3
+	sessions   = 4
+	roTxUsers  = 2
+	primaryMax = 6
+	replicaMax = 8
+	opTimeout  = 5 * time.Second
+	// appName marks the soak's connections (the monitor's probes included)
+	// in pg_stat_activity, apart from the test's own direct ones.
+	appName = "pgreplica-soak"
+)
+
+// failures keeps a count per kind and the first few errors of each, with
+// when they happened, to set against the fault timeline.
+type failures struct {
+	mu     sync.Mutex
+	counts map[string]int
+	first  map[string][]string
+	start  time.Time
+}
+
+func (f *failures) add(kind string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.counts[kind]++
+	if len(f.first[kind]) < 5 {
+		f.first[kind] = append(f.first[kind], fmt.Sprintf("t=%.3fs %v", time.Since(f.start).Seconds(), err))
+	}
+}
+
+func (f *failures) count(kind string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.counts[kind]
+}
+
+// timeline logs faults with their time since the start.
+type timeline struct {
+	t     *testing.T
+	start time.Time
+	mu    sync.Mutex
+	kinds map[string]int
+}
+
+func (tl *timeline) log(format string, args ...any) {
+	tl.t.Logf("t=%7.3fs %s", time.Since(tl.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func soakDuration(t *testing.T) time.Duration {
+	d := 30 * time.Second
+	if v := os.Getenv("PGREPLICA_SOAK"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("PGREPLICA_SOAK=%q: %v", v, err)
+		}
+	}
+	return d
+}
+
+func soakSeed(t *testing.T) uint64 {
+	if v := os.Getenv("PGREPLICA_SOAK_SEED"); v != "" {
+		s, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("PGREPLICA_SOAK_SEED=%q: %v", v, err)
+		}
+		return s
+	}
+	return uint64(time.Now().UnixNano())
+}
+
+func TestSoak(t *testing.T) {
+	duration, seed := soakDuration(t), soakSeed(t)
+	t.Logf("soak: %v, seed %d (replay with PGREPLICA_SOAK_SEED=%d)", duration, seed, seed)
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+
+	kv := testcluster.NewTable(t, ctx, "soak_kv", "k int PRIMARY KEY, v bigint NOT NULL")
+	writes := testcluster.NewTable(t, ctx, "soak_writes", "id bigserial PRIMARY KEY, writer int NOT NULL, seq int NOT NULL")
+	primary := testcluster.Direct(t, 0)
+	for k := range sessions + 1 {
+		if _, err := primary.ExecContext(ctx, "INSERT INTO "+kv+" VALUES ($1, 0)", k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testcluster.WaitReplayed(t, ctx)
+
+	// Opened after the tables so that NoLeaks' cleanup runs after db.Close.
+	db := testcluster.Open(t, "monitor_interval=200ms", "application_name="+appName,
+		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax))
+	db.SetMaxOpenConns(32)
+	c, err := pgreplica.ConnectorOf(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	fails := &failures{counts: map[string]int{}, first: map[string][]string{}, start: start}
+	tl := &timeline{t: t, start: start, kinds: map[string]int{}}
+	stop := make(chan struct{})
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	var wg sync.WaitGroup
+	var plainReads, sessionReads, roTxs, roLate atomic.Int64
+	var readsByPort sync.Map // port → *atomic.Int64
+	countPort := func(port int) {
+		v, _ := readsByPort.LoadOrStore(port, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}
+
+	// Plain reads.
+	for range readers {
+		wg.Go(func() {
+			for !stopped() {
+				rctx, cancel := context.WithTimeout(ctx, opTimeout)
+				var port int
+				var v int64
+				err := db.QueryRowContext(rctx, "SELECT inet_server_port(), v FROM "+kv+" WHERE k = 0").Scan(&port, &v)
+				cancel()
+				plainReads.Add(1)
+				if err != nil {
+					fails.add("plain read", err)
+					continue
+				}
+				countPort(port)
+			}
+		})
+	}
+
+	// Writers: every acknowledged insert must be on the primary at the end.
+	acked := make([]atomic.Int64, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for seq := 1; !stopped(); seq++ {
+				wctx, cancel := context.WithTimeout(ctx, opTimeout)
+				_, err := db.ExecContext(wctx, "INSERT INTO "+writes+" (writer, seq) VALUES ($1, $2)", w, seq)
+				cancel()
+				if err != nil {
+					fails.add("write", err)
+					return // the row may or may not exist: stop counting this writer
+				}
+				acked[w].Add(1)
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+
+	// Read-your-writes sessions: each owns one key, bumps it and reads it
+	// back in the same session.
+	for s := 1; s <= sessions; s++ {
+		wg.Go(func() {
+			sctx := pgreplica.WithSession(ctx)
+			for v := int64(1); !stopped(); v++ {
+				wctx, cancel := context.WithTimeout(sctx, opTimeout)
+				_, err := db.ExecContext(wctx, "UPDATE "+kv+" SET v = $2 WHERE k = $1", s, v)
+				cancel()
+				if err != nil {
+					fails.add("session write", err)
+					return
+				}
+				for range 3 {
+					rctx, cancel := context.WithTimeout(sctx, opTimeout)
+					var got int64
+					err := db.QueryRowContext(rctx, "SELECT v FROM "+kv+" WHERE k = $1", s).Scan(&got)
+					cancel()
+					sessionReads.Add(1)
+					switch {
+					case err != nil:
+						fails.add("session read", err)
+					case got != v:
+						fails.add("stale session read", fmt.Errorf("session %d read %d after writing %d", s, got, v))
+					}
+				}
+			}
+		})
+	}
+
+	// Read-only transactions: two reads and a commit.
+	for range roTxUsers {
+		wg.Go(func() {
+			for !stopped() {
+				roTxs.Add(1)
+				tctx, cancel := context.WithTimeout(ctx, opTimeout)
+				roTx(tctx, db, kv, fails, &roLate)
+				cancel()
+			}
+		})
+	}
+
+	// Connections per node, from pg_stat_activity, while the load runs.
+	maxConns := make([]atomic.Int64, len(cl.Nodes))
+	wg.Go(func() {
+		for !stopped() {
+			for i := range cl.Nodes {
+				qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+				n, err := cl.QueryInt(qctx, i, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '"+appName+"'")
+				cancel()
+				if err == nil && n > maxConns[i].Load() {
+					maxConns[i].Store(n)
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+
+	// Faults: every 2–4 s one replica gets one, lasting 1–2 s.
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	kinds := []string{"crash", "freeze", "lag", "terminate"}
+	faultCounts := map[string]int{}
+	deadline := start.Add(duration)
+	for time.Now().Add(2 * time.Second).Before(deadline) {
+		time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
+		i := 1 + rng.IntN(len(cl.Nodes)-1)
+		kind := kinds[rng.IntN(len(kinds))]
+		hold := time.Duration(1000+rng.IntN(1000)) * time.Millisecond
+		faultCounts[kind]++
+		if err := inject(ctx, tl, cl.Nodes[i], cl, kind, hold); err != nil {
+			t.Errorf("fault %s on replica%d: %v", kind, i, err)
+		}
+	}
+	if rest := time.Until(deadline); rest > 0 {
+		time.Sleep(rest)
+	}
+	close(stop)
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	// Every acknowledged write is on the primary.
+	for w := range writers {
+		n, err := cl.QueryInt(ctx, 0, fmt.Sprintf("SELECT count(DISTINCT seq) FROM %s WHERE writer = %d AND seq <= %d", writes, w, acked[w].Load()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != acked[w].Load() {
+			fails.add("lost write", fmt.Errorf("writer %d: %d acknowledged, %d on the primary", w, acked[w].Load(), n))
+		}
+	}
+
+	var ports []string
+	readsByPort.Range(func(k, v any) bool {
+		ports = append(ports, fmt.Sprintf("%s %d", testcluster.Role(k.(int)), v.(*atomic.Int64).Load()))
+		return true
+	})
+	sort.Strings(ports)
+	var faults []string
+	for k, v := range faultCounts {
+		faults = append(faults, fmt.Sprintf("%s %d", k, v))
+	}
+	sort.Strings(faults)
+	var totalAcked int64
+	for w := range acked {
+		totalAcked += acked[w].Load()
+	}
+	t.Logf("soak done in %v, seed %d: %d plain reads (%s), %d session reads, %d read-only transactions (%d failed after their first row), %d acknowledged writes; faults: %s",
+		elapsed.Round(time.Millisecond), seed, plainReads.Load(), strings.Join(ports, ", "), sessionReads.Load(), roTxs.Load(), roLate.Load(), totalAcked, strings.Join(faults, ", "))
+	t.Logf("max connections seen (pg_stat_activity; the monitor's probe adds one): primary %d of %d, replica1 %d of %d, replica2 %d of %d",
+		maxConns[0].Load(), primaryMax, maxConns[1].Load(), replicaMax, maxConns[2].Load(), replicaMax)
+	fails.mu.Lock()
+	defer fails.mu.Unlock()
+	var kindsSeen []string
+	for k, n := range fails.counts {
+		kindsSeen = append(kindsSeen, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(kindsSeen)
+	t.Logf("failures by kind: %s", orNone(strings.Join(kindsSeen, ", ")))
+	for kind, n := range fails.counts {
+		if kind == "ro tx after first row" {
+			continue // documented: a transaction that returned data stays on its node
+		}
+		t.Errorf("%d %s failures; first: %s", n, kind, strings.Join(fails.first[kind], "; "))
+	}
+	if plainReads.Load() == 0 || roTxs.Load() == 0 || totalAcked == 0 || sessionReads.Load() == 0 {
+		t.Error("a part of the workload never ran")
+	}
+	if len(faultCounts) == 0 {
+		t.Error("no fault was injected")
+	}
+	if maxConns[0].Load() > primaryMax+1 || maxConns[1].Load() > replicaMax+1 || maxConns[2].Load() > replicaMax+1 {
+		t.Error("more connections than the pool sizes allow")
+	}
+	_ = c
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// roTx runs one read-only transaction and files any failure under where it
+// happened.
+func roTx(ctx context.Context, db *sql.DB, kv string, fails *failures, late *atomic.Int64) {
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		fails.add("ro tx begin", err)
+		return
+	}
+	var n int64
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM "+kv).Scan(&n); err != nil {
+		fails.add("ro tx first statement", err)
+		_ = tx.Rollback()
+		return
+	}
+	var port int
+	if err := tx.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+		late.Add(1)
+		fails.add("ro tx after first row", err)
+		_ = tx.Rollback()
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		fails.add("ro tx commit", err)
+	}
+}
+
+// inject applies one fault to a replica for hold, then undoes it.
+func inject(ctx context.Context, tl *timeline, n *sandbox.Node, cl *sandbox.Cluster, kind string, hold time.Duration) error {
+	name := "replica" + strconv.Itoa(n.Index)
+	tl.log("%s %s for %v", kind, name, hold)
+	switch kind {
+	case "crash":
+		if err := n.Stop(ctx); err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		tl.log("restart %s", name)
+		return n.Start(ctx)
+	case "freeze":
+		if err := n.Freeze(); err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		tl.log("thaw %s", name)
+		return n.Thaw()
+	case "lag":
+		if err := n.PauseReplay(ctx); err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		tl.log("resume replay on %s", name)
+		return n.ResumeReplay(ctx)
+	case "terminate":
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		killed, err := cl.QueryInt(qctx, n.Index, "SELECT count(*) FILTER (WHERE CASE WHEN application_name = '"+appName+"' THEN pg_terminate_backend(pid) END) FROM pg_stat_activity")
+		if err != nil {
+			return err
+		}
+		tl.log("terminated %d backends on %s", killed, name)
+		time.Sleep(hold)
+		return nil
+	}
+	return errors.New("unknown fault " + kind)
+}
