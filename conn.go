@@ -570,7 +570,7 @@ func (c *conn) execTxFirst(ctx context.Context, o *routeOptions, query string, a
 	for {
 		l := c.txLease
 		if classifyCached(query).sessionState {
-			l.dirty = true
+			c.noteSessionState(l)
 		}
 		c.statements++
 		l.node.statements.Add(1)

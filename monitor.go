@@ -3,6 +3,8 @@ package pgreplica
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -185,11 +187,8 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 	}
 	ctx, cancel := context.WithTimeout(parent, m.timeout)
 	defer cancel()
-	var lsn, flush int64
 	t0 := time.Now() // latency of the query alone, not of a reconnect
-	// The simple protocol: probes must work whatever the DSN's query mode,
-	// e.g. behind a pgbouncer that keeps no prepared statements.
-	err := pc.QueryRow(ctx, probeSQL, pgx.QueryExecModeSimpleProtocol).Scan(&r.standby, &lsn, &flush)
+	err := readProbe(ctx, pc, r)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout
@@ -200,7 +199,29 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 		m.probeConns[i] = nil
 		return err
 	}
-	r.lsn, r.flushLSN, r.latency = uint64(lsn), uint64(flush), time.Since(t0)
+	r.latency = time.Since(t0)
+	return nil
+}
+
+// readProbe runs probeSQL with the simple query protocol of pgconn itself:
+// probes must work whatever the DSN's query mode (a pgbouncer that keeps
+// no prepared statements) and session settings (pgx's own simple protocol
+// refuses to run with standard_conforming_strings=off).
+func readProbe(ctx context.Context, pc *pgx.Conn, r *probeResult) error {
+	results, err := pc.PgConn().Exec(ctx, probeSQL).ReadAll()
+	if err != nil {
+		return err
+	}
+	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 3 {
+		return errors.New("pgreplica: unexpected probe result")
+	}
+	row := results[0].Rows[0]
+	lsn, err1 := strconv.ParseUint(string(row[1]), 10, 64)
+	flush, err2 := strconv.ParseUint(string(row[2]), 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("pgreplica: unexpected probe result: %w", err)
+	}
+	r.standby, r.lsn, r.flushLSN = string(row[0]) == "t", lsn, flush
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -159,5 +160,33 @@ func TestPasswordWithSpecialCharactersInBothDSNForms(t *testing.T) {
 	}
 	if n := queryInt(t, ctx, testcluster.Direct(t, 0), "SELECT count(*) FROM "+table); n != 2 {
 		t.Fatalf("%d rows on the primary, want 2", n)
+	}
+}
+
+// The monitor's probes work whatever the DSN sets for the session: pgx's
+// own simple protocol refuses to run with standard_conforming_strings=off,
+// and with it every node was reported down.
+func TestProbesWorkWhateverTheSessionSettings(t *testing.T) {
+	for _, param := range []string{
+		"standard_conforming_strings=off",
+		"default_query_exec_mode=simple_protocol",
+		"default_query_exec_mode=cache_describe",
+		"default_query_exec_mode=exec",
+	} {
+		t.Run(param, func(t *testing.T) {
+			db := testcluster.Open(t, "monitor_interval=100ms", param)
+			c, err := pgreplica.ConnectorOf(testCtx(t), db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			testcluster.WaitUntil(t, 10*time.Second, "every node probed healthy", func() bool {
+				for _, n := range c.Status().Nodes {
+					if n.State != pgreplica.StateHealthy {
+						return false
+					}
+				}
+				return true
+			})
+		})
 	}
 }
