@@ -99,7 +99,7 @@ func classifyReading(query string, backslashStrings bool) (Classification, bool)
 				c.depth = 0
 			}
 			c.endStatement()
-			c.prev, c.prevKw, c.name = sqlToken{}, kwNone, calleeName{}
+			c.prev, c.prevKw = sqlToken{}, kwNone
 			continue
 		}
 		c.feed(t)
@@ -132,8 +132,7 @@ type stmtState struct {
 
 type classifier struct {
 	lx         sqlLexer
-	name       calleeName        // the name a '(' would call
-	buf        [maxIdentLen]byte // a decoded U&"..." name
+	uesc       uescape // the last UESCAPE clause after a U&"..." name
 	st         stmtState
 	prev       sqlToken   // previous token of this statement
 	prevKw     sqlKeyword // keyword of prev
@@ -176,9 +175,7 @@ func (c *classifier) feed(t sqlToken) {
 		}
 	case tokLParen:
 		c.depth++
-		if c.name.tok.kind != tokEOF {
-			c.callName()
-		}
+		c.callPrev()
 	case tokRParen:
 		c.depth--
 		if c.depth < 0 {
@@ -186,7 +183,9 @@ func (c *classifier) feed(t sqlToken) {
 		}
 	}
 
-	c.trackName(t, kw)
+	if t.kind == tokIdent || t.kind == tokString {
+		c.trackUescape(t)
+	}
 
 	if st.pendingSet {
 		st.pendingSet = false
