@@ -46,6 +46,9 @@ func check(t *testing.T, q string, st *stats, full bool) {
 		if err != nil {
 			if cl.ReadOnly {
 				st.roUnparsed.Add(1)
+				if full {
+					t.Logf("read-only, the parser rejects it (scs %s): %q: %v", onOff(scs), q, err)
+				}
 			}
 			continue
 		}
@@ -57,6 +60,9 @@ func check(t *testing.T, q string, st *stats, full bool) {
 			t.Fatalf("Classify(%q) = %+v misses session state the parser sees with standard_conforming_strings=%v", q, cl, onOff(scs))
 		case !cl.ReadOnly && v.ReadOnly:
 			st.readCalledWrite.Add(1)
+			if full {
+				t.Logf("a read the classifier sends to the primary (scs %s): %q", onOff(scs), q)
+			}
 		default:
 			st.agree.Add(1)
 		}

@@ -351,6 +351,12 @@ func (lx *sqlLexer) number(start int) sqlToken {
 		for i < len(s) && (isSQLDigit(s[i]) || isSQLIdentStart(s[i]) && s[i] < 0x80) {
 			i++
 		}
+		if i == start+2 {
+			// 0x with no digits is junk to PostgreSQL 15 and 17; before
+			// 15, 0x'..' was 0 followed by a hex string.
+			lx.pos = i
+			return sqlToken{kind: tokError, start: start, end: i}
+		}
 	} else {
 		i = skipSQLDigits(s, i)
 		if i < len(s) && s[i] == '.' && !(i+1 < len(s) && s[i+1] == '.') {

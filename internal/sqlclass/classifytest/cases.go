@@ -352,6 +352,8 @@ var Cases = []Case{
 	{Query: "/* pgreplica:primary */ select 'x", RO: wantRW, SS: wantSS, Hint: HintPrimary},
 	{Query: "select 1from t", RO: wantRW, SS: wantSS, Comment: "trailing junk after a number"},
 	{Query: "select 1e'x'", RO: wantRW, SS: wantSS},
+	{Query: "select 0x'1F''\\'', pg_advisory_lock(1) --'", RO: wantRW, SS: wantSS, Comment: "before PostgreSQL 15: 0 then a hex string"},
+	{Query: "select 0b", RO: wantRW, SS: wantSS},
 	{Query: "select $1e'x'", RO: wantRW, SS: wantSS},
 	{Query: "select (1", RO: wantRW},
 	{Query: "select 1)", RO: wantRW},
