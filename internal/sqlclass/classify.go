@@ -191,7 +191,11 @@ func (c *classifier) feed(t sqlToken) {
 		st.pendingSet = false
 		switch kw {
 		case kwLocal, kwTransaction, kwConstraints:
-			// Scoped to the current transaction.
+			// Scoped to the current transaction, unless the word is the
+			// name of the setting: SET local TO 0, SET local.x = 1.
+			if c.peekSettingValue() {
+				c.session = true
+			}
 		default:
 			c.session = true
 		}
@@ -302,6 +306,22 @@ func (c *classifier) call(name string) {
 			c.session = true
 		}
 	}
+}
+
+// peekSettingValue reports whether the next token is one that follows the
+// name of a setting in SET name TO|=|FROM CURRENT, or a '.' inside the
+// name.
+func (c *classifier) peekSettingValue() bool {
+	lx := c.lx // a copy: peeking must not advance the real lexer
+	t := lx.next()
+	switch t.kind {
+	case tokOther:
+		return lx.src[t.start] == '=' || lx.src[t.start] == '.'
+	case tokIdent:
+		w := lx.src[t.start:t.end]
+		return len(w) == 2 && sqlHasPrefixFold(w, "to") || len(w) == 4 && sqlHasPrefixFold(w, "from")
+	}
+	return false
 }
 
 // peekQueryStart reports whether the token after EXPLAIN's '(' begins a
