@@ -57,6 +57,11 @@ func (v *Verdict) notRead(why string) {
 	}
 }
 
+var (
+	nodeDesc  = (&pg_query.Node{}).ProtoReflect().Descriptor()
+	nodeOneof = nodeDesc.Oneofs().ByName("node")
+)
+
 // walk visits every message under m.
 func walk(m protoreflect.Message, v *Verdict) {
 	switch n := m.Interface().(type) {
@@ -76,6 +81,14 @@ func walk(m protoreflect.Message, v *Verdict) {
 				v.SessionState = v.SessionState || session
 			}
 		}
+	}
+	if m.Descriptor() == nodeDesc {
+		// A Node is a oneof of some 270 node types: look at the one set
+		// rather than ranging over them all.
+		if fd := m.WhichOneof(nodeOneof); fd != nil {
+			walk(m.Get(fd).Message(), v)
+		}
+		return
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
 		switch {

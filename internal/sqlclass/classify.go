@@ -99,7 +99,7 @@ func classifyReading(query string, backslashStrings bool) (Classification, bool)
 				c.depth = 0
 			}
 			c.endStatement()
-			c.prev, c.prevKw, c.name = sqlToken{}, kwNone, calleeName{}
+			c.prev, c.prevKw = sqlToken{}, kwNone
 			continue
 		}
 		c.feed(t)
@@ -132,8 +132,7 @@ type stmtState struct {
 
 type classifier struct {
 	lx         sqlLexer
-	name       calleeName        // the name a '(' would call
-	buf        [maxIdentLen]byte // a decoded U&"..." name
+	uesc       uescape // the last UESCAPE clause after a U&"..." name
 	st         stmtState
 	prev       sqlToken   // previous token of this statement
 	prevKw     sqlKeyword // keyword of prev
@@ -176,9 +175,7 @@ func (c *classifier) feed(t sqlToken) {
 		}
 	case tokLParen:
 		c.depth++
-		if c.name.tok.kind != tokEOF {
-			c.callName()
-		}
+		c.callPrev()
 	case tokRParen:
 		c.depth--
 		if c.depth < 0 {
@@ -186,13 +183,19 @@ func (c *classifier) feed(t sqlToken) {
 		}
 	}
 
-	c.trackName(t, kw)
+	if t.kind == tokIdent || t.kind == tokString {
+		c.trackUescape(t)
+	}
 
 	if st.pendingSet {
 		st.pendingSet = false
 		switch kw {
 		case kwLocal, kwTransaction, kwConstraints:
-			// Scoped to the current transaction.
+			// Scoped to the current transaction, unless the word is the
+			// name of the setting: SET local TO 0, SET local.x = 1.
+			if c.peekSettingValue() {
+				c.session = true
+			}
 		default:
 			c.session = true
 		}
@@ -303,6 +306,22 @@ func (c *classifier) call(name string) {
 			c.session = true
 		}
 	}
+}
+
+// peekSettingValue reports whether the next token is one that follows the
+// name of a setting in SET name TO|=|FROM CURRENT, or a '.' inside the
+// name.
+func (c *classifier) peekSettingValue() bool {
+	lx := c.lx // a copy: peeking must not advance the real lexer
+	t := lx.next()
+	switch t.kind {
+	case tokOther:
+		return lx.src[t.start] == '=' || lx.src[t.start] == '.'
+	case tokIdent:
+		w := lx.src[t.start:t.end]
+		return len(w) == 2 && sqlHasPrefixFold(w, "to") || len(w) == 4 && sqlHasPrefixFold(w, "from")
+	}
+	return false
 }
 
 // peekQueryStart reports whether the token after EXPLAIN's '(' begins a

@@ -92,23 +92,12 @@ func (lx *sqlLexer) next() sqlToken {
 		return lx.str(start, start, strPlain)
 	case c == '"':
 		return lx.quotedIdent(start + 1)
-	// The prefixes below only count at the start of a token: in
-	// "somee'x'" the e is part of the identifier.
-	case (c == 'e' || c == 'E') && start+1 < len(s) && s[start+1] == '\'':
-		return lx.str(start, start+1, strEscape)
-	case (c == 'b' || c == 'B' || c == 'x' || c == 'X') && start+1 < len(s) && s[start+1] == '\'':
-		return lx.str(start, start+1, strBits)
-	case (c == 'u' || c == 'U') && start+2 < len(s) && s[start+1] == '&' &&
-		(s[start+2] == '\'' || s[start+2] == '"'):
-		if s[start+2] == '\'' {
-			return lx.str(start, start+2, strUnicode)
-		}
-		t := lx.quotedIdent(start + 3)
-		if t.kind == tokQuotedIdent {
-			t.kind = tokUnicodeIdent
-		}
-		return t
 	case isSQLIdentStart(c):
+		if start+1 < len(s) && (s[start+1] == '\'' || s[start+1] == '&') {
+			if t, ok := lx.prefixed(start); ok {
+				return t
+			}
+		}
 		i := start + 1
 		for i < len(s) && isSQLIdentCont(s[i]) {
 			i++
@@ -131,6 +120,36 @@ func (lx *sqlLexer) next() sqlToken {
 		kind = tokSemicolon
 	}
 	return sqlToken{kind: kind, start: start, end: start + 1}
+}
+
+// prefixed scans a string or identifier with a prefix (E”, B”, X”,
+// U&”, U&"") starting at s[start], which is followed by a quote or '&'.
+// The prefixes only count at the start of a token: in "somee'x'" the e is
+// part of the identifier. N” needs nothing here: the server reads the N
+// as a keyword and then a plain string.
+func (lx *sqlLexer) prefixed(start int) (sqlToken, bool) {
+	s := lx.src
+	switch c := s[start] | 0x20; {
+	case s[start+1] == '\'':
+		switch c {
+		case 'e':
+			return lx.str(start, start+1, strEscape), true
+		case 'b', 'x':
+			return lx.str(start, start+1, strBits), true
+		}
+	case c == 'u' && start+2 < len(s):
+		switch s[start+2] {
+		case '\'':
+			return lx.str(start, start+2, strUnicode), true
+		case '"':
+			t := lx.quotedIdent(start + 3)
+			if t.kind == tokQuotedIdent {
+				t.kind = tokUnicodeIdent
+			}
+			return t, true
+		}
+	}
+	return sqlToken{}, false
 }
 
 // skip advances past whitespace and comments. It reports false for an
@@ -331,6 +350,12 @@ func (lx *sqlLexer) number(start int) sqlToken {
 		i += 2
 		for i < len(s) && (isSQLDigit(s[i]) || isSQLIdentStart(s[i]) && s[i] < 0x80) {
 			i++
+		}
+		if i == start+2 {
+			// 0x with no digits is junk to PostgreSQL 15 and 17; before
+			// 15, 0x'..' was 0 followed by a hex string.
+			lx.pos = i
+			return sqlToken{kind: tokError, start: start, end: i}
 		}
 	} else {
 		i = skipSQLDigits(s, i)

@@ -7,67 +7,67 @@ import "unsafe"
 // bytes name.
 const maxIdentLen = 63
 
-// calleeName is the name a following '(' would call: an identifier, a
-// quoted one, or a U&"..." one with an optional UESCAPE clause, which
-// PostgreSQL's grammar places between the name and its '('.
-type calleeName struct {
-	tok sqlToken // kind tokEOF: none
-	// For tokUnicodeIdent: uescape is 1 after UESCAPE, 2 after its string;
-	// esc is the escape character, 0 if the string is not one plain byte.
-	uescape uint8
-	esc     byte
+// uescape tracks a U&"..." name followed by a UESCAPE clause, which
+// PostgreSQL's grammar places between the name and its '(':
+// U&"x!0041" UESCAPE '!' (1) calls xA.
+type uescape struct {
+	name sqlToken // the U&"..." token
+	kw   int      // start of the UESCAPE keyword after it
+	str  int      // end of the string after that, 0 if none yet
+	esc  byte     // the escape character, 0 if the string is not one plain byte
 }
 
-// trackName updates c.name for token t (keyword kw) of the current statement.
-func (c *classifier) trackName(t sqlToken, kw sqlKeyword) {
-	n := &c.name
-	if n.tok.kind == tokUnicodeIdent {
-		switch {
-		case n.uescape == 0 && t.kind == tokIdent && isUescape(c.lx.src[t.start:t.end]):
-			n.uescape = 1
-			return
-		case n.uescape == 1 && t.kind == tokString:
-			n.uescape, n.esc = 2, 0
-			if lit := c.lx.src[t.start:t.end]; len(lit) == 3 && lit[0] == '\'' {
-				n.esc = lit[1]
-			}
-			return
+// trackUescape notes the parts of a UESCAPE clause; prev is the token
+// before t. It costs one comparison for tokens that cannot be part of one.
+func (c *classifier) trackUescape(t sqlToken) {
+	switch {
+	case t.kind == tokIdent && c.prev.kind == tokUnicodeIdent && isUescape(c.lx.src[t.start:t.end]):
+		c.uesc = uescape{name: c.prev, kw: t.start}
+	case t.kind == tokString && c.prev.kind == tokIdent && c.uesc.name.kind == tokUnicodeIdent && c.prev.start == c.uesc.kw:
+		c.uesc.str = t.end
+		if lit := c.lx.src[t.start:t.end]; len(lit) == 3 && lit[0] == '\'' {
+			c.uesc.esc = lit[1]
 		}
-	}
-	switch t.kind {
-	case tokIdent, tokQuotedIdent:
-		*n = calleeName{tok: t}
-	case tokUnicodeIdent:
-		*n = calleeName{tok: t, esc: '\\'}
-	default:
-		*n = calleeName{}
 	}
 }
 
 func isUescape(s string) bool { return len(s) == 7 && sqlHasPrefixFold(s, "uescape") }
 
-// callName applies sideEffectFuncs to a call of c.name.
-func (c *classifier) callName() {
-	n := c.name
-	name := c.lx.src[n.tok.start:n.tok.end]
-	if n.tok.kind == tokUnicodeIdent {
-		if n.uescape == 1 || n.esc == 0 {
-			// UESCAPE without a one-byte plain string: the server
-			// rejects it or we cannot tell the name: claim nothing.
-			c.ro = false
-			c.session = true
-			return
+// callPrev applies sideEffectFuncs to a call of the name before a '(',
+// that is, the token before it (c.prev) if it is a name or ends a UESCAPE
+// clause.
+func (c *classifier) callPrev() {
+	switch c.prev.kind {
+	case tokIdent, tokQuotedIdent:
+		c.call(c.lx.src[c.prev.start:c.prev.end])
+	case tokUnicodeIdent:
+		c.callUnicode(c.prev, '\\')
+	case tokString:
+		if c.uesc.name.kind == tokUnicodeIdent && c.uesc.str == c.prev.end {
+			if c.uesc.esc == 0 {
+				// An escape string we do not read: the server rejects
+				// it or we cannot tell the name. Claim nothing.
+				c.ro = false
+				c.session = true
+				return
+			}
+			c.callUnicode(c.uesc.name, c.uesc.esc)
 		}
-		k, ok := decodeUnicodeIdent(&c.buf, name, n.esc)
-		if !ok {
-			c.ro = false
-			c.session = true
-			return
-		}
-		// c.buf lives as long as c; the string does not outlive call.
-		name = unsafe.String(&c.buf[0], k)
 	}
-	c.call(name)
+}
+
+// callUnicode applies sideEffectFuncs to a call of the U&"..." name t,
+// decoded with escape character esc.
+func (c *classifier) callUnicode(t sqlToken, esc byte) {
+	var buf [maxIdentLen]byte
+	k, ok := decodeUnicodeIdent(&buf, c.lx.src[t.start:t.end], esc)
+	if !ok {
+		c.ro = false
+		c.session = true
+		return
+	}
+	// The string does not outlive call, which only compares it.
+	c.call(unsafe.String(&buf[0], k))
 }
 
 // decodeUnicodeIdent decodes the body of a U&"..." identifier with escape
