@@ -19,3 +19,7 @@ var ErrClosed = errors.New("pgreplica: connector closed")
 // writable primary (it is down, or the cluster reports two writable nodes
 // and pgreplica refuses to guess).
 var ErrNoPrimary = errors.New("pgreplica: no usable primary")
+
+// ErrRawReplicaTx is returned by RawConn.PrimaryConn when the sql.Conn has a
+// read-only transaction open on a replica: the primary cannot join it.
+var ErrRawReplicaTx = errors.New("pgreplica: PrimaryConn inside a read-only transaction on a replica")

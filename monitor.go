@@ -156,7 +156,9 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	if pc == nil || pc.IsClosed() {
 		cctx, cancel := context.WithTimeout(parent, m.connectTimeout)
 		var err error
-		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].pool.Config().ConnConfig)
+		cc := m.c.nodes[i].pool.Config().ConnConfig // a copy
+		cc.Tracer = nil                             // probes are pgreplica's own, not the application's
+		pc, err = pgx.ConnectConfig(cctx, cc)
 		timedOut := cctx.Err() != nil
 		cancel()
 		if err != nil {
@@ -172,7 +174,9 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	defer cancel()
 	var lsn, flush int64
 	t0 := time.Now() // latency of the query alone, not of a reconnect
-	if err := pc.QueryRow(ctx, probeSQL).Scan(&r.standby, &lsn, &flush); err != nil {
+	// The simple protocol: a probe must work whatever query mode the DSN
+	// sets and behind a pgbouncer without prepared-statement support.
+	if err := pc.QueryRow(ctx, probeSQL, pgx.QueryExecModeSimpleProtocol).Scan(&r.standby, &lsn, &flush); err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout
 		}
