@@ -175,7 +175,7 @@ func TestRawBatchOnReplica(t *testing.T) {
 			}
 			b := &pgx.Batch{}
 			b.Queue("SELECT inet_server_port()").QueryRow(func(r pgx.Row) error { return r.Scan(&ports[0]) })
-			b.Queue("SELECT count(*), inet_server_port() FROM "+table).QueryRow(func(r pgx.Row) error { return r.Scan(&count, &ports[1]) })
+			b.Queue("SELECT count(*), inet_server_port() FROM " + table).QueryRow(func(r pgx.Row) error { return r.Scan(&count, &ports[1]) })
 			b.Queue("SELECT inet_server_port() FROM "+table+" WHERE id = $1", 7).QueryRow(func(r pgx.Row) error { return r.Scan(&ports[2]) })
 			return pc.SendBatch(rctx, b).Close()
 		}); err != nil {
