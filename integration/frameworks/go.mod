@@ -8,6 +8,7 @@ require (
 	entgo.io/ent v0.14.5
 	github.com/golang-migrate/migrate/v4 v4.20.1
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/jmoiron/sqlx v1.4.0
 	github.com/pgreplica/pgreplica v0.0.0-00010101000000-000000000000
 	github.com/pressly/goose/v3 v3.30.1
 	github.com/uptrace/bun v1.3.0
