@@ -26,10 +26,10 @@ import (
 //
 // A *pgx.Conn it returns belongs to the sql.Conn's current checkout: use it
 // until sql.Conn.Close, never after, and never from two goroutines at once.
-// Whatever session state it is left with (LISTEN, SET, temporary tables,
-// advisory locks, an open transaction) is treated like session state made
-// through SQL: the connection is reset, or closed, before anyone else gets
-// it.
+// pgreplica cannot see what runs on a primary connection, so it treats it
+// as holding session state (LISTEN, SET, temporary tables, advisory locks)
+// made through SQL: that state never reaches another user of the
+// connection.
 type RawConn interface {
 	// PrimaryConn returns a connection to the primary. Like a write, it pins
 	// the rest of the checkout to the primary, so statements run on the
@@ -37,14 +37,15 @@ type RawConn interface {
 	// it returns the transaction's connection, or ErrRawReplicaTx when the
 	// transaction is a read-only one on a replica.
 	PrimaryConn(ctx context.Context) (*pgx.Conn, error)
-	// ReplicaConn returns a connection for read-only use, chosen as a read
-	// with ctx would be: a usable replica (within max_replica_lag or
-	// WithMaxLag, and having replayed ctx's session), else the primary when
+	// ReplicaConn returns a connection for reads, chosen as a read with ctx
+	// would be: a usable replica (within max_replica_lag or WithMaxLag, and
+	// having replayed ctx's session), else the primary when
 	// fallback_to_primary is on (ErrNoReplica when it is off); the primary
 	// also when the checkout is pinned to it or ctx carries UsePrimary.
 	// Inside a transaction it returns the transaction's connection. A write
 	// sent through it to a replica fails with SQLSTATE 25006 and is not
-	// re-run.
+	// re-run. Change no session state on it (SET, advisory locks, PREPARE):
+	// a replica connection goes back to the pool as it is.
 	ReplicaConn(ctx context.Context) (*pgx.Conn, error)
 	// Connector returns the Connector the connection belongs to.
 	Connector() *Connector
@@ -129,14 +130,17 @@ func (c *conn) rawPrimary(ctx context.Context, o *routeOptions, reason Reason) (
 }
 
 // rawConn hands out the lease's *pgx.Conn. pgreplica cannot see what runs
-// on it, so the lease is marked dirty (reset before reuse) and counts as
-// used: a failed read later in this checkout is not silently moved.
+// on it: a primary connection is taken to hold session state; either way
+// the checkout counts as used, so a failed read later in it is not
+// silently moved.
 func (c *conn) rawConn(o *routeOptions, l *lease, reason Reason) (*pgx.Conn, error) {
 	sc, ok := l.sc.(*stdlib.Conn)
 	if !ok {
 		return nil, fmt.Errorf("pgreplica: node %s has no pgx connection", l.node.addr)
 	}
-	l.dirty = true
+	if l == &c.primary {
+		c.noteSessionState(l)
+	}
 	c.statements++
 	l.node.statements.Add(1)
 	if o != nil && o.report != nil {
@@ -144,3 +148,8 @@ func (c *conn) rawConn(o *routeOptions, l *lease, reason Reason) (*pgx.Conn, err
 	}
 	return sc.Conn(), nil
 }
+
+// noteSessionState records that l holds session state: reset before reuse.
+// (Merge note: the session-state rework on main defines its own
+// noteSessionState in sessionstate.go; this one goes away then.)
+func (c *conn) noteSessionState(l *lease) { l.dirty = true }
