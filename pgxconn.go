@@ -59,7 +59,7 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 		if l != &c.primary {
 			return nil, ErrRawReplicaTx
 		}
-		return c.rawConn(o, l, ReasonTransaction)
+		return c.rawConn(o, l, ReasonTransaction, true)
 	}
 	reason := ReasonWrite
 	if o != nil && o.primary {
@@ -69,7 +69,7 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc, err := c.rawConn(o, l, reason)
+	pc, err := c.rawConn(o, l, reason, true)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 	o := optionsFrom(ctx)
 	if l := c.txLease; l != nil {
-		return c.rawConn(o, l, ReasonTransaction)
+		return c.rawConn(o, l, ReasonTransaction, false)
 	}
 	reason := ReasonRead
 	switch {
@@ -107,7 +107,7 @@ func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 		return nil, err
 	}
 	if l != nil {
-		return c.rawConn(o, l, reason)
+		return c.rawConn(o, l, reason, false)
 	}
 	if minLSN != 0 && c.c.anyUsableReplica(maxLag, tried) {
 		return c.rawPrimary(ctx, o, ReasonSession)
@@ -126,19 +126,19 @@ func (c *conn) rawPrimary(ctx context.Context, o *routeOptions, reason Reason) (
 	if err != nil {
 		return nil, err
 	}
-	return c.rawConn(o, l, reason)
+	return c.rawConn(o, l, reason, false)
 }
 
 // rawConn hands out the lease's *pgx.Conn. pgreplica cannot see what runs
-// on it: a primary connection is taken to hold session state; either way
-// the checkout counts as used, so a failed read later in it is not
-// silently moved.
-func (c *conn) rawConn(o *routeOptions, l *lease, reason Reason) (*pgx.Conn, error) {
+// on it: for PrimaryConn (session set) it is taken to hold session state;
+// either way the checkout counts as used, so a failed read later in it is
+// not silently moved.
+func (c *conn) rawConn(o *routeOptions, l *lease, reason Reason, session bool) (*pgx.Conn, error) {
 	sc, ok := l.sc.(*stdlib.Conn)
 	if !ok {
 		return nil, fmt.Errorf("pgreplica: node %s has no pgx connection", l.node.addr)
 	}
-	if l == &c.primary {
+	if session && l == &c.primary {
 		c.noteSessionState(l)
 	}
 	c.statements++

@@ -68,7 +68,8 @@ func sessionLocker(t *testing.T) goose.ProviderOption {
 // seeded rows from a replica; Up again applies nothing.
 func TestGooseUp(t *testing.T) {
 	ctx := testCtx(t)
-	db, rec := openDSN(t, freshDatabase(t, ctx, "goose"))
+	dsn := freshDatabase(t, ctx, "goose")
+	db, rec := openDSN(t, dsn)
 	p := newGoose(t, db, sessionLocker(t))
 
 	m := rec.mark()
@@ -103,9 +104,13 @@ func TestGooseUp(t *testing.T) {
 		t.Fatalf("GetDBVersion = %d, %v; want %d", v, err, gooseLatest)
 	}
 
+	// The application, on a *sql.DB of its own: goose's conn held a session
+	// advisory lock, and a conn with session state may keep its primary
+	// connection (and so send its reads there) until database/sql closes it.
 	testcluster.WaitReplayed(t, ctx)
+	app, _ := openDSN(t, dsn)
 	var n, port int
-	if err := db.QueryRowContext(ctx, "SELECT count(*), inet_server_port() FROM accounts").Scan(&n, &port); err != nil {
+	if err := app.QueryRowContext(ctx, "SELECT count(*), inet_server_port() FROM accounts").Scan(&n, &port); err != nil {
 		t.Fatal(err)
 	}
 	if n != 2 || !isReplicaPort(port) {
