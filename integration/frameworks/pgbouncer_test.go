@@ -100,8 +100,14 @@ func pgbouncerWorkload(t *testing.T, bs []*bouncer, mode string) {
 						}
 					}
 				case 2: // a read-write and a read-only transaction
+					// Only this worker's rows: a session's row is changed by
+					// nobody but its writer.
 					err = inTx(ctx, db, nil, func(tx *sql.Tx) error {
-						_, err := tx.ExecContext(ctx, "UPDATE "+table+" SET v = v + 1 WHERE worker = 0 AND id = (SELECT min(id) FROM "+table+")")
+						var id int64
+						if err := tx.QueryRowContext(ctx, "INSERT INTO "+table+" (worker, v) VALUES ($1, $2) RETURNING id", w, i).Scan(&id); err != nil {
+							return err
+						}
+						_, err := tx.ExecContext(ctx, "UPDATE "+table+" SET v = v + 1 WHERE id = $1", id)
 						return err
 					})
 					if err == nil {
