@@ -320,3 +320,58 @@ func TestRawInTransaction(t *testing.T) {
 		t.Fatalf("ReplicaConn in the transaction ran on %s, the transaction on %s", testcluster.Role(rawPort), testcluster.Role(port))
 	}
 }
+
+// A write through PrimaryConn in a read-your-writes session is known to the
+// session once the checkout ends: the next read in the session sees it,
+// even though both replicas have stopped replaying (and are within
+// max_replica_lag, so only the session keeps reads off them).
+func TestRawPrimaryConnInSession(t *testing.T) {
+	ctx := testCtx(t)
+	table := newTable(t, ctx, "raw_session", "id int PRIMARY KEY")
+	db, _ := open(t, "max_replica_lag=1m")
+	for _, n := range testcluster.Cluster().Nodes[1:] {
+		if err := n.PauseReplay(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := n.ResumeReplay(context.Background()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	// Without a session, a plain read is served by a paused replica.
+	if _, err := testcluster.Direct(t, 0).ExecContext(ctx, "INSERT INTO "+table+" VALUES (0)"); err != nil {
+		t.Fatal(err)
+	}
+	var n, port int
+	if err := db.QueryRowContext(ctx, "SELECT count(*), inet_server_port() FROM "+table).Scan(&n, &port); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || !isReplicaPort(port) {
+		t.Fatalf("control read saw %d rows on %s; want 0 on a paused replica", n, testcluster.Role(port))
+	}
+
+	sctx := pgreplica.WithSession(ctx)
+	sc, err := db.Conn(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Raw(func(dc any) error {
+		pc, err := dc.(pgreplica.RawConn).PrimaryConn(sctx)
+		if err != nil {
+			return err
+		}
+		_, err = pc.CopyFrom(sctx, pgx.Identifier{table}, []string{"id"}, pgx.CopyFromRows([][]any{{1}, {2}, {3}}))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+
+	if err := db.QueryRowContext(sctx, "SELECT count(*), inet_server_port() FROM "+table).Scan(&n, &port); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 || port != primaryPort() {
+		t.Fatalf("the session read %d rows on %s after copying 3; want 4, from the primary", n, testcluster.Role(port))
+	}
+}
