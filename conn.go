@@ -235,7 +235,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	c.statements++
 	n := l.node
 	n.statements.Add(1)
-	res, err := l.sc.ExecContext(ctx, query, args)
+	res, err := l.sc.ExecContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
 		if c.txLease != nil {
@@ -325,7 +325,7 @@ func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query str
 	c.statements++
 	n := l.node
 	n.statements.Add(1)
-	rows, err := l.sc.QueryContext(ctx, query, args)
+	rows, err := l.sc.QueryContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
 		return nil, err
@@ -496,7 +496,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
-	itx, err := l.sc.BeginTx(ctx, opts)
+	itx, err := l.sc.BeginTx(c.traceCtx(ctx, ReasonTransaction), opts)
 	if err != nil {
 		c.c.primaryFailed(err)
 		return nil, err
@@ -524,7 +524,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 			break
 		}
 		n := l.node
-		itx, err := l.sc.BeginTx(ctx, opts)
+		itx, err := l.sc.BeginTx(c.traceCtx(ctx, ReasonTransaction), opts)
 		if err == nil {
 			c.txLease = l
 			n.statements.Add(1)

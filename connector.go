@@ -37,6 +37,10 @@ type Connector struct {
 	primarySample atomic.Pointer[lsnSample] // newest probe of the primary
 	sticky        stickyConns               // idle conns holding session state
 
+	// traced is set when a node has a pgx tracer: statements then carry
+	// their route reason in the context (RouteReason).
+	traced bool
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	mon       *monitor
@@ -72,6 +76,11 @@ func newConnector(cfg Config) (*Connector, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
+		if cfg.Tracer != nil && pc.ConnConfig.Tracer == nil {
+			pc = pc.Copy() // the caller's Config stays as it was
+			pc.ConnConfig.Tracer = cfg.Tracer
+		}
+		c.traced = c.traced || pc.ConnConfig.Tracer != nil
 		n, err := newNode(i, pc)
 		if err != nil {
 			c.closeNodes()

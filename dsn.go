@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -48,6 +49,12 @@ type Config struct {
 	// Logger receives state changes (a node goes down or comes back, starts
 	// or stops lagging, a promotion is followed); nil is silent.
 	Logger *slog.Logger
+	// Tracer, when set, becomes the pgx QueryTracer of every node whose
+	// ConnConfig has none (otelpgx and other pgx tracers plug in here). It
+	// sees each statement with the *pgx.Conn of the node that runs it, and
+	// RouteReason reads pgreplica's reason from its context. The monitor's
+	// probes are not traced.
+	Tracer pgx.QueryTracer
 }
 
 // ownKeys are the DSN keys pgreplica consumes. pgx would turn any of them

@@ -23,3 +23,7 @@ var ErrNoPrimary = errors.New("pgreplica: no usable primary")
 // ErrPolicy is returned by reads when the replica Policy panicked while
 // choosing a replica; the message names the policy's type and the panic.
 var ErrPolicy = errors.New("pgreplica: replica policy failed")
+
+// ErrRawReplicaTx is returned by RawConn.PrimaryConn when the sql.Conn has a
+// read-only transaction open on a replica: the primary cannot join it.
+var ErrRawReplicaTx = errors.New("pgreplica: PrimaryConn inside a read-only transaction on a replica")

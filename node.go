@@ -90,6 +90,7 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
 	n.probeConfig = cfg.ConnConfig.Copy()
+	n.probeConfig.Tracer = nil // probes are not the application's statements
 	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
