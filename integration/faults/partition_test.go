@@ -1,0 +1,136 @@
+package faults
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+// TestPartitionedReplica cuts replica2 off the network (packets dropped
+// both ways: no refusal, no reset) while 8 goroutines read and a few slow
+// reads are running on it. Nothing may fail: the replica must be reported
+// unusable within two monitor intervals plus the connect timeout, the slow
+// reads stuck on it must finish on another node within their deadline, and
+// it must serve reads again within 2 s of the partition healing.
+func TestPartitionedReplica(t *testing.T) {
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	db := testcluster.Open(t, monitorParams)
+	c := connector(t, db)
+	victim, other := cl.Nodes[2], cl.Nodes[1]
+	t.Cleanup(func() { _ = victim.Heal(ctx) })
+
+	const (
+		deadline = 3 * time.Second
+		// monitor_interval=200ms; a replica's connect_timeout is 2s
+		// when the DSN sets none (README, DSN reference).
+		detectBound = 2*200*time.Millisecond + 2*time.Second
+		healBound   = 2 * time.Second
+	)
+	l := startLoad(t, db, 8, deadline)
+	l.waitServed(t, other.Port, victim.Port)
+
+	// Slow reads, some of them running on the victim when it is cut off:
+	// each must be re-run elsewhere (2 s of pg_sleep) once the victim is
+	// found unusable, inside its 6 s deadline.
+	const slowReads, slowDeadline = 8, 6 * time.Second
+	const slowMarker = "partition-slow-read"
+	type slowResult struct {
+		port int
+		took time.Duration
+		err  error
+	}
+	slow := make([]slowResult, slowReads)
+	var slowWG sync.WaitGroup
+	for i := range slowReads {
+		slowWG.Go(func() {
+			sctx, cancel := context.WithTimeout(ctx, slowDeadline)
+			defer cancel()
+			begin := time.Now()
+			var port int
+			err := db.QueryRowContext(sctx, "SELECT inet_server_port() /* "+slowMarker+" */ FROM pg_sleep(2)").Scan(&port)
+			slow[i] = slowResult{port: port, took: time.Since(begin), err: err}
+		})
+	}
+	t.Cleanup(slowWG.Wait)
+	var onVictim int64
+	testcluster.WaitUntil(t, 2*time.Second, "a slow read runs on replica2", func() bool {
+		n, err := cl.QueryInt(ctx, victim.Index, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* "+slowMarker+" */%' AND pid <> pg_backend_pid()")
+		onVictim = n
+		return err == nil && n > 0
+	})
+
+	if err := victim.Partition(ctx); err != nil {
+		t.Fatal(err)
+	}
+	partitioned := time.Now()
+	detect := testcluster.WaitUntil(t, 10*time.Second, "replica2 reported down", func() bool {
+		s := nodeState(c, victim.Addr())
+		return s == pgreplica.StateDown || s == pgreplica.StateFrozen
+	})
+	detected := time.Now()
+	t.Logf("replica2 partitioned; reported %s %v later (bound %v)", nodeState(c, victim.Addr()), detect, detectBound)
+	if detect > detectBound {
+		t.Errorf("replica2 reported down %v after the partition, over two monitor intervals plus the connect timeout (%v)", detect, detectBound)
+	}
+
+	slowWG.Wait()
+	for i, r := range slow {
+		switch {
+		case r.err != nil:
+			t.Errorf("slow read %d failed after %v: %v", i, r.took, r.err)
+		case r.port == victim.Port:
+			t.Errorf("slow read %d answered by the partitioned replica2", i)
+		}
+	}
+	slowest := time.Duration(0)
+	for _, r := range slow {
+		slowest = max(slowest, r.took)
+	}
+	t.Logf("%d slow reads (%d of them on replica2 at the partition) finished elsewhere, slowest %v against a %v deadline", slowReads, onVictim, slowest, slowDeadline)
+
+	time.Sleep(time.Second)
+	if err := victim.Heal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	back := testcluster.WaitUntil(t, healBound, "replica2 serves reads again after the heal", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for i := len(l.reads) - 1; i >= 0 && l.reads[i].start.After(healed); i-- {
+			if l.reads[i].port == victim.Port {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("replica2 healed; serving reads %v later", back)
+	time.Sleep(200 * time.Millisecond)
+	reads, failed := l.finish()
+
+	reportFailures(t, failed)
+	maxRead := time.Duration(0)
+	for _, r := range reads {
+		maxRead = max(maxRead, r.end.Sub(r.start))
+	}
+	if maxRead > deadline+500*time.Millisecond {
+		t.Errorf("a read took %v, past its %v deadline", maxRead, deadline)
+	}
+	during := map[int]int{}
+	for _, r := range reads {
+		if r.start.After(detected) && r.end.Before(healed) {
+			during[r.port]++
+		}
+	}
+	if during[victim.Port] != 0 || during[other.Port] == 0 {
+		t.Fatalf("reads while replica2 was partitioned, by port: %v (replica1 is %d)", during, other.Port)
+	}
+	if n := portsBefore(reads, partitioned)[victim.Port]; n == 0 {
+		t.Fatal("replica2 served nothing before the partition: the test proves nothing")
+	}
+	t.Logf("%d reads, %d failed, slowest %v", len(reads), len(failed), maxRead)
+}
