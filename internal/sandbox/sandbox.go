@@ -21,9 +21,14 @@
 // replicas through pg_basebackup; postgresql.conf ends with
 // include_if_exists = '../node.conf', which resolves per node. When the
 // test process runs as root, every PostgreSQL program runs as the postgres OS
-// user and the directories are owned by it.
+// user and the directories are owned by it. The Docker backend lays out
+// each container the same way under /pgreplica (docker.go).
 //
-// Close stops every node (immediate shutdown) and removes the directory.
+// Faults: Stop (immediate), StopClean, Freeze, PauseReplay, Promote,
+// Rejoin and Partition (partition.go) work alike on both backends.
+//
+// Close stops every node (immediate shutdown) and removes the directory
+// (or the containers and their network).
 // Nothing global is registered: callers must arrange for Close to run, e.g.
 // with t.Cleanup, which also runs when a test panics. If a test binary dies
 // without running Close (a go test timeout, SIGKILL), the next Start removes
