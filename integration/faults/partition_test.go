@@ -64,10 +64,12 @@ func TestPartitionedReplica(t *testing.T) {
 		return err == nil && n > 0
 	})
 
+	begin := time.Now()
 	if err := victim.Partition(ctx); err != nil {
 		t.Fatal(err)
 	}
 	partitioned := time.Now()
+	t.Logf("Partition took %v", partitioned.Sub(begin))
 	detect := testcluster.WaitUntil(t, 10*time.Second, "replica2 reported down", func() bool {
 		s := nodeState(c, victim.Addr())
 		return s == pgreplica.StateDown || s == pgreplica.StateFrozen

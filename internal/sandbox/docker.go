@@ -490,12 +490,7 @@ func (d *dockerNode) partition(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, r := range dockerDropRules(ruleTag(d.n.c.id)) {
-		if _, err := iptables(ctx, pid, append([]string{"-I"}, r...)...); err != nil {
-			return err
-		}
-	}
-	return nil
+	return applyRules(ctx, pid, "-I", dockerDropRules(ruleTag(d.n.c.id)))
 }
 
 func (d *dockerNode) heal(ctx context.Context) error {
@@ -503,19 +498,7 @@ func (d *dockerNode) heal(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, r := range dockerDropRules(ruleTag(d.n.c.id)) {
-		for {
-			if _, err := iptables(ctx, pid, append([]string{"-C"}, r...)...); err != nil {
-				break
-			}
-			if _, err := iptables(ctx, pid, append([]string{"-D"}, r...)...); err != nil {
-				errs = append(errs, err)
-				break
-			}
-		}
-	}
-	return errors.Join(errs...)
+	return healRules(ctx, pid, dockerDropRules(ruleTag(d.n.c.id)))
 }
 
 // destroy removes the container, its tmpfs and any anonymous volume of
