@@ -34,35 +34,57 @@ func TestPartitionedReplica(t *testing.T) {
 	l := startLoad(t, db, 8, deadline)
 	l.waitServed(t, other.Port, victim.Port)
 
-	// Slow reads, some of them running on the victim when it is cut off:
-	// each must be re-run elsewhere (2 s of pg_sleep) once the victim is
-	// found unusable, inside its 6 s deadline.
-	const slowReads, slowDeadline = 8, 6 * time.Second
+	// Slow reads (3 s of pg_sleep), launched in waves until some run on
+	// the victim, less than 1 s into their sleep (so still stuck there
+	// when it is cut off). Each must then be re-run elsewhere once the
+	// victim is found unusable, inside its 8 s deadline.
+	const slowDeadline = 8 * time.Second
 	const slowMarker = "partition-slow-read"
 	type slowResult struct {
 		port int
+		end  time.Time
 		took time.Duration
 		err  error
 	}
-	slow := make([]slowResult, slowReads)
-	var slowWG sync.WaitGroup
-	for i := range slowReads {
-		slowWG.Go(func() {
-			sctx, cancel := context.WithTimeout(ctx, slowDeadline)
-			defer cancel()
-			begin := time.Now()
-			var port int
-			err := db.QueryRowContext(sctx, "SELECT inet_server_port() /* "+slowMarker+" */ FROM pg_sleep(2)").Scan(&port)
-			slow[i] = slowResult{port: port, took: time.Since(begin), err: err}
-		})
-	}
+	var (
+		slowMu sync.Mutex
+		slow   []slowResult
+		slowWG sync.WaitGroup
+	)
 	t.Cleanup(slowWG.Wait)
+	launch := func(n int) {
+		for range n {
+			slowWG.Go(func() {
+				sctx, cancel := context.WithTimeout(ctx, slowDeadline)
+				defer cancel()
+				begin := time.Now()
+				var port int
+				err := db.QueryRowContext(sctx, "SELECT inet_server_port() /* "+slowMarker+" */ FROM pg_sleep(3)").Scan(&port)
+				slowMu.Lock()
+				slow = append(slow, slowResult{port: port, end: time.Now(), took: time.Since(begin), err: err})
+				slowMu.Unlock()
+			})
+		}
+	}
+	stuckOnVictim := func() int64 {
+		n, err := cl.QueryInt(ctx, victim.Index, `SELECT count(*) FROM pg_stat_activity
+			WHERE state = 'active' AND query LIKE '%/* `+slowMarker+` */%'
+			AND now() - query_start < interval '1 second' AND pid <> pg_backend_pid()`)
+		if err != nil {
+			return 0
+		}
+		return n
+	}
 	var onVictim int64
-	testcluster.WaitUntil(t, 2*time.Second, "a slow read runs on replica2", func() bool {
-		n, err := cl.QueryInt(ctx, victim.Index, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* "+slowMarker+" */%' AND pid <> pg_backend_pid()")
-		onVictim = n
-		return err == nil && n > 0
-	})
+	for wave := 0; wave < 5 && onVictim == 0; wave++ {
+		launch(8)
+		for begin := time.Now(); onVictim == 0 && time.Since(begin) < 800*time.Millisecond; {
+			onVictim = stuckOnVictim()
+		}
+	}
+	if onVictim == 0 {
+		t.Fatal("no slow read landed on replica2 in 5 waves of 8")
+	}
 
 	begin := time.Now()
 	if err := victim.Partition(ctx); err != nil {
@@ -85,22 +107,28 @@ func TestPartitionedReplica(t *testing.T) {
 		switch {
 		case r.err != nil:
 			t.Errorf("slow read %d failed after %v: %v", i, r.took, r.err)
-		case r.port == victim.Port:
-			t.Errorf("slow read %d answered by the partitioned replica2", i)
+		case r.port == victim.Port && r.end.After(partitioned):
+			t.Errorf("slow read %d answered by replica2 %v after it was partitioned", i, r.end.Sub(partitioned))
 		}
 	}
 	slowest := time.Duration(0)
 	for _, r := range slow {
 		slowest = max(slowest, r.took)
 	}
-	t.Logf("%d slow reads (%d of them on replica2 at the partition) finished elsewhere, slowest %v against a %v deadline", slowReads, onVictim, slowest, slowDeadline)
+	t.Logf("%d slow reads (%d of them on replica2 at the partition) finished elsewhere, slowest %v against a %v deadline", len(slow), onVictim, slowest, slowDeadline)
 
 	time.Sleep(time.Second)
 	if err := victim.Heal(ctx); err != nil {
 		t.Fatal(err)
 	}
 	healed := time.Now()
-	back := testcluster.WaitUntil(t, healBound, "replica2 serves reads again after the heal", func() bool {
+	// Wait longer than the bound, so that a miss is measured, not only
+	// reported; the bound is checked below.
+	var healthyAfter time.Duration
+	back := testcluster.WaitUntil(t, 15*time.Second, "replica2 serves reads again after the heal", func() bool {
+		if healthyAfter == 0 && nodeState(c, victim.Addr()) == pgreplica.StateHealthy {
+			healthyAfter = time.Since(healed)
+		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		for i := len(l.reads) - 1; i >= 0 && l.reads[i].start.After(healed); i-- {
@@ -110,7 +138,10 @@ func TestPartitionedReplica(t *testing.T) {
 		}
 		return false
 	})
-	t.Logf("replica2 healed; serving reads %v later", back)
+	t.Logf("replica2 healed after %v partitioned; reported healthy %v and serving reads %v later", healed.Sub(partitioned), healthyAfter, back)
+	if back > healBound {
+		t.Errorf("replica2 served reads again %v after the heal, over %v", back, healBound)
+	}
 	time.Sleep(200 * time.Millisecond)
 	reads, failed := l.finish()
 
