@@ -132,9 +132,19 @@ func TestPartitionedReplica(t *testing.T) {
 	// Wait longer than the bound, so that a miss is measured, not only
 	// reported; the bound is checked below.
 	var healthyAfter time.Duration
+	var atHealthy pgreplica.NodeStatus
+	victimStatus := func() pgreplica.NodeStatus {
+		for _, n := range c.Status().Nodes {
+			if n.Addr == victim.Addr() {
+				return n
+			}
+		}
+		return pgreplica.NodeStatus{}
+	}
 	back := testcluster.WaitUntil(t, 15*time.Second, "replica2 serves reads again after the heal", func() bool {
 		if healthyAfter == 0 && nodeState(c, victim.Addr()) == pgreplica.StateHealthy {
 			healthyAfter = time.Since(healed)
+			atHealthy = victimStatus()
 		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -147,6 +157,9 @@ func TestPartitionedReplica(t *testing.T) {
 	})
 	t.Logf("replica2 healed after %v partitioned; reported healthy %v and serving reads %v later", healed.Sub(partitioned), healthyAfter, back)
 	if back > healBound {
+		now := victimStatus()
+		t.Logf("replica2 when reported healthy: statements %d, errors %d, reroutes %v, pool %+v", atHealthy.Statements, atHealthy.Errors, atHealthy.Reroutes, atHealthy.Pool)
+		t.Logf("replica2 when serving again:    statements %d, errors %d, reroutes %v, pool %+v", now.Statements, now.Errors, now.Reroutes, now.Pool)
 		t.Errorf("replica2 served reads again %v after the heal, over %v", back, healBound)
 	}
 	time.Sleep(200 * time.Millisecond)
