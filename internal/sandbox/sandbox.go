@@ -59,7 +59,8 @@ import (
 )
 
 // ErrUnavailable is wrapped by Start's error when neither local PostgreSQL
-// server binaries nor a Docker daemon can be found.
+// server binaries nor a Docker engine can be found, or when the backend
+// PGREPLICA_SANDBOX forces is missing.
 var ErrUnavailable = errors.New("sandbox: no PostgreSQL server binaries found and no Docker daemon answers")
 
 // Defaults applied by Start to zero Options fields.
