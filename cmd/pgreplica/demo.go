@@ -17,7 +17,7 @@ import (
 )
 
 const demoAbout = `
-Starts a sandbox (a primary and two streaming replicas on 127.0.0.1), opens
+Starts a sandbox (a primary and two streaming replicas, see "sandbox"), opens
 it with sql.Open("pgreplica", …) and runs a workload through that one
 *sql.DB: writers insert rows and read each one back in their read-your-writes
 session, readers read the newest row. Every second it prints how many
@@ -107,7 +107,7 @@ func (d *demo) step(format string, a ...any) {
 func (d *demo) run(ctx context.Context) error {
 	d.say("pgreplica demo: %d writers and %d readers share one *sql.DB over a primary and 2 streaming replicas.", demoWriters, demoReaders)
 
-	d.step("Starting a sandbox cluster on 127.0.0.1 (initdb, 2 × pg_basebackup)")
+	d.step("Starting a sandbox cluster (initdb, 2 × pg_basebackup)")
 	t0 := time.Now()
 	cl, err := startSandbox(ctx, sandbox.Options{Replicas: 2})
 	if err != nil {

@@ -12,9 +12,10 @@ import (
 )
 
 const sandboxAbout = `
-Starts a throwaway PostgreSQL cluster on 127.0.0.1: one primary and
---replicas streaming replicas, from this machine's PostgreSQL server binaries
-(apt-get install postgresql), else from Docker (image postgres:15). Prints the
+Starts a throwaway PostgreSQL cluster: one primary and --replicas streaming
+replicas, on 127.0.0.1 from this machine's PostgreSQL server binaries
+(apt-get install postgresql), else in Docker containers (image postgres:17,
+or PGREPLICA_DOCKER_IMAGE; PGREPLICA_SANDBOX=docker or local forces one). Prints the
 pgreplica DSN and each node's own DSN, then runs until interrupted (Ctrl-C or
 SIGTERM), when it stops every node and removes its files.`
 
@@ -39,7 +40,7 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if *verbose {
 		opts.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, "sandbox: "+format+"\n", a...) }
 	}
-	fmt.Fprintf(stdout, "Starting a primary and %d streaming replica(s) on 127.0.0.1 …\n", *replicas)
+	fmt.Fprintf(stdout, "Starting a primary and %d streaming replica(s) …\n", *replicas)
 	started := time.Now()
 	cl, err := startSandbox(ctx, opts)
 	if err != nil {

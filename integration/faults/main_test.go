@@ -29,9 +29,10 @@ type load struct {
 	db      *sql.DB
 	timeout time.Duration
 
-	mu     sync.Mutex
-	reads  []readResult
-	failed []error
+	mu       sync.Mutex
+	reads    []readResult
+	failed   []error
+	failedAt []readResult // when each failed read started and ended
 
 	stop chan struct{}
 	once sync.Once
@@ -70,6 +71,7 @@ func (l *load) worker() {
 		l.mu.Lock()
 		if err != nil {
 			l.failed = append(l.failed, err)
+			l.failedAt = append(l.failedAt, readResult{start: start, end: end})
 		} else {
 			l.reads = append(l.reads, readResult{start: start, end: end, port: port})
 		}

@@ -83,9 +83,35 @@ var iptablesMu sync.Mutex
 // xtables lock, other sandboxes may change rules at the same time). nsPID,
 // when not 0, runs it in the network namespace of that process (nsenter).
 func iptables(ctx context.Context, nsPID int, args ...string) (string, error) {
-	path, err := exec.LookPath("iptables")
+	return runIptables(ctx, nsPID, "iptables", "", args...)
+}
+
+// applyRules adds (op "-I") or deletes (op "-D") rules, each "CHAIN spec…",
+// in the filter table in one iptables-restore transaction: a partition
+// starts in both directions at the same instant, never half-way.
+func applyRules(ctx context.Context, nsPID int, op string, rules [][]string) error {
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	for _, r := range rules {
+		b.WriteString(op)
+		for _, f := range r {
+			b.WriteString(" ")
+			if strings.ContainsAny(f, " \"") {
+				f = strconv.Quote(f)
+			}
+			b.WriteString(f)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("COMMIT\n")
+	_, err := runIptables(ctx, nsPID, "iptables-restore", b.String(), "--noflush")
+	return err
+}
+
+func runIptables(ctx context.Context, nsPID int, prog, stdin string, args ...string) (string, error) {
+	path, err := exec.LookPath(prog)
 	if err != nil {
-		return "", errors.New("no iptables program: install it (apt-get install iptables) to partition nodes")
+		return "", fmt.Errorf("no %s program: install iptables (apt-get install iptables) to partition nodes", prog)
 	}
 	iptablesMu.Lock()
 	defer iptablesMu.Unlock()
@@ -98,51 +124,51 @@ func iptables(ctx context.Context, nsPID int, args ...string) (string, error) {
 		argv = append([]string{nsenter, "-t", strconv.Itoa(nsPID), "-n", "--"}, argv...)
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("iptables %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+		return out.String(), fmt.Errorf("%s %s: %w: %s", prog, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}
 	return out.String(), nil
 }
 
-// localDropRules are the rule specifications (after the chain name) that
-// partition a local node listening on port.
-func localDropRules(port int, tag string) [][]string {
-	p := strconv.Itoa(port)
-	var rules [][]string
-	for _, dir := range []string{"--dport", "--sport"} {
-		rules = append(rules, []string{"-i", "lo", "-p", "tcp", dir, p,
-			"-m", "comment", "--comment", tag, "-j", "DROP"})
-	}
-	return rules
-}
-
-func (l *localNode) partition(ctx context.Context) error {
-	for _, r := range localDropRules(l.n.Port, ruleTag(l.n.c.id)) {
-		if _, err := iptables(ctx, 0, append([]string{"-I", "INPUT"}, r...)...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// heal deletes this node's rules, each as many times as it exists, and
-// tolerates rules that are gone already.
-func (l *localNode) heal(ctx context.Context) error {
+// healRules deletes rules (each "CHAIN spec…"), as many times as each exists;
+// rules that are gone already are fine.
+func healRules(ctx context.Context, nsPID int, rules [][]string) error {
 	var errs []error
-	for _, r := range localDropRules(l.n.Port, ruleTag(l.n.c.id)) {
+	for _, r := range rules {
 		for {
-			if _, err := iptables(ctx, 0, append([]string{"-C", "INPUT"}, r...)...); err != nil {
+			if _, err := iptables(ctx, nsPID, append([]string{"-C"}, r...)...); err != nil {
 				break // no such rule (left)
 			}
-			if _, err := iptables(ctx, 0, append([]string{"-D", "INPUT"}, r...)...); err != nil {
+			if _, err := iptables(ctx, nsPID, append([]string{"-D"}, r...)...); err != nil {
 				errs = append(errs, err)
 				break
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// localDropRules are the rules that partition a local node listening on
+// port.
+func localDropRules(port int, tag string) [][]string {
+	p := strconv.Itoa(port)
+	var rules [][]string
+	for _, dir := range []string{"--dport", "--sport"} {
+		rules = append(rules, []string{"INPUT", "-i", "lo", "-p", "tcp", dir, p,
+			"-m", "comment", "--comment", tag, "-j", "DROP"})
+	}
+	return rules
+}
+
+func (l *localNode) partition(ctx context.Context) error {
+	return applyRules(ctx, 0, "-I", localDropRules(l.n.Port, ruleTag(l.n.c.id)))
+}
+
+func (l *localNode) heal(ctx context.Context) error {
+	return healRules(ctx, 0, localDropRules(l.n.Port, ruleTag(l.n.c.id)))
 }
 
 // removeTaggedRules deletes every INPUT rule of this machine whose comment

@@ -1,11 +1,13 @@
 // Package sandbox starts a real, throwaway PostgreSQL cluster for tests: one
-// primary and N streaming replicas, all on 127.0.0.1.
+// primary and N streaming replicas, on 127.0.0.1 or in Docker containers.
 //
 // Start prefers the PostgreSQL server binaries installed on this machine
 // (pg_config --bindir, else the highest /usr/lib/postgresql/*/bin, else
-// PATH). Only when none are found does it try Docker (image postgres:15, see
-// docker.go), and when no Docker daemon answers either it returns an error
-// wrapping ErrUnavailable, which tests use to skip.
+// PATH). Only when none are found does it use Docker (image postgres:17 or
+// PGREPLICA_DOCKER_IMAGE, see docker.go), and when no Docker engine answers
+// either it returns an error wrapping ErrUnavailable, which tests use to
+// skip. PGREPLICA_SANDBOX=local or PGREPLICA_SANDBOX=docker forces one
+// backend.
 //
 // With local binaries every node lives under one os.MkdirTemp directory:
 //
@@ -19,9 +21,14 @@
 // replicas through pg_basebackup; postgresql.conf ends with
 // include_if_exists = '../node.conf', which resolves per node. When the
 // test process runs as root, every PostgreSQL program runs as the postgres OS
-// user and the directories are owned by it.
+// user and the directories are owned by it. The Docker backend lays out
+// each container the same way under /pgreplica (docker.go).
 //
-// Close stops every node (immediate shutdown) and removes the directory.
+// Faults: Stop (immediate), StopClean, Freeze, PauseReplay, Promote,
+// Rejoin and Partition (partition.go) work alike on both backends.
+//
+// Close stops every node (immediate shutdown) and removes the directory
+// (or the containers and their network).
 // Nothing global is registered: callers must arrange for Close to run, e.g.
 // with t.Cleanup, which also runs when a test panics. If a test binary dies
 // without running Close (a go test timeout, SIGKILL), the next Start removes
@@ -42,6 +49,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +59,8 @@ import (
 )
 
 // ErrUnavailable is wrapped by Start's error when neither local PostgreSQL
-// server binaries nor a Docker daemon can be found.
+// server binaries nor a Docker engine can be found, or when the backend
+// PGREPLICA_SANDBOX forces is missing.
 var ErrUnavailable = errors.New("sandbox: no PostgreSQL server binaries found and no Docker daemon answers")
 
 // Defaults applied by Start to zero Options fields.
@@ -109,8 +118,8 @@ type Cluster struct {
 type Node struct {
 	// Index is the node's position in Cluster.Nodes.
 	Index int
-	// Port is the TCP port on 127.0.0.1; it does not change across
-	// Stop/Start.
+	// Port is the server's TCP port (what inet_server_port() answers),
+	// distinct per node; it does not change across Stop/Start.
 	Port int
 	// Dir is the node's directory on this machine (it holds data/,
 	// server.log and the Unix socket). It is empty for Docker nodes.
@@ -118,6 +127,7 @@ type Node struct {
 
 	c    *Cluster
 	impl nodeImpl
+	host string // "" for 127.0.0.1; a Docker node's container address
 
 	mu          sync.Mutex
 	frozen      bool
@@ -184,14 +194,28 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 
 	started := time.Now()
 	var err error
-	if bin, ok := findBinDir(); ok {
-		c.backend = "local"
-		err = startLocal(ctx, c, bin, opts.Replicas)
-	} else if pool, perr := dockerPool(); perr == nil {
+	switch backend := os.Getenv("PGREPLICA_SANDBOX"); backend {
+	case "", "local", "docker":
+		bin, haveBin := findBinDir()
+		if backend == "local" || (backend == "" && haveBin) {
+			if !haveBin {
+				return nil, fmt.Errorf("%w: PGREPLICA_SANDBOX=local but no PostgreSQL server programs (initdb, pg_ctl, pg_basebackup, postgres) in pg_config --bindir, /usr/lib/postgresql/*/bin or PATH", ErrUnavailable)
+			}
+			c.backend = "local"
+			err = startLocal(ctx, c, bin, opts.Replicas)
+			break
+		}
+		pool, perr := dockerPool()
+		if perr != nil {
+			if backend == "docker" {
+				return nil, fmt.Errorf("%w: PGREPLICA_SANDBOX=docker but no Docker engine answers (DOCKER_HOST or /var/run/docker.sock): %v", ErrUnavailable, perr)
+			}
+			return nil, fmt.Errorf("%w (docker: %v)", ErrUnavailable, perr)
+		}
 		c.backend = "docker"
 		err = startDocker(ctx, c, pool, opts.Replicas)
-	} else {
-		return nil, fmt.Errorf("%w (docker: %v)", ErrUnavailable, perr)
+	default:
+		return nil, errors.New(`sandbox: PGREPLICA_SANDBOX must be "local", "docker" or empty`)
 	}
 	if err != nil {
 		if cerr := c.Close(); cerr != nil {
@@ -512,9 +536,14 @@ func (c *Cluster) Close() error {
 	return c.closeErr
 }
 
-// Addr is the node's "127.0.0.1:PORT".
+// Addr is the node's "HOST:PORT": 127.0.0.1 for the local backend, the
+// container's address on the sandbox's own network for Docker.
 func (n *Node) Addr() string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.Port))
+	host := n.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(n.Port))
 }
 
 func (n *Node) name() string {

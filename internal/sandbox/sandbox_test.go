@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	dc "github.com/ory/dockertest/v3/docker"
 )
 
 // startCluster starts a sandbox for t and closes it in t.Cleanup. It skips
@@ -466,8 +467,48 @@ func TestErrorsHidePasswords(t *testing.T) {
 	}
 }
 
+// backendForTests is the backend Start picks here.
+func backendForTests(t *testing.T) string {
+	switch b := os.Getenv("PGREPLICA_SANDBOX"); b {
+	case "local", "docker":
+		return b
+	}
+	if _, ok := findBinDir(); ok {
+		return "local"
+	}
+	return "docker"
+}
+
+// dockerLeft lists the containers and networks labelled with cluster id.
+func dockerLeft(t *testing.T, id string) []string {
+	t.Helper()
+	pool, err := dockerPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	filter := dockerLabel + "=" + id
+	cts, err := pool.Client.ListContainers(dc.ListContainersOptions{All: true, Filters: map[string][]string{"label": {filter}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, ct := range cts {
+		left = append(left, "container "+strings.Join(ct.Names, ","))
+	}
+	nets, err := pool.Client.FilteredListNetworks(dc.NetworkFilterOpts{"label": {filter: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nw := range nets {
+		left = append(left, "network "+nw.Name)
+	}
+	return left
+}
+
 // TestReapStale kills a process that owns a running sandbox, as a go test
-// timeout would, and checks that the next Start removes the leftovers.
+// timeout would, and checks that the next Start removes the leftovers: the
+// directory and servers (local), or the containers and network (docker), and
+// the partition rules in either case.
 func TestReapStale(t *testing.T) {
 	// Not parallel: another test's Start could reap the helper's sandbox
 	// between the kill and the check below.
@@ -477,13 +518,20 @@ func TestReapStale(t *testing.T) {
 			fmt.Println("ERR", err)
 			os.Exit(1)
 		}
-		pm, _ := postmasterPID(c.Nodes[0].impl.(*localNode).data)
-		fmt.Printf("BASE %s %d\n", filepath.Dir(c.Nodes[0].Dir), pm)
+		// Partitions need root (iptables): without, reap the rest.
+		if err := c.Nodes[1].Partition(context.Background()); err != nil {
+			fmt.Println("NOPART", err)
+		} else {
+			fmt.Println("PARTITIONED")
+		}
+		if c.backend == "docker" {
+			fmt.Printf("DOCKER %s\n", c.id)
+		} else {
+			pm, _ := postmasterPID(c.Nodes[0].impl.(*localNode).data)
+			fmt.Printf("BASE %s %d\n", filepath.Dir(c.Nodes[0].Dir), pm)
+		}
 		time.Sleep(time.Minute) // killed by the parent
 		os.Exit(2)
-	}
-	if _, ok := findBinDir(); !ok {
-		t.Skip("reaping is a local-backend feature; no PostgreSQL server binaries here")
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestReapStale$")
 	cmd.Env = append(os.Environ(), "SANDBOX_HELPER=1")
@@ -494,25 +542,47 @@ func TestReapStale(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var base string
+	var base, id string
 	var pm int
+	partitioned := false
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
+		partitioned = partitioned || sc.Text() == "PARTITIONED"
 		if _, err := fmt.Sscanf(sc.Text(), "BASE %s %d", &base, &pm); err == nil {
+			break
+		}
+		if _, err := fmt.Sscanf(sc.Text(), "DOCKER %s", &id); err == nil {
 			break
 		}
 		t.Logf("helper: %s", sc.Text())
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
+	if id != "" {
+		if len(dockerLeft(t, id)) == 0 {
+			t.Fatal("the helper's containers died with it; nothing to reap")
+		}
+		startCluster(t, Options{Replicas: -1})
+		if left := dockerLeft(t, id); len(left) > 0 {
+			t.Errorf("stale sandbox %s not removed: %v", id, left)
+		}
+		return
+	}
 	if base == "" || pm == 0 {
 		t.Fatal("helper did not start a sandbox")
 	}
 	if !processAlive(pm) {
 		t.Fatalf("the helper's postmaster %d died with it; nothing to reap", pm)
 	}
-	c := startCluster(t, Options{Replicas: -1})
-	_ = c
+	tag := filepath.Base(base)
+	rules := func() string {
+		out, _ := exec.Command("iptables", "-w", "-S", "INPUT").CombinedOutput()
+		return string(out)
+	}
+	if partitioned && !strings.Contains(rules(), tag) {
+		t.Fatalf("no iptables rule tagged %s after the helper's Partition", tag)
+	}
+	startCluster(t, Options{Replicas: -1})
 	for i := 0; i < 100 && processAlive(pm); i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -524,6 +594,10 @@ func TestReapStale(t *testing.T) {
 		os.RemoveAll(base)
 		t.Errorf("stale sandbox %s not removed: %v", base, err)
 	}
+	if partitioned && strings.Contains(rules(), tag) {
+		removeTaggedRules(tag)
+		t.Errorf("iptables rules tagged %s not removed", tag)
+	}
 }
 
 // TestStartFailureCleansUp makes Start fail after the primary is running
@@ -531,14 +605,14 @@ func TestReapStale(t *testing.T) {
 // left behind and that the error names the step without the password.
 func TestStartFailureCleansUp(t *testing.T) {
 	t.Parallel()
-	if _, ok := findBinDir(); !ok {
-		t.Skip("no PostgreSQL server binaries here")
-	}
-	var base string
+	var base, prefix string
 	logf := func(format string, args ...any) {
 		t.Logf(format, args...)
 		if strings.HasPrefix(format, "sandbox in ") {
 			base = args[0].(string)
+		}
+		if strings.HasSuffix(format, ": docker image %s") {
+			prefix = args[0].(string)
 		}
 	}
 	const password = "do-not-leak-me"
@@ -558,10 +632,36 @@ func TestStartFailureCleansUp(t *testing.T) {
 	if strings.Contains(err.Error(), password) {
 		t.Errorf("error reveals the password: %v", err)
 	}
+	if prefix != "" {
+		if left := dockerLeft(t, strings.TrimPrefix(prefix, baseDirPrefix)); len(left) > 0 {
+			t.Errorf("left behind: %v", left)
+		}
+		return
+	}
 	if base == "" {
 		t.Fatal("no base directory logged")
 	}
 	if _, err := os.Stat(base); !os.IsNotExist(err) {
 		t.Errorf("%s left behind: %v", base, err)
 	}
+}
+
+// TestBackendSelection checks the errors that say what is missing.
+func TestBackendSelection(t *testing.T) {
+	ctx := ctxT(t, time.Minute)
+	t.Setenv("PGREPLICA_SANDBOX", "bogus")
+	if _, err := Start(ctx, Options{}); err == nil || !strings.Contains(err.Error(), "PGREPLICA_SANDBOX") {
+		t.Errorf("PGREPLICA_SANDBOX=bogus: %v", err)
+	}
+	if _, err := dockerPool(); err != nil {
+		t.Logf("no Docker engine here (%v): the image check is not run", err)
+		return
+	}
+	t.Setenv("PGREPLICA_SANDBOX", "docker")
+	t.Setenv("PGREPLICA_DOCKER_IMAGE", "pgreplica-no-such-image:"+randomHex(4))
+	_, err := Start(ctx, Options{})
+	if err == nil || !strings.Contains(err.Error(), "scripts/postgres-image.sh") || !strings.Contains(err.Error(), "not on this machine") {
+		t.Errorf("missing image: %v", err)
+	}
+	t.Logf("missing image: %v", err)
 }
