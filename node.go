@@ -63,8 +63,13 @@ type node struct {
 
 	// closing is set when the connector closed; the pool closes when the
 	// last lease comes back (pgxpool.Close would wait for it).
-	closing   atomic.Bool
-	closePool sync.Once
+	closing atomic.Bool
+	// closed ends when the connector closes: dials still under way (pgx's
+	// cancel requests for connections it abandons, for one) give up, so
+	// that none of their goroutines outlives db.Close.
+	closed     context.Context
+	closeDials context.CancelFunc
+	closePool  sync.Once
 
 	// fake replaces the pool in routing unit tests; fakeErr makes acquiring
 	// from it fail as an unreachable server would.
@@ -85,6 +90,7 @@ const defaultReplicaConnectTimeout = 2 * time.Second
 
 func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 	n := &node{index: index, addr: addrOf(cfg), conns: make(map[*trackedConn]struct{})}
+	n.closed, n.closeDials = context.WithCancel(context.Background())
 	cfg = cfg.Copy()
 	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
@@ -124,8 +130,12 @@ func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.Dial
 		if e == nil {
 			return nil, errNodeDown
 		}
+		if n.closing.Load() {
+			return nil, ErrClosed
+		}
 		dctx, cancel := context.WithCancel(ctx)
 		defer cancel()
+		defer context.AfterFunc(n.closed, cancel)()
 		if timeout > 0 {
 			var cancelT context.CancelFunc
 			dctx, cancelT = context.WithTimeout(dctx, timeout)
@@ -458,7 +468,10 @@ func (l *lease) release() {
 // the last one is released. db.Close must not wait for a sql.Conn, Tx or
 // Rows that the application still holds.
 func (n *node) closeWhenIdle() {
-	n.closing.Store(true) // before the check: see release
+	n.closing.Store(true)    // before the check: see release
+	if n.closeDials != nil { // fakes in unit tests have none
+		n.closeDials()
+	}
 	if n.inFlight.Load() == 0 {
 		n.close()
 	}
