@@ -215,6 +215,11 @@ func (m *monitor) apply(results []probeResult) {
 		n := nodes[i]
 		switch {
 		case r.skipped:
+		case isTooManyConnections(r.err):
+			// It answered, refusing the probe's new connection for want of
+			// a free slot: full, not down. Until a probe gets through, it
+			// gets no new reads and its connections keep serving.
+			n.fullUntil.Store(nowWall + int64(2*m.interval))
 		case r.err != nil:
 			f := n.failures.Add(1)
 			backoff := m.interval << min(f-1, 4) // up to 16 intervals
