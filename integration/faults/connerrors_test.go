@@ -584,7 +584,8 @@ func TestShuttingDownReplicaCaughtAtOnce(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			_, failed := l.finish()
 			reportFailures(t, failed)
-			t.Logf("%s shutdown: pg_ctl took %v; reported down %v after it returned", mode, stopTook.Round(time.Millisecond), detect.Round(time.Millisecond))
+			t.Logf("%s shutdown: pg_ctl took %v; reported down %v after it returned (%v after it started)",
+				mode, stopTook.Round(time.Millisecond), detect.Round(time.Millisecond), (stopTook + detect).Round(time.Millisecond))
 			// One monitor interval (200ms), with room for a busy machine.
 			if detect > 400*time.Millisecond {
 				t.Fatalf("reported down %v after the server stopped, want within about a monitor interval", detect)
