@@ -19,7 +19,8 @@ import (
 // Unix-socket hosts are nodes like any other, in keyword and URL form,
 // as the primary or as a replica. (The sandbox keeps each node's socket in
 // its node directory and trusts local connections; the test runs as root,
-// which may enter it.) Over a socket inet_server_port() is NULL, so the
+// which may enter it.) No lag limit: a replica behind on a busy machine
+// would not be healthy. Over a socket inet_server_port() is NULL, so the
 // server's port setting says which node answered.
 func TestUnixSocketHostsAreNodes(t *testing.T) {
 	ctx := testCtx(t)
@@ -35,7 +36,7 @@ func TestUnixSocketHostsAreNodes(t *testing.T) {
 	kw := func(hosts string) string {
 		return "host=" + hosts + " port=" + p0 + "," + p1 + " user=" + user + " password='" +
 			strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(password) + "' dbname=" + database +
-			" sslmode=disable " + monitorInterval
+			" sslmode=disable max_replica_lag=off " + monitorInterval
 	}
 	cases := []struct {
 		name, dsn string
@@ -43,8 +44,8 @@ func TestUnixSocketHostsAreNodes(t *testing.T) {
 	}{
 		{"keyword, primary on a socket", kw(dir0 + ",127.0.0.1"), 0},
 		{"keyword, replica on a socket", kw("127.0.0.1," + dir1), 1},
-		{"URL, primary on a socket", "postgres://" + userinfo + "@/" + database + "?host=" + dir0 + ",127.0.0.1&port=" + p0 + "," + p1 + "&sslmode=disable&" + monitorInterval, 0},
-		{"URL, replica on a socket", "postgres://" + userinfo + "@/" + database + "?host=127.0.0.1," + dir1 + "&port=" + p0 + "," + p1 + "&sslmode=disable&" + monitorInterval, 1},
+		{"URL, primary on a socket", "postgres://" + userinfo + "@/" + database + "?host=" + dir0 + ",127.0.0.1&port=" + p0 + "," + p1 + "&sslmode=disable&max_replica_lag=off&" + monitorInterval, 0},
+		{"URL, replica on a socket", "postgres://" + userinfo + "@/" + database + "?host=127.0.0.1," + dir1 + "&port=" + p0 + "," + p1 + "&sslmode=disable&max_replica_lag=off&" + monitorInterval, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -141,7 +142,7 @@ func TestHashInURLPassword(t *testing.T) {
 	quoted := strings.ReplaceAll(password, "#", "%23")
 	for _, dsn := range []string{
 		"postgres://" + role + ":" + quoted + "@" + hostList + "/" + database + "?sslmode=disable&" + monitorInterval,
-		"host=" + strings.Repeat("127.0.0.1,", len(cl.Nodes)-1) + "127.0.0.1 port=" + ports(cl.Nodes[0].Port, cl.Nodes[1].Port, cl.Nodes[2].Port) +
+		"host=" + strings.Repeat("127.0.0.1,", len(cl.Nodes)-1) + "127.0.0.1 port=" + portList(cl.Nodes[0].Port, cl.Nodes[1].Port, cl.Nodes[2].Port) +
 			" user=" + role + " password='" + password + "' dbname=" + database + " sslmode=disable " + monitorInterval,
 	} {
 		db, err := sql.Open("pgreplica", dsn)
@@ -165,7 +166,7 @@ func TestHashInURLPassword(t *testing.T) {
 	}
 }
 
-func ports(ps ...int) string {
+func portList(ps ...int) string {
 	s := make([]string, len(ps))
 	for i, p := range ps {
 		s[i] = strconv.Itoa(p)
