@@ -278,9 +278,9 @@ func checkKilledReads(t *testing.T, reads []streamRead, k *killed) (midStream in
 }
 
 // Under 8 readers, 4 of them streaming rows, 40 single backends on
-// replica1 are terminated, 150ms apart. No read fails but one
-// killed after it returned rows; replica1 is never reported down and keeps
-// its share of the reads.
+// replica1 are terminated, 150ms apart. No read fails but one killed after
+// it returned rows; replica1 is never reported down and keeps its share of
+// the reads.
 func TestTerminatedBackendsLeaveReplicaInRotation(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
@@ -304,8 +304,9 @@ func TestTerminatedBackendsLeaveReplicaInRotation(t *testing.T) {
 	start := time.Now()
 	terminated := 0
 	for i := range 40 {
-		// Mostly a read in progress; every fourth any backend, idle pool
-		// connections and the probe's included.
+		// Mostly a backend at work: one still starting up (state NULL
+		// sorts first), else one running a read; every fourth any
+		// backend, idle pool connections and the probe's included.
 		order := "ORDER BY state = 'active' DESC, random() LIMIT 1"
 		if i%4 == 3 {
 			order = "ORDER BY random() LIMIT 1"
