@@ -203,11 +203,20 @@ func (c *Connector) anyUsableReplica(maxLag time.Duration, tried uint64) bool {
 // A node that cannot be reached leaves routing at once, and the monitor
 // re-probes it; one that refused only for want of a free slot (53300) is
 // full: it gets no new reads for a monitor interval, its connections keep
-// serving, and it is not reported down.
+// serving, and it is not reported down. One terminated while it started up
+// (57P01) is only that connection's failure.
 func (c *Connector) connectFailed(n *node, err error) {
 	if isTooManyConnections(err) {
 		n.fullUntil.Store(time.Now().Add(c.cfg.MonitorInterval).UnixNano())
 		n.reroutes[rerouteFull].Add(1)
+		return
+	}
+	if isTerminated(err) {
+		// It was accepted and then terminated (pg_terminate_backend while
+		// it started up, or a shutdown): one connection's failure. The
+		// monitor finds out at once whether the server is going away.
+		n.reroutes[rerouteRetry].Add(1)
+		c.mon.kick()
 		return
 	}
 	n.reroutes[rerouteDown].Add(1)

@@ -734,3 +734,44 @@ func TestLastRecordEnd(t *testing.T) {
 		}
 	}
 }
+
+// A new connection to a replica that is terminated while it starts up
+// (pg_terminate_backend, 57P01) is that connection's failure: the read
+// goes to another replica and the node stays up; the monitor decides.
+func TestTerminatedNewConnectionIsNotNodeDown(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	fc.c.nodes[1].fakeErr = fmt.Errorf("connect: %w", &pgconn.PgError{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"})
+	fc.mocks[2].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
+	if err := fc.db.QueryRow("SELECT x FROM t").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	n := fc.c.nodes[1]
+	if !n.up.Load() || n.isFull() {
+		t.Fatalf("up=%v full=%v, want up and not full", n.up.Load(), n.isFull())
+	}
+	if got := n.reroutes[rerouteRetry].Load(); got != 1 || n.reroutes[rerouteDown].Load() != 0 {
+		t.Fatalf("reroutes retry=%d down=%d, want 1 and 0", got, n.reroutes[rerouteDown].Load())
+	}
+}
+
+// A probe refused with 53300 (the node has no free slot for the monitor's
+// new connection) reports the node full, not down.
+func TestProbeRefusedForWantOfASlotIsFull(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	m := &monitor{c: fc.c, interval: time.Second, lagging: make([]bool, len(fc.c.nodes))}
+	results := make([]probeResult, len(fc.c.nodes))
+	results[0] = probeResult{lsn: 100, flushLSN: 100}
+	results[1] = probeResult{err: fmt.Errorf("connect: %w", &pgconn.PgError{Severity: "FATAL", Code: "53300", Message: "sorry, too many clients already"})}
+	results[2] = probeResult{standby: true, lsn: 100}
+	m.apply(results)
+	n := fc.c.nodes[1]
+	if !n.up.Load() || !n.isFull() {
+		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.isFull())
+	}
+	if st := n.status(false, time.Second); st.State != StateFull {
+		t.Fatalf("state = %s, want %s", st.State, StateFull)
+	}
+	if fc.c.topo.Load().primary != fc.c.nodes[0] {
+		t.Fatal("the primary changed")
+	}
+}

@@ -20,6 +20,11 @@ func FuzzParseConfig(f *testing.F) {
 		"",
 		"=",
 		"host=",
+		"postgres://app@h1,h2/db#frag",
+		"postgres://app@/db?host=/tmp,replica-1&port=5432,5433",
+		"postgres:///db?host=/tmp",
+		"postgres://app@/db?host=/a,,b",
+		"host=/var/run/postgresql,replica-1 port=5432,5433 dbname=d",
 	}
 	for _, s := range seeds {
 		f.Add(s, "hunter2hunter2")

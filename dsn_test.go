@@ -3,9 +3,12 @@ package pgreplica
 import (
 	"errors"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func TestParseConfigURL(t *testing.T) {
@@ -109,6 +112,11 @@ func TestParseConfigErrorsNameTheKeyNotTheValue(t *testing.T) {
 		{"postgres://u@a:notaport/d", "node 1 (the primary): invalid port"},
 		{"postgres://u:pass@[::1/d", "node 1 (the primary): failed to parse as URL"},
 		{"postgres://u@a,b:99999/d", "node 2 (replica 1)"},
+		// pgx would take "#et@h1,h2/db" as a fragment and build one node.
+		{"postgres://app:s3cr#et@h1,h2/db", "'#'"},
+		{"postgres://app@h1,h2/db?application_name=a#b", "'#'"},
+		{"postgres:///db?host=/tmp,r1,r2&port=1,2", "port lists 2 ports for 3 hosts"},
+		{"postgres:///db?host=/tmp,,r2", "empty host"},
 	}
 	for _, c := range cases {
 		_, err := ParseConfig(c.dsn)
@@ -120,6 +128,47 @@ func TestParseConfigErrorsNameTheKeyNotTheValue(t *testing.T) {
 
 // hostilePasswords are passwords with the characters that break naive
 // DSN handling.
+// Unix-socket directories are hosts like any other, in both forms, and
+// host and port lists may sit in the URL's query (as libpq allows).
+func TestParseConfigUnixSockets(t *testing.T) {
+	cases := []struct {
+		dsn  string
+		want []string // host (and port) of each node, in DSN order
+	}{
+		{"host=/var/run/postgresql,replica-1 port=5432,5433 dbname=d", []string{"/var/run/postgresql 5432", "replica-1 5433"}},
+		{"host=replica-0,/tmp/sock dbname=d", []string{"replica-0 5432", "/tmp/sock 5432"}},
+		{"postgres:///db?host=/tmp", []string{"/tmp 5432"}},
+		{"postgres://u:pw@/db?host=/var/run/postgresql,replica-1&port=6000,6001&sslmode=disable", []string{"/var/run/postgresql 6000", "replica-1 6001"}},
+		{"postgres://u@/db?host=/a,/b,c&port=7000", []string{"/a 7000", "/b 7000", "c 7000"}},
+	}
+	for _, c := range cases {
+		cfg, err := ParseConfig(c.dsn)
+		if err != nil {
+			t.Errorf("%s: %v", c.dsn, err)
+			continue
+		}
+		var got []string
+		for _, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
+			got = append(got, pc.ConnConfig.Host+" "+strconv.Itoa(int(pc.ConnConfig.Port)))
+			if strings.HasPrefix(pc.ConnConfig.Host, "/") && addrOf(pc) != pc.ConnConfig.Host {
+				t.Errorf("%s: a socket node's addr is %q, want its directory", c.dsn, addrOf(pc))
+			}
+		}
+		if strings.Join(got, ", ") != strings.Join(c.want, ", ") {
+			t.Errorf("%s: nodes %v, want %v", c.dsn, got, c.want)
+		}
+	}
+	cfg, err := ParseConfig("postgres://u:pw@/db?host=/s,r&port=1,2&application_name=svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pc := range append(cfg.Replicas, cfg.Primary) {
+		if cc := pc.ConnConfig; cc.User != "u" || cc.Password != "pw" || cc.Database != "db" || cc.RuntimeParams["application_name"] != "svc" {
+			t.Fatalf("node %s lost a setting: %+v", cc.Host, cc)
+		}
+	}
+}
+
 var hostilePasswords = []string{"p@ss:w/rd", "with space", "q'uote\\back", "per%cent&amp=x?y#z", "ÜnïcødeP@ss"}
 
 func TestErrorsNeverContainThePassword(t *testing.T) {

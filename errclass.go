@@ -65,6 +65,11 @@ func isRetryableRead(err error) bool {
 	return false
 }
 
+// isTerminated reports a backend ended by pg_terminate_backend or by a
+// shutdown (57P01): the server had accepted the connection, so it says
+// nothing about the node until a new connection is tried.
+func isTerminated(err error) bool { return pgCode(err) == "57P01" }
+
 // isTooManyConnections reports a server that refused one new connection
 // because it has no free slot (53300): it is full, not down.
 func isTooManyConnections(err error) bool { return pgCode(err) == "53300" }

@@ -158,10 +158,14 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	r := probeResult{started: monoNow()}
 	reused := m.probeConns[i] != nil && !m.probeConns[i].IsClosed()
 	r.err = m.probeOnce(parent, i, &r)
-	if r.err != nil && reused && !errors.Is(r.err, errProbeTimeout) && parent.Err() == nil {
-		// The probe's own connection may have been the only one to fail
-		// (pg_terminate_backend, an idle timeout): that says nothing about
-		// the node, so ask once more on a new connection.
+	// The probe's own connection may have been the only one to fail
+	// (pg_terminate_backend, an idle timeout), and a new one may be
+	// terminated while it starts up: that says nothing about the node, so
+	// ask again on a new connection, at most twice. A server that is
+	// shutting down refuses the new connection (57P03, or refused).
+	for retries := 2; r.err != nil && retries > 0 && (reused || isTerminated(r.err)) &&
+		!errors.Is(r.err, errProbeTimeout) && parent.Err() == nil; retries-- {
+		reused = false
 		r.err = m.probeOnce(parent, i, &r)
 	}
 	return r
@@ -234,6 +238,11 @@ func (m *monitor) apply(results []probeResult) {
 		n := nodes[i]
 		switch {
 		case r.skipped:
+		case isTooManyConnections(r.err):
+			// It answered, refusing the probe's new connection for want of
+			// a free slot: full, not down. Until a probe gets through, it
+			// gets no new reads and its connections keep serving.
+			n.fullUntil.Store(nowWall + int64(2*m.interval))
 		case r.err != nil:
 			n.failures.Add(1)
 			// Counted from the round's start, less half an interval, so that
