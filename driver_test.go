@@ -746,8 +746,8 @@ func TestTerminatedNewConnectionIsNotNodeDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := fc.c.nodes[1]
-	if !n.up.Load() || n.isFull() {
-		t.Fatalf("up=%v full=%v, want up and not full", n.up.Load(), n.isFull())
+	if !n.up.Load() || n.serverFull() {
+		t.Fatalf("up=%v full=%v, want up and not full", n.up.Load(), n.serverFull())
 	}
 	if got := n.reroutes[rerouteRetry].Load(); got != 1 || n.reroutes[rerouteDown].Load() != 0 {
 		t.Fatalf("reroutes retry=%d down=%d, want 1 and 0", got, n.reroutes[rerouteDown].Load())
@@ -765,8 +765,8 @@ func TestProbeRefusedForWantOfASlotIsFull(t *testing.T) {
 	results[2] = probeResult{standby: true, lsn: 100}
 	m.apply(results)
 	n := fc.c.nodes[1]
-	if !n.up.Load() || !n.isFull() {
-		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.isFull())
+	if !n.up.Load() || !n.serverFull() {
+		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.serverFull())
 	}
 	if st := n.status(false, time.Second); st.State != StateFull {
 		t.Fatalf("state = %s, want %s", st.State, StateFull)

@@ -299,9 +299,10 @@ func (m *monitor) apply(results []probeResult) {
 }
 
 // maxProbeGap is the longest a down node goes unprobed: probing a dead
-// node once a second costs nothing, and a restarted one must serve again
-// within a monitor interval plus a second, whatever its downtime.
-const maxProbeGap = time.Second
+// node twice a second costs nothing, and a restarted one must serve again
+// within a monitor interval plus a second, whatever its downtime, with room
+// left for a slow reconnect on a loaded machine.
+const maxProbeGap = 500 * time.Millisecond
 
 // backoff is how long after its f-th failed probe in a row a down node is
 // probed again: the interval, doubling, but never leaving a gap longer

@@ -235,6 +235,25 @@ func addrOf(cfg *pgxpool.Config) string {
 type trackedConn struct {
 	net.Conn
 	n *node
+	// terminated is set once pgx wrote Terminate on it: pgx is closing it,
+	// and (after an aborted statement) may wait up to 15 s for the server
+	// to hang up, which a partitioned or frozen server never does.
+	terminated atomic.Bool
+}
+
+// terminateMsg is the protocol's Terminate message: 'X', length 4.
+var terminateMsg = [5]byte{'X', 0, 0, 0, 4}
+
+func (c *trackedConn) Write(b []byte) (int, error) {
+	if len(b) == len(terminateMsg) && [5]byte(b) == terminateMsg {
+		c.terminated.Store(true)
+		n, err := c.Conn.Write(b)
+		if c.n.closing.Load() {
+			c.Conn.Close() // no one waits for the server's goodbye any more
+		}
+		return n, err
+	}
+	return c.Conn.Write(b)
 }
 
 func (n *node) track(c net.Conn) *trackedConn {
@@ -472,6 +491,15 @@ func (n *node) closeWhenIdle() {
 	if n.closeDials != nil { // fakes in unit tests have none
 		n.closeDials()
 	}
+	// Connections pgx is closing in the background would otherwise keep a
+	// goroutine waiting for the server after db.Close.
+	n.connsMu.Lock()
+	for c := range n.conns {
+		if c.terminated.Load() {
+			c.Conn.Close()
+		}
+	}
+	n.connsMu.Unlock()
 	if n.inFlight.Load() == 0 {
 		n.close()
 	}

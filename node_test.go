@@ -128,14 +128,16 @@ func TestSlotWaitEndsWhenMarkedDown(t *testing.T) {
 	}
 }
 
-// A down node is probed again at most max(interval, 1 s) after a failure,
-// counting the tick: a restarted replica serves within an interval plus 1 s.
+// A down node is probed again at most max(interval, 500 ms) after a
+// failure, counting the tick: a restarted replica serves within an interval
+// plus 1 s, with room for a slow reconnect.
 func TestProbeBackoffCapped(t *testing.T) {
 	for _, tc := range []struct {
 		interval time.Duration
 		want     []time.Duration
 	}{
-		{200 * time.Millisecond, []time.Duration{200, 400, 800, 800, 800}},
+		{200 * time.Millisecond, []time.Duration{200, 300, 300, 300}},
+		{100 * time.Millisecond, []time.Duration{100, 200, 400, 400}},
 		{time.Second, []time.Duration{1000, 1000, 1000}},
 		{5 * time.Second, []time.Duration{5000, 5000}},
 	} {
@@ -145,7 +147,7 @@ func TestProbeBackoffCapped(t *testing.T) {
 				t.Errorf("interval %v, failure %d: backoff %v, want %v", tc.interval, i+1, got, want*time.Millisecond)
 			}
 		}
-		if got := m.backoff(100); got > max(tc.interval, time.Second) {
+		if got := m.backoff(100); got > max(tc.interval, maxProbeGap) {
 			t.Errorf("interval %v: backoff after 100 failures %v", tc.interval, got)
 		}
 	}
