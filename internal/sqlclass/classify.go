@@ -183,7 +183,7 @@ func (c *classifier) feed(t sqlToken) {
 		}
 	}
 
-	if t.kind == tokIdent || t.kind == tokString {
+	if c.prev.kind == tokUnicodeIdent || c.uesc.kw != 0 && t.kind == tokString {
 		c.trackUescape(t)
 	}
 
