@@ -1,6 +1,6 @@
 // Package soak runs a mixed workload through one pgreplica *sql.DB while
-// one replica at a time is crashed, frozen, lagged or has its backends
-// terminated, and checks what the application saw: every plain read
+// one replica at a time is crashed, frozen, lagged, has its backends
+// terminated or is partitioned (where the sandbox can), and checks what the application saw: every plain read
 // served, read-only transactions that fail only after returning data, no
 // stale read in a read-your-writes session, every acknowledged write on the
 // primary, no goroutine left and no pool over its size.
@@ -246,6 +246,11 @@ func TestSoak(t *testing.T) {
 	// Faults: every 2–4 s one replica gets one, lasting 1–2 s.
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	kinds := []string{"crash", "freeze", "lag", "terminate"}
+	if _, ok := any(cl.Nodes[1]).(partitioner); ok {
+		kinds = append(kinds, "partition")
+	} else {
+		t.Log("internal/sandbox has no Node.Partition on this branch: no partition faults")
+	}
 	faultCounts := map[string]int{}
 	deadline := start.Add(duration)
 	for time.Now().Add(2 * time.Second).Before(deadline) {
@@ -354,6 +359,13 @@ func roTx(ctx context.Context, db *sql.DB, kv string, fails *failures, late *ato
 	}
 }
 
+// partitioner is what internal/sandbox offers for network partitions
+// (dropped packets) where it has them.
+type partitioner interface {
+	Partition(ctx context.Context) error
+	Heal(ctx context.Context) error
+}
+
 // inject applies one fault to a replica for hold, then undoes it.
 func inject(ctx context.Context, tl *timeline, n *sandbox.Node, cl *sandbox.Cluster, kind string, hold time.Duration) error {
 	name := "replica" + strconv.Itoa(n.Index)
@@ -380,6 +392,14 @@ func inject(ctx context.Context, tl *timeline, n *sandbox.Node, cl *sandbox.Clus
 		time.Sleep(hold)
 		tl.log("resume replay on %s", name)
 		return n.ResumeReplay(ctx)
+	case "partition":
+		p := any(n).(partitioner)
+		if err := p.Partition(ctx); err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		tl.log("heal %s", name)
+		return p.Heal(ctx)
 	case "terminate":
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
