@@ -156,7 +156,7 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	r := probeResult{started: monoNow()}
 	pc := m.probeConns[i]
 	if pc == nil || pc.IsClosed() {
-		cctx, cancel := context.WithTimeout(parent, m.connectTimeout)
+		cctx, cancel := context.WithTimeout(context.WithValue(parent, probeDial{}, true), m.connectTimeout)
 		var err error
 		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].probeConfig)
 		timedOut := cctx.Err() != nil

@@ -22,9 +22,8 @@ type node struct {
 	index int    // position in the DSN; 0 was listed as the primary
 	addr  string // host:port, never credentials
 	pool  *pgxpool.Pool
-	// probeConfig is the pool's connection config with the server's own
-	// dial function: the monitor must reach a node that routing has
-	// given up on.
+	// probeConfig is the pool's connection config, for the monitor's own
+	// connection (see probeDial).
 	probeConfig *pgx.ConnConfig
 	// slots admits at most the pool's size of leases at once. Waiting here
 	// rather than inside pgxpool lets a read stop waiting when the node is
@@ -83,8 +82,8 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
-	n.probeConfig = cfg.ConnConfig.Copy()
 	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
+	n.probeConfig = cfg.ConnConfig.Copy()
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
@@ -113,6 +112,9 @@ var errNodeDown = errors.New("pgreplica: node is marked down")
 func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.DialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		e := n.downEpoch()
+		if ctx.Value(probeDial{}) != nil {
+			e = noEpoch // the monitor must reach a node routing gave up on
+		}
 		if e == nil {
 			return nil, errNodeDown
 		}
@@ -144,6 +146,11 @@ func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.Dial
 		return tc, nil
 	}
 }
+
+// probeDial marks the context of the monitor's connection attempts: they
+// dial a node even while it is marked down. Cancel requests for the
+// monitor's connection do not carry it, so they fail at once like any other.
+type probeDial struct{}
 
 // upEpoch is one period during which the node was up; its context ends
 // when the node is marked down, waking waits and dials on it.
