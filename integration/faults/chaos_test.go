@@ -5,31 +5,51 @@ import (
 	"database/sql"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/sandbox"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
 
+// preferPolicy sends every read to the replica at the address it holds,
+// while that one is usable: the tests below know which replica a read
+// waits on.
+type preferPolicy struct{ addr atomic.Value }
+
+func (p *preferPolicy) prefer(n *sandbox.Node) { p.addr.Store(n.Addr()) }
+
+func (p *preferPolicy) Choose(cands []pgreplica.Candidate) int {
+	for i, c := range cands {
+		if c.Addr == p.addr.Load() {
+			return i
+		}
+	}
+	return 0
+}
+
 // openToReplica1 opens a *sql.DB whose reads go to replica1 while it is
-// usable and to replica2 only when it is not: the tests below know which
-// replica a read waits on.
-func openToReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica.Connector) {
+// usable and to replica2 only when it is not (or when the policy is told
+// otherwise).
+func openToReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica.Connector, *preferPolicy) {
 	t.Helper()
 	testcluster.NoLeaks(t)
 	cfg, err := pgreplica.ParseConfig(testcluster.DSN(params...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Policy = pgreplica.Weighted(1, 0)
+	policy := &preferPolicy{}
+	policy.prefer(testcluster.Cluster().Nodes[1])
+	cfg.Policy = policy
 	c, err := pgreplica.NewConnector(*cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { db.Close() })
-	return db, c
+	return db, c, policy
 }
 
 func poolOf(c *pgreplica.Connector, addr string) pgreplica.PoolStatus {
@@ -83,7 +103,16 @@ func waitingReadOnDeadReplica(t *testing.T, what string, fault func() error) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim, other := cl.Nodes[1], cl.Nodes[2]
-	db, c := openToReplica1(t, monitorParams, "replica_max_conns=1")
+	db, c, policy := openToReplica1(t, monitorParams, "replica_max_conns=1")
+
+	// replica2 gets an idle connection first: what is timed below is the
+	// read leaving replica1, not a new connection's authentication on a
+	// busy machine.
+	policy.prefer(other)
+	if port := testcluster.Port(t, ctx, db); port != other.Port {
+		t.Fatalf("warm-up read served by %s, want replica2", testcluster.Role(port))
+	}
+	policy.prefer(victim)
 
 	holder, err := db.Conn(ctx)
 	if err != nil {
@@ -164,7 +193,7 @@ func TestReadOnlyTxMovesBeforeFirstRow(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim, other := cl.Nodes[1], cl.Nodes[2]
-	db, _ := openToReplica1(t, monitorParams)
+	db, _, _ := openToReplica1(t, monitorParams)
 	t.Cleanup(func() { _ = victim.Start(ctx) })
 
 	rctx, route := pgreplica.WithRoute(ctx)
@@ -210,7 +239,7 @@ func TestReadOnlyTxCommitAfterReplicaStops(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim := cl.Nodes[1]
-	db, _ := openToReplica1(t, monitorParams)
+	db, _, _ := openToReplica1(t, monitorParams)
 	t.Cleanup(func() { _ = victim.Start(ctx) })
 
 	begin := func() *sql.Tx {
@@ -277,7 +306,7 @@ func TestRestartedReplicaServesFast(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim := cl.Nodes[1]
-	db, c := openToReplica1(t, monitorParams)
+	db, c, _ := openToReplica1(t, monitorParams)
 	t.Cleanup(func() { _ = victim.Start(ctx) })
 	if port := testcluster.Port(t, ctx, db); port != victim.Port {
 		t.Fatalf("read served by %s, want replica1", testcluster.Role(port))
