@@ -401,7 +401,9 @@ func inject(ctx context.Context, tl *timeline, n *sandbox.Node, cl *sandbox.Clus
 		tl.log("heal %s", name)
 		return p.Heal(ctx)
 	case "terminate":
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		// Generous: right after a thaw the server first accepts the
+		// connections queued while it was frozen, and the machine is busy.
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		killed, err := cl.QueryInt(qctx, n.Index, "SELECT count(*) FILTER (WHERE CASE WHEN application_name = '"+appName+"' THEN pg_terminate_backend(pid) END) FROM pg_stat_activity")
 		if err != nil {
