@@ -15,6 +15,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"sort"
@@ -81,6 +82,14 @@ func (tl *timeline) log(format string, args ...any) {
 	tl.t.Logf("t=%7.3fs %s", time.Since(tl.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
+// timelineWriter puts the driver's log lines on the timeline.
+type timelineWriter struct{ tl *timeline }
+
+func (w timelineWriter) Write(p []byte) (int, error) {
+	w.tl.log("driver: %s", strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
 func soakDuration(t *testing.T) time.Duration {
 	d := 30 * time.Second
 	if v := os.Getenv("PGREPLICA_SOAK"); v != "" {
@@ -108,6 +117,9 @@ func TestSoak(t *testing.T) {
 	t.Logf("soak: %v, seed %d (replay with PGREPLICA_SOAK_SEED=%d)", duration, seed, seed)
 	ctx := context.Background()
 	cl := testcluster.Cluster()
+	for _, n := range cl.Nodes {
+		t.Logf("%s is %s", testcluster.Role(n.Port), n.Addr())
+	}
 
 	kv := testcluster.NewTable(t, ctx, "soak_kv", "k int PRIMARY KEY, v bigint NOT NULL")
 	writes := testcluster.NewTable(t, ctx, "soak_writes", "id bigserial PRIMARY KEY, writer int NOT NULL, seq int NOT NULL")
@@ -119,18 +131,34 @@ func TestSoak(t *testing.T) {
 	}
 	testcluster.WaitReplayed(t, ctx)
 
-	// Opened after the tables so that NoLeaks' cleanup runs after db.Close.
-	db := testcluster.Open(t, "monitor_interval=200ms", "application_name="+appName,
-		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax))
-	db.SetMaxOpenConns(32)
-	c, err := pgreplica.ConnectorOf(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	start := time.Now()
 	fails := &failures{counts: map[string]int{}, first: map[string][]string{}, start: start}
 	tl := &timeline{t: t, start: start, kinds: map[string]int{}}
+
+	// Opened after the tables so that NoLeaks' cleanup runs after db.Close.
+	// The driver's state changes (node down, up, frozen) join the fault
+	// timeline.
+	testcluster.NoLeaks(t)
+	cfg, err := pgreplica.ParseConfig(testcluster.DSN("monitor_interval=200ms", "application_name="+appName,
+		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(timelineWriter{tl}, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	c, err := pgreplica.NewConnector(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(32)
 	stop := make(chan struct{})
 	stopped := func() bool {
 		select {
@@ -323,7 +351,6 @@ func TestSoak(t *testing.T) {
 	if maxConns[0].Load() > primaryMax+1 || maxConns[1].Load() > replicaMax+1 || maxConns[2].Load() > replicaMax+1 {
 		t.Error("more connections than the pool sizes allow")
 	}
-	_ = c
 }
 
 func orNone(s string) string {
