@@ -176,7 +176,7 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error {
 	pc := m.probeConns[i]
 	if pc == nil || pc.IsClosed() {
-		cctx, cancel := context.WithTimeout(parent, m.connectTimeout)
+		cctx, cancel := context.WithTimeout(context.WithValue(parent, probeDial{}, true), m.connectTimeout)
 		var err error
 		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].probeConfig)
 		timedOut := cctx.Err() != nil

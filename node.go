@@ -27,9 +27,8 @@ type node struct {
 	maxConns int64
 	// acquiring counts primary acquires under way; see parkSticky.
 	acquiring atomic.Int32
-	// probeConfig is the pool's connection config with the server's own
-	// dial function: the monitor must reach a node that routing has
-	// given up on.
+	// probeConfig is the pool's connection config, for the monitor's own
+	// connection (see probeDial).
 	probeConfig *pgx.ConnConfig
 	// slots admits at most the pool's size of leases at once. Waiting here
 	// rather than inside pgxpool lets a read stop waiting when the node is
@@ -95,9 +94,9 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
+	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
 	n.probeConfig = cfg.ConnConfig.Copy()
 	n.probeConfig.Tracer = nil // probes are not the application's statements
-	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
@@ -127,6 +126,9 @@ var errNodeDown = errors.New("pgreplica: node is marked down")
 func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.DialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		e := n.downEpoch()
+		if ctx.Value(probeDial{}) != nil {
+			e = noEpoch // the monitor must reach a node routing gave up on
+		}
 		if e == nil {
 			return nil, errNodeDown
 		}
@@ -162,6 +164,11 @@ func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.Dial
 		return tc, nil
 	}
 }
+
+// probeDial marks the context of the monitor's connection attempts: they
+// dial a node even while it is marked down. Cancel requests for the
+// monitor's connection do not carry it, so they fail at once like any other.
+type probeDial struct{}
 
 // upEpoch is one period during which the node was up; its context ends
 // when the node is marked down, waking waits and dials on it.

@@ -5,31 +5,51 @@ import (
 	"database/sql"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/sandbox"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
 
+// preferPolicy sends every read to the replica at the address it holds,
+// while that one is usable: the tests below know which replica a read
+// waits on.
+type preferPolicy struct{ addr atomic.Value }
+
+func (p *preferPolicy) prefer(n *sandbox.Node) { p.addr.Store(n.Addr()) }
+
+func (p *preferPolicy) Choose(cands []pgreplica.Candidate) int {
+	for i, c := range cands {
+		if c.Addr == p.addr.Load() {
+			return i
+		}
+	}
+	return 0
+}
+
 // openToReplica1 opens a *sql.DB whose reads go to replica1 while it is
-// usable and to replica2 only when it is not: the tests below know which
-// replica a read waits on.
-func openToReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica.Connector) {
+// usable and to replica2 only when it is not (or when the policy is told
+// otherwise).
+func openToReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica.Connector, *preferPolicy) {
 	t.Helper()
 	testcluster.NoLeaks(t)
 	cfg, err := pgreplica.ParseConfig(testcluster.DSN(params...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Policy = pgreplica.Weighted(1, 0)
+	policy := &preferPolicy{}
+	policy.prefer(testcluster.Cluster().Nodes[1])
+	cfg.Policy = policy
 	c, err := pgreplica.NewConnector(*cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { db.Close() })
-	return db, c
+	return db, c, policy
 }
 
 func poolOf(c *pgreplica.Connector, addr string) pgreplica.PoolStatus {
@@ -47,17 +67,52 @@ type portResult struct {
 	at   time.Time
 }
 
+// partitioner is what internal/sandbox offers for network partitions
+// (dropped packets) where it has them.
+type partitioner interface {
+	Partition(ctx context.Context) error
+	Heal(ctx context.Context) error
+}
+
 // TestFrozenReplicaWaitingRead: replica1 has one connection, held by a
 // sql.Conn with a read pending on it; a second read waits for that
 // connection. When replica1 freezes, the waiting read must leave as soon as
 // replica1 is reported frozen and be served by replica2, and replica1's
 // pool slot must be free within one connect timeout (2 s).
 func TestFrozenReplicaWaitingRead(t *testing.T) {
+	victim := testcluster.Cluster().Nodes[1]
+	t.Cleanup(func() { _ = victim.Thaw() })
+	waitingReadOnDeadReplica(t, "frozen", victim.Freeze)
+}
+
+// TestPartitionedReplicaWaitingRead is the same with replica1 cut off the
+// network (every packet dropped): the cancel requests pgx sends for its
+// aborted connections must not hold the pool's slots while they dial.
+func TestPartitionedReplicaWaitingRead(t *testing.T) {
+	ctx := context.Background()
+	victim := testcluster.Cluster().Nodes[1]
+	p, ok := any(victim).(partitioner)
+	if !ok {
+		t.Skip("internal/sandbox has no Node.Partition on this branch")
+	}
+	t.Cleanup(func() { _ = p.Heal(ctx) })
+	waitingReadOnDeadReplica(t, "partitioned", func() error { return p.Partition(ctx) })
+}
+
+func waitingReadOnDeadReplica(t *testing.T, what string, fault func() error) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim, other := cl.Nodes[1], cl.Nodes[2]
-	db, c := openToReplica1(t, monitorParams, "replica_max_conns=1")
-	t.Cleanup(func() { _ = victim.Thaw() })
+	db, c, policy := openToReplica1(t, monitorParams, "replica_max_conns=1")
+
+	// replica2 gets an idle connection first: what is timed below is the
+	// read leaving replica1, not a new connection's authentication on a
+	// busy machine.
+	policy.prefer(other)
+	if port := testcluster.Port(t, ctx, db); port != other.Port {
+		t.Fatalf("warm-up read served by %s, want replica2", testcluster.Role(port))
+	}
+	policy.prefer(victim)
 
 	holder, err := db.Conn(ctx)
 	if err != nil {
@@ -90,12 +145,13 @@ func TestFrozenReplicaWaitingRead(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 
-	if err := victim.Freeze(); err != nil {
+	if err := fault(); err != nil {
 		t.Fatal(err)
 	}
-	frozenAt := time.Now()
-	testcluster.WaitUntil(t, 5*time.Second, "replica1 reported frozen", func() bool {
-		return nodeState(c, victim.Addr()) == pgreplica.StateFrozen
+	faultAt := time.Now()
+	testcluster.WaitUntil(t, 5*time.Second, "replica1 out of routing", func() bool {
+		s := nodeState(c, victim.Addr())
+		return s == pgreplica.StateFrozen || s == pgreplica.StateDown
 	})
 	detected := time.Now()
 	r := <-waiting
@@ -105,19 +161,19 @@ func TestFrozenReplicaWaitingRead(t *testing.T) {
 	if r.port != other.Port {
 		t.Fatalf("the waiting read was served by %s, want replica2", testcluster.Role(r.port))
 	}
-	t.Logf("replica1 frozen; reported frozen %v later; the waiting read was served by replica2 %v after that",
-		detected.Sub(frozenAt).Round(time.Millisecond), r.at.Sub(detected).Round(time.Millisecond))
+	t.Logf("replica1 %s; out of routing %v later (%s); the waiting read was served by replica2 %v after that",
+		what, detected.Sub(faultAt).Round(time.Millisecond), nodeState(c, victim.Addr()), r.at.Sub(detected).Round(time.Millisecond))
 	// WaitUntil polls every 20 ms; the read may have finished just before
 	// the poll saw the state.
 	if late := r.at.Sub(detected); late > 300*time.Millisecond {
-		t.Fatalf("the waiting read ended %v after replica1 was reported frozen", late)
+		t.Fatalf("the waiting read ended %v after replica1 left routing", late)
 	}
 
 	if err := <-pending; err == nil {
-		t.Fatal("the read pending on the frozen replica succeeded")
+		t.Fatalf("the read pending on the %s replica succeeded", what)
 	}
 	holder.Close()
-	free := testcluster.WaitUntil(t, 2*time.Second, "replica1's pool slot freed", func() bool {
+	free := testcluster.WaitUntil(t, 2*time.Second, "replica1's pool slot freed (within one connect timeout)", func() bool {
 		return poolOf(c, victim.Addr()).Total == 0
 	})
 	t.Logf("replica1's pool empty %v after the sql.Conn was closed", free.Round(time.Millisecond))
@@ -125,7 +181,7 @@ func TestFrozenReplicaWaitingRead(t *testing.T) {
 	// Reads meanwhile go to replica2 without waiting.
 	for range 20 {
 		if port := testcluster.Port(t, ctx, db); port != other.Port {
-			t.Fatalf("read while replica1 is frozen served by %s", testcluster.Role(port))
+			t.Fatalf("read while replica1 is %s served by %s", what, testcluster.Role(port))
 		}
 	}
 }
@@ -137,7 +193,7 @@ func TestReadOnlyTxMovesBeforeFirstRow(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim, other := cl.Nodes[1], cl.Nodes[2]
-	db, _ := openToReplica1(t, monitorParams)
+	db, _, _ := openToReplica1(t, monitorParams)
 	t.Cleanup(func() { _ = victim.Start(ctx) })
 
 	rctx, route := pgreplica.WithRoute(ctx)
@@ -183,7 +239,7 @@ func TestReadOnlyTxCommitAfterReplicaStops(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim := cl.Nodes[1]
-	db, _ := openToReplica1(t, monitorParams)
+	db, _, _ := openToReplica1(t, monitorParams)
 	t.Cleanup(func() { _ = victim.Start(ctx) })
 
 	begin := func() *sql.Tx {
@@ -250,7 +306,7 @@ func TestRestartedReplicaServesFast(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim := cl.Nodes[1]
-	db, c := openToReplica1(t, monitorParams)
+	db, c, _ := openToReplica1(t, monitorParams)
 	t.Cleanup(func() { _ = victim.Start(ctx) })
 	if port := testcluster.Port(t, ctx, db); port != victim.Port {
 		t.Fatalf("read served by %s, want replica1", testcluster.Role(port))

@@ -1,6 +1,6 @@
 // Package soak runs a mixed workload through one pgreplica *sql.DB while
-// one replica at a time is crashed, frozen, lagged or has its backends
-// terminated, and checks what the application saw: every plain read
+// one replica at a time is crashed, frozen, lagged, has its backends
+// terminated or is partitioned (where the sandbox can), and checks what the application saw: every plain read
 // served, read-only transactions that fail only after returning data, no
 // stale read in a read-your-writes session, every acknowledged write on the
 // primary, no goroutine left and no pool over its size.
@@ -15,6 +15,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"sort"
@@ -81,6 +82,14 @@ func (tl *timeline) log(format string, args ...any) {
 	tl.t.Logf("t=%7.3fs %s", time.Since(tl.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
+// timelineWriter puts the driver's log lines on the timeline.
+type timelineWriter struct{ tl *timeline }
+
+func (w timelineWriter) Write(p []byte) (int, error) {
+	w.tl.log("driver: %s", strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
 func soakDuration(t *testing.T) time.Duration {
 	d := 30 * time.Second
 	if v := os.Getenv("PGREPLICA_SOAK"); v != "" {
@@ -108,6 +117,9 @@ func TestSoak(t *testing.T) {
 	t.Logf("soak: %v, seed %d (replay with PGREPLICA_SOAK_SEED=%d)", duration, seed, seed)
 	ctx := context.Background()
 	cl := testcluster.Cluster()
+	for _, n := range cl.Nodes {
+		t.Logf("%s is %s", testcluster.Role(n.Port), n.Addr())
+	}
 
 	kv := testcluster.NewTable(t, ctx, "soak_kv", "k int PRIMARY KEY, v bigint NOT NULL")
 	writes := testcluster.NewTable(t, ctx, "soak_writes", "id bigserial PRIMARY KEY, writer int NOT NULL, seq int NOT NULL")
@@ -119,18 +131,34 @@ func TestSoak(t *testing.T) {
 	}
 	testcluster.WaitReplayed(t, ctx)
 
-	// Opened after the tables so that NoLeaks' cleanup runs after db.Close.
-	db := testcluster.Open(t, "monitor_interval=200ms", "application_name="+appName,
-		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax))
-	db.SetMaxOpenConns(32)
-	c, err := pgreplica.ConnectorOf(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	start := time.Now()
 	fails := &failures{counts: map[string]int{}, first: map[string][]string{}, start: start}
 	tl := &timeline{t: t, start: start, kinds: map[string]int{}}
+
+	// Opened after the tables so that NoLeaks' cleanup runs after db.Close.
+	// The driver's state changes (node down, up, frozen) join the fault
+	// timeline.
+	testcluster.NoLeaks(t)
+	cfg, err := pgreplica.ParseConfig(testcluster.DSN("monitor_interval=200ms", "application_name="+appName,
+		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(timelineWriter{tl}, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	c, err := pgreplica.NewConnector(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(32)
 	stop := make(chan struct{})
 	stopped := func() bool {
 		select {
@@ -228,15 +256,25 @@ func TestSoak(t *testing.T) {
 	}
 
 	// Connections per node, from pg_stat_activity, while the load runs.
+	// A backend whose client closed its socket during a partition lives on
+	// until the client's FIN gets through after the heal: maxConns counts
+	// only backends whose client socket is still established here;
+	// maxServer counts them all.
 	maxConns := make([]atomic.Int64, len(cl.Nodes))
+	maxServer := make([]atomic.Int64, len(cl.Nodes))
 	wg.Go(func() {
 		for !stopped() {
-			for i := range cl.Nodes {
+			for i, n := range cl.Nodes {
+				ports := establishedClientPorts(t, n.Port)
 				qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-				n, err := cl.QueryInt(qctx, i, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '"+appName+"'")
+				live, err := cl.QueryInt(qctx, i, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '"+appName+"' AND client_port = ANY('{"+ports+"}'::int[])")
+				all, err2 := cl.QueryInt(qctx, i, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '"+appName+"'")
 				cancel()
-				if err == nil && n > maxConns[i].Load() {
-					maxConns[i].Store(n)
+				if err == nil && live > maxConns[i].Load() {
+					maxConns[i].Store(live)
+				}
+				if err2 == nil && all > maxServer[i].Load() {
+					maxServer[i].Store(all)
 				}
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -246,6 +284,11 @@ func TestSoak(t *testing.T) {
 	// Faults: every 2–4 s one replica gets one, lasting 1–2 s.
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	kinds := []string{"crash", "freeze", "lag", "terminate"}
+	if _, ok := any(cl.Nodes[1]).(partitioner); ok {
+		kinds = append(kinds, "partition")
+	} else {
+		t.Log("internal/sandbox has no Node.Partition on this branch: no partition faults")
+	}
 	faultCounts := map[string]int{}
 	deadline := start.Add(duration)
 	for time.Now().Add(2 * time.Second).Before(deadline) {
@@ -293,8 +336,10 @@ func TestSoak(t *testing.T) {
 	}
 	t.Logf("soak done in %v, seed %d: %d plain reads (%s), %d session reads, %d read-only transactions (%d failed after their first row), %d acknowledged writes; faults: %s",
 		elapsed.Round(time.Millisecond), seed, plainReads.Load(), strings.Join(ports, ", "), sessionReads.Load(), roTxs.Load(), roLate.Load(), totalAcked, strings.Join(faults, ", "))
-	t.Logf("max connections seen (pg_stat_activity; the monitor's probe adds one): primary %d of %d, replica1 %d of %d, replica2 %d of %d",
+	t.Logf("max connections seen (pg_stat_activity, client socket open; the monitor's probe adds one): primary %d of %d, replica1 %d of %d, replica2 %d of %d",
 		maxConns[0].Load(), primaryMax, maxConns[1].Load(), replicaMax, maxConns[2].Load(), replicaMax)
+	t.Logf("max backends seen (pg_stat_activity, including those whose client had closed during a partition): primary %d, replica1 %d, replica2 %d",
+		maxServer[0].Load(), maxServer[1].Load(), maxServer[2].Load())
 	fails.mu.Lock()
 	defer fails.mu.Unlock()
 	var kindsSeen []string
@@ -318,7 +363,32 @@ func TestSoak(t *testing.T) {
 	if maxConns[0].Load() > primaryMax+1 || maxConns[1].Load() > replicaMax+1 || maxConns[2].Load() > replicaMax+1 {
 		t.Error("more connections than the pool sizes allow")
 	}
-	_ = c
+}
+
+// establishedClientPorts lists, comma-separated, the local ports of this
+// machine's established IPv4 TCP connections to port (the test's cluster
+// runs on 127.0.0.1 with ports of its own).
+func establishedClientPorts(t *testing.T, port int) string {
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Errorf("reading /proc/net/tcp: %v", err)
+		return ""
+	}
+	var ports []string
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != "01" { // 01: ESTABLISHED
+			continue
+		}
+		_, remote, _ := strings.Cut(f[2], ":")
+		_, local, _ := strings.Cut(f[1], ":")
+		if rp, err := strconv.ParseUint(remote, 16, 16); err == nil && int(rp) == port {
+			if lp, err := strconv.ParseUint(local, 16, 16); err == nil {
+				ports = append(ports, strconv.FormatUint(lp, 10))
+			}
+		}
+	}
+	return strings.Join(ports, ",")
 }
 
 func orNone(s string) string {
@@ -354,6 +424,13 @@ func roTx(ctx context.Context, db *sql.DB, kv string, fails *failures, late *ato
 	}
 }
 
+// partitioner is what internal/sandbox offers for network partitions
+// (dropped packets) where it has them.
+type partitioner interface {
+	Partition(ctx context.Context) error
+	Heal(ctx context.Context) error
+}
+
 // inject applies one fault to a replica for hold, then undoes it.
 func inject(ctx context.Context, tl *timeline, n *sandbox.Node, cl *sandbox.Cluster, kind string, hold time.Duration) error {
 	name := "replica" + strconv.Itoa(n.Index)
@@ -380,8 +457,18 @@ func inject(ctx context.Context, tl *timeline, n *sandbox.Node, cl *sandbox.Clus
 		time.Sleep(hold)
 		tl.log("resume replay on %s", name)
 		return n.ResumeReplay(ctx)
+	case "partition":
+		p := any(n).(partitioner)
+		if err := p.Partition(ctx); err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		tl.log("heal %s", name)
+		return p.Heal(ctx)
 	case "terminate":
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		// Generous: right after a thaw the server first accepts the
+		// connections queued while it was frozen, and the machine is busy.
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		killed, err := cl.QueryInt(qctx, n.Index, "SELECT count(*) FILTER (WHERE CASE WHEN application_name = '"+appName+"' THEN pg_terminate_backend(pid) END) FROM pg_stat_activity")
 		if err != nil {
