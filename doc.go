@@ -19,9 +19,12 @@
 //     whose replica fails before any statement succeeded begins again on
 //     another node; one on a standby whose connection is lost at COMMIT
 //     has committed: a standby has nothing to lose).
-//   - A replica that refuses a statement as a write (SQLSTATE 25006) makes
-//     it run again on the primary. A read that fails before its first row
-//     because a replica died is re-run on another node.
+//   - A replica that refuses a read the primary can serve (SQLSTATE 25006,
+//     an unlogged table, pg_current_wal_lsn(), an object it has not replayed
+//     yet) makes it run again on the primary. A read that fails before its
+//     first row because its replica or its connection died is re-run on
+//     another node. One connection's failure never takes a node out of
+//     routing; a failed probe or a refused new connection does.
 //   - Once a checkout (a sql.Conn, or one db call) has used the primary, its
 //     later reads use the primary too, so a sql.Conn reads its own writes.
 //   - UsePrimary(ctx) forces the primary; WithSession(ctx) gives exact
@@ -36,15 +39,19 @@
 //
 // Each node has its own pgxpool; a physical connection is pinned to a
 // database/sql connection only for one checkout, so the node pool sizes
-// (primary_max_conns, replica_max_conns) are the real caps. A checkout that
-// changed session state (SET, LISTEN, temporary tables, session advisory
-// locks) has its connection reset before anyone else gets it.
+// (primary_max_conns, replica_max_conns) are the real caps. Session state
+// (SET, LISTEN, temporary tables, session advisory locks, PREPARE) behaves
+// as with pgx: it stays with the database/sql connection that made it,
+// which keeps its primary connection and sends its statements there until
+// database/sql closes it; no other connection ever sees it, and nothing is
+// reset, so what a pool's AfterConnect set up is never lost.
 //
 // The driver's connections forward the optional database/sql interfaces
 // that pgx's stdlib implements (context-aware Exec, Query, Prepare, BeginTx,
 // Ping, session reset, validity, named-value checking) and return pgx's own
 // Rows, so column types, arrays, pgtype values and cancellation behave as with
-// pgx. sql.Conn.Raw hands out pgreplica's connection, which has a
-// Connector() method; ConnectorOf does that for you and gives the cluster's
-// Status.
+// pgx. sql.Conn.Raw hands out pgreplica's connection: a RawConn, whose
+// PrimaryConn and ReplicaConn give pgx's own *pgx.Conn (CopyFrom,
+// SendBatch, WaitForNotification), and which has a Connector() method;
+// ConnectorOf does that for you and gives the cluster's Status.
 package pgreplica
