@@ -253,23 +253,14 @@ func TestAfterConnectStateIsNeverLost(t *testing.T) {
 	mustExec(t, ctx, owner, "GRANT SELECT ON "+table+" TO app_restricted")
 	testcluster.WaitReplayed(t, ctx)
 
-	cfg, err := pgreplica.ParseConfig(testcluster.DSN(monitorInterval, "primary_max_conns=1", "replica_max_conns=1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
-		pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-			_, err := c.Exec(ctx, "SET ROLE app_restricted")
-			return err
+	db := testcluster.OpenConfig(t, func(cfg *pgreplica.Config) {
+		for _, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
+			pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+				_, err := c.Exec(ctx, "SET ROLE app_restricted")
+				return err
+			}
 		}
-	}
-	connector, err := pgreplica.NewConnector(*cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testcluster.NoLeaks(t)
-	db := sql.OpenDB(connector)
-	t.Cleanup(func() { db.Close() })
+	}, monitorInterval, "primary_max_conns=1", "replica_max_conns=1")
 
 	visible := func(what string, q testcluster.Querier, ctx context.Context) {
 		t.Helper()

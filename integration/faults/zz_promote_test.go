@@ -254,17 +254,5 @@ func (panickingPolicy) Choose([]pgreplica.Candidate) int { panic("policy bug") }
 // openWithPolicy opens the cluster with a Policy of the caller's.
 func openWithPolicy(t *testing.T, p pgreplica.Policy) *sql.DB {
 	t.Helper()
-	cfg, err := pgreplica.ParseConfig(testcluster.DSN(monitorParams))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Policy = p
-	c, err := pgreplica.NewConnector(*cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testcluster.NoLeaks(t)
-	db := sql.OpenDB(c)
-	t.Cleanup(func() { db.Close() })
-	return db
+	return testcluster.OpenConfig(t, func(cfg *pgreplica.Config) { cfg.Policy = p }, monitorParams)
 }

@@ -25,7 +25,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // "pgx", for direct connections to one node
 	"go.uber.org/goleak"
 
-	_ "github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/sandbox"
 )
 
@@ -81,6 +81,26 @@ func Open(t testing.TB, params ...string) *sql.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// OpenConfig opens a pgreplica *sql.DB on the cluster like Open, from the
+// Config that the DSN parses to, changed by edit first (a Policy of the
+// test's, pool hooks such as AfterConnect).
+func OpenConfig(t testing.TB, edit func(*pgreplica.Config), params ...string) *sql.DB {
+	t.Helper()
+	cfg, err := pgreplica.ParseConfig(DSN(params...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(cfg)
+	c, err := pgreplica.NewConnector(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	NoLeaks(t)
+	db := sql.OpenDB(c)
 	t.Cleanup(func() { db.Close() })
 	return db
 }
