@@ -56,6 +56,7 @@ type conn struct {
 	// waiter took its connection while database/sql held the conn idle.
 	sticky  bool
 	evicted bool
+	parked  bool // in Connector.sticky's idle set; only the conn's own calls touch it
 	// statements run in this checkout; a failed read is retried on another
 	// node only when it was the first, so nothing was observed yet.
 	statements int

@@ -64,12 +64,17 @@ func (c *conn) parkSticky() bool {
 		s.idle = make(map[*conn]struct{})
 	}
 	s.idle[c] = struct{}{}
+	c.parked = true
 	return true
 }
 
 // unparkSticky is called when database/sql hands the conn out again or
 // closes it; it reports whether the conn was evicted while idle.
 func (c *conn) unparkSticky() (evicted bool) {
+	if !c.parked {
+		return false // the common case: a conn without session state costs no lock
+	}
+	c.parked = false
 	s := &c.c.sticky
 	s.mu.Lock()
 	delete(s.idle, c)
