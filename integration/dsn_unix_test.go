@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -18,20 +19,21 @@ import (
 
 // Unix-socket hosts are nodes like any other, in keyword and URL form,
 // as the primary or as a replica. (The sandbox keeps each node's socket in
-// its node directory and trusts local connections; the test runs as root,
-// which may enter it.) No lag limit: a replica behind on a busy machine
+// Node.SocketDir, mounted into the container on the Docker backend, and
+// trusts local connections; the test runs as root, which may enter it.) No lag limit: a replica behind on a busy machine
 // would not be healthy. Over a socket inet_server_port() is NULL, so the
 // server's port setting says which node answered.
 func TestUnixSocketHostsAreNodes(t *testing.T) {
 	ctx := testCtx(t)
 	cl := testcluster.Cluster()
-	if cl.Nodes[0].Dir == "" {
-		t.Skip("the cluster's nodes have no Unix socket on this machine (Docker backend)")
-	}
 	user, password, database := clusterLogin(t)
 	table := testcluster.NewTable(t, ctx, "unixdsn", "id bigserial PRIMARY KEY, v text")
 	p0, p1 := strconv.Itoa(cl.Nodes[0].Port), strconv.Itoa(cl.Nodes[1].Port)
-	dir0, dir1 := cl.Nodes[0].Dir, cl.Nodes[1].Dir
+	dir0, dir1 := cl.Nodes[0].SocketDir, cl.Nodes[1].SocketDir
+	// The other node over TCP, at its own address (a container's on the
+	// Docker backend).
+	host0, _, _ := net.SplitHostPort(cl.Nodes[0].Addr())
+	host1, _, _ := net.SplitHostPort(cl.Nodes[1].Addr())
 	userinfo := url.UserPassword(user, password).String()
 	kw := func(hosts string) string {
 		return "host=" + hosts + " port=" + p0 + "," + p1 + " user=" + user + " password='" +
@@ -42,10 +44,10 @@ func TestUnixSocketHostsAreNodes(t *testing.T) {
 		name, dsn string
 		socket    int // the node reached through its socket
 	}{
-		{"keyword, primary on a socket", kw(dir0 + ",127.0.0.1"), 0},
-		{"keyword, replica on a socket", kw("127.0.0.1," + dir1), 1},
-		{"URL, primary on a socket", "postgres://" + userinfo + "@/" + database + "?host=" + dir0 + ",127.0.0.1&port=" + p0 + "," + p1 + "&sslmode=disable&max_replica_lag=off&" + monitorInterval, 0},
-		{"URL, replica on a socket", "postgres://" + userinfo + "@/" + database + "?host=127.0.0.1," + dir1 + "&port=" + p0 + "," + p1 + "&sslmode=disable&max_replica_lag=off&" + monitorInterval, 1},
+		{"keyword, primary on a socket", kw(dir0 + "," + host1), 0},
+		{"keyword, replica on a socket", kw(host0 + "," + dir1), 1},
+		{"URL, primary on a socket", "postgres://" + userinfo + "@/" + database + "?host=" + dir0 + "," + host1 + "&port=" + p0 + "," + p1 + "&sslmode=disable&max_replica_lag=off&" + monitorInterval, 0},
+		{"URL, replica on a socket", "postgres://" + userinfo + "@/" + database + "?host=" + host0 + "," + dir1 + "&port=" + p0 + "," + p1 + "&sslmode=disable&max_replica_lag=off&" + monitorInterval, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

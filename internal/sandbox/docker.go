@@ -59,6 +59,10 @@ const (
 	dockerDir  = "/pgreplica"
 	dockerData = dockerDir + "/data"
 	dockerLog  = dockerDir + "/server.log"
+	// dockerSocketDir is a directory of the host mounted into the
+	// container: the server puts a second Unix socket there, so the host
+	// can reach the node through a socket too (Node.SocketDir).
+	dockerSocketDir = "/pgreplica-socket"
 )
 
 // dockerHBA lets every address of the sandbox network in with a password.
@@ -257,6 +261,14 @@ type dockerNode struct {
 func (d *dockerNode) create(ctx context.Context) error {
 	e := d.env
 	port := dc.Port(strconv.Itoa(d.n.Port) + "/tcp")
+	sock, err := os.MkdirTemp("", d.name+"-socket-")
+	if err != nil {
+		return fmt.Errorf("sandbox: socket directory for %s: %w", d.name, err)
+	}
+	if err := os.Chmod(sock, 0o777); err != nil { // the image's postgres user creates the socket
+		return fmt.Errorf("sandbox: socket directory for %s: %w", d.name, err)
+	}
+	d.n.SocketDir = sock
 	ct, err := e.cl.CreateContainer(dc.CreateContainerOptions{
 		Name: d.name,
 		Config: &dc.Config{
@@ -270,6 +282,7 @@ func (d *dockerNode) create(ctx context.Context) error {
 		HostConfig: &dc.HostConfig{
 			Init:          true,
 			Tmpfs:         map[string]string{dockerDir: "rw,mode=1777"},
+			Binds:         []string{sock + ":" + dockerSocketDir},
 			NetworkMode:   e.network.Name,
 			PortBindings:  map[dc.Port][]dc.PortBinding{port: {{HostIP: "127.0.0.1", HostPort: strconv.Itoa(d.n.Port)}}},
 			RestartPolicy: dc.RestartPolicy{Name: "no"},
@@ -345,7 +358,7 @@ func (d *dockerNode) pg(ctx context.Context, env []string, prog string, args ...
 // writeNodeConf writes the node's own settings and pg_hba.conf.
 func (d *dockerNode) writeNodeConf(ctx context.Context) error {
 	conf := fmt.Sprintf("# pgreplica sandbox node %d\nport = %d\nlisten_addresses = '*'\nunix_socket_directories = '%s'\ncluster_name = %s\n",
-		d.n.Index, d.n.Port, dockerDir, quoteLiteral("pgreplica-"+d.n.name()))
+		d.n.Index, d.n.Port, dockerDir+","+dockerSocketDir, quoteLiteral("pgreplica-"+d.n.name()))
 	_, err := d.exec(ctx, "postgres", []string{"NODE_CONF=" + conf, "HBA=" + dockerHBA}, "sh", "-c",
 		`printf '%s' "$NODE_CONF" > `+dockerDir+`/node.conf && printf '%s' "$HBA" > `+dockerData+`/pg_hba.conf`)
 	return err
@@ -504,6 +517,9 @@ func (d *dockerNode) heal(ctx context.Context) error {
 // destroy removes the container, its tmpfs and any anonymous volume of
 // the image.
 func (d *dockerNode) destroy() error {
+	if d.n.SocketDir != "" {
+		_ = os.RemoveAll(d.n.SocketDir)
+	}
 	if d.id == "" {
 		return nil
 	}

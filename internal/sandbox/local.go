@@ -290,7 +290,7 @@ func startLocal(ctx context.Context, c *Cluster, bin string, replicas int) error
 	}
 	for i := 0; i <= replicas; i++ {
 		dir := filepath.Join(base, "node"+strconv.Itoa(i))
-		n := &Node{Index: i, Port: ports[i], Dir: dir, c: c, standby: i > 0}
+		n := &Node{Index: i, Port: ports[i], Dir: dir, SocketDir: dir, c: c, standby: i > 0}
 		n.impl = &localNode{env: env, n: n, data: filepath.Join(dir, "data"), log: filepath.Join(dir, "server.log")}
 		c.Nodes = append(c.Nodes, n)
 		if err := os.Mkdir(dir, 0o700); err != nil {

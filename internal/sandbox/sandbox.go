@@ -124,6 +124,10 @@ type Node struct {
 	// Dir is the node's directory on this machine (it holds data/,
 	// server.log and the Unix socket). It is empty for Docker nodes.
 	Dir string
+	// SocketDir is the directory on this machine that holds the node's
+	// Unix socket: Dir for local nodes, a directory mounted into the
+	// container for Docker nodes.
+	SocketDir string
 
 	c    *Cluster
 	impl nodeImpl
