@@ -66,6 +66,9 @@ type conn struct {
 	// closed, which database/sql signals by ending the checkout.
 	openWrite *session
 
+	// rrows wraps the open result of the replica lease; reused.
+	rrows replicaRows
+
 	// Scratch space for pickReplica, reused to keep routing allocation-free.
 	cands     []Candidate
 	candNodes []*node
@@ -382,7 +385,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		n := l.node
 		rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
 		if err == nil {
-			return rows, nil
+			return c.replicaResult(rows), nil
 		}
 		if why, ok := primaryRerun(err); ok {
 			if why == ReasonReadOnly {
