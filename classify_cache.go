@@ -9,7 +9,7 @@ import (
 // prepared statements especially), so each text is lexed once per process.
 // The cache only grows up to classifyCacheEntries texts of at most
 // classifyCacheMaxLen bytes: texts with inlined literals would otherwise
-// fill it without end. Beyond that, classify runs every time (≈150 ns for a
+// fill it without end. Beyond that, classify runs every time (≈300 ns for a
 // point query, allocation-free).
 const (
 	classifyCacheEntries = 4096
