@@ -156,11 +156,8 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	l := c.txLease
 	if l == nil {
-		pinned := c.pinned
 		var err error
-		l, err = c.primaryLease(ctx)
-		c.pinned = pinned
-		if err != nil {
+		if l, err = c.primaryLeaseUnpinned(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -179,13 +176,20 @@ func (c *conn) Begin() (driver.Tx, error) {
 // Ping checks the primary. It does not pin the checkout to it: a sql.Conn
 // that pings keeps reading from replicas.
 func (c *conn) Ping(ctx context.Context) error {
-	pinned := c.pinned
-	l, err := c.primaryLease(ctx)
-	c.pinned = pinned
+	l, err := c.primaryLeaseUnpinned(ctx)
 	if err != nil {
 		return err
 	}
 	return l.sc.Ping(ctx)
+}
+
+// primaryLeaseUnpinned is primaryLease for a statement that must not send
+// the checkout's later reads to the primary (a ping, a describe).
+func (c *conn) primaryLeaseUnpinned(ctx context.Context) (*lease, error) {
+	pinned := c.pinned
+	l, err := c.primaryLease(ctx)
+	c.pinned = pinned
+	return l, err
 }
 
 // primaryLease pins a connection to the primary for the rest of the
@@ -233,6 +237,22 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			return nil, err
 		}
 	}
+	res, err := c.execOn(ctx, o, l, query, args, reason)
+	if err != nil {
+		if c.txLease != nil {
+			c.tx.failed = true
+		}
+		c.c.primaryFailed(err)
+		return nil, err
+	}
+	if o != nil && o.session != nil && c.txLease == nil {
+		o.session.noteWrite(c.c)
+	}
+	return res, nil
+}
+
+// execOn runs one statement through Exec on a held lease.
+func (c *conn) execOn(ctx context.Context, o *routeOptions, l *lease, query string, args []driver.NamedValue, reason Reason) (driver.Result, error) {
 	if classifyCached(query).sessionState {
 		c.noteSessionState(l)
 	}
@@ -242,19 +262,10 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	res, err := l.sc.ExecContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
-		if c.txLease != nil {
-			c.tx.failed = true
-		}
-		c.c.primaryFailed(err)
 		return nil, err
 	}
-	if o != nil {
-		if o.report != nil {
-			o.report.set(n, reason)
-		}
-		if o.session != nil && c.txLease == nil {
-			o.session.noteWrite(c.c)
-		}
+	if o != nil && o.report != nil {
+		o.report.set(n, reason)
 	}
 	return res, nil
 }
@@ -496,6 +507,17 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 			return &c.tx, nil
 		}
 	}
+	itx, err := c.beginOnPrimary(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.tx = tx{c: c, inner: itx, readOnly: opts.ReadOnly, session: session, opts: opts}
+	return &c.tx, nil
+}
+
+// beginOnPrimary starts a transaction on the primary and makes its lease
+// the conn's txLease.
+func (c *conn) beginOnPrimary(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	l, err := c.primaryLease(ctx)
 	if err != nil {
 		return nil, err
@@ -506,8 +528,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, err
 	}
 	c.txLease = l
-	c.tx = tx{c: c, inner: itx, readOnly: opts.ReadOnly, session: session, opts: opts}
-	return &c.tx, nil
+	return itx, nil
 }
 
 // beginOnReplica starts a read-only transaction on a usable replica not in
@@ -573,20 +594,11 @@ func (c *conn) queryTxFirst(ctx context.Context, o *routeOptions, query string, 
 func (c *conn) execTxFirst(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue) (driver.Result, error) {
 	for {
 		l := c.txLease
-		if classifyCached(query).sessionState {
-			c.noteSessionState(l)
-		}
-		c.statements++
-		l.node.statements.Add(1)
-		res, err := l.sc.ExecContext(ctx, query, args)
+		res, err := c.execOn(ctx, o, l, query, args, ReasonTransaction)
 		if err == nil {
 			c.tx.movable = false
-			if o != nil && o.report != nil {
-				o.report.set(l.node, ReasonTransaction)
-			}
 			return res, nil
 		}
-		l.node.errors.Add(1)
 		if !c.moveTx(ctx, o, l, err) {
 			c.tx.failed = true
 			return nil, err
@@ -614,15 +626,9 @@ func (c *conn) moveTx(ctx context.Context, o *routeOptions, l *lease, err error)
 	}
 	if itx == nil {
 		// No replica is left: the primary takes it, as BeginTx would have.
-		pl, perr := c.primaryLease(ctx)
-		if perr != nil {
+		if itx, berr = c.beginOnPrimary(ctx, c.tx.opts); berr != nil {
 			return false
 		}
-		if itx, perr = pl.sc.BeginTx(ctx, c.tx.opts); perr != nil {
-			c.c.primaryFailed(perr)
-			return false
-		}
-		c.txLease = pl
 		c.tx.inner, c.tx.onStandby = itx, false
 		return true
 	}

@@ -22,9 +22,6 @@ type node struct {
 	index int    // position in the DSN; 0 was listed as the primary
 	addr  string // host:port, never credentials
 	pool  *pgxpool.Pool
-	// maxConns is the pool's size: with this many leases out, the next
-	// acquire waits.
-	maxConns int64
 	// acquiring counts primary acquires under way; see parkSticky.
 	acquiring atomic.Int32
 	// probeConfig is the pool's connection config, for the monitor's own
@@ -102,8 +99,7 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 		return nil, err
 	}
 	n.pool, n.wrapper = pool, stdlib.GetPoolConnector(pool)
-	n.maxConns = int64(pool.Config().MaxConns) // pgxpool's default when cfg left it 0
-	n.slots = make(chan struct{}, n.maxConns)
+	n.slots = make(chan struct{}, pool.Config().MaxConns) // pgxpool's default when cfg left it 0
 	// Until the first probe answers, trust the DSN: listed nodes are up and
 	// every node but the first is a standby.
 	n.epoch.Store(newUpEpoch())
@@ -337,9 +333,10 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 	return usable
 }
 
-// poolFull says whether every connection the pool may open is leased out.
+// poolFull says whether every connection the pool may open is leased out:
+// the next acquire waits for a slot.
 func (n *node) poolFull() bool {
-	return n.maxConns > 0 && n.inFlight.Load() >= n.maxConns
+	return cap(n.slots) > 0 && len(n.slots) == cap(n.slots)
 }
 
 // serverFull says whether the node refused a new connection for want of a free
