@@ -387,49 +387,79 @@ func TestTerminatedProbeConnectionIsNotNodeDown(t *testing.T) {
 }
 
 // fillConnections opens connections as the application user to node i
-// until the server refuses one with 53300, and returns how many it
-// holds; they are closed when t ends.
+// until the server refuses one with 53300, and keeps it full until
+// release: backends of connections closed before (an earlier test's pool,
+// a probe) exit a little later and free slots that a read could take, so
+// fillers keep taking every slot that frees up. It returns once no slot
+// has freed up for 300 ms. The connections are closed when t ends.
 func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int, release func()) {
 	t.Helper()
 	var (
-		mu    sync.Mutex
-		conns []*pgconn.PgConn
-		wg    sync.WaitGroup
-		other atomic.Value
+		mu       sync.Mutex
+		conns    []*pgconn.PgConn
+		lastTook = time.Now()
+		wg       sync.WaitGroup
+		other    atomic.Value
 	)
+	stop := make(chan struct{})
 	for range 8 {
 		wg.Go(func() {
 			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
 				pc, err := pgconn.Connect(ctx, testcluster.Cluster().NodeDSN(i))
 				if err != nil {
 					var pe *pgconn.PgError
 					if !errors.As(err, &pe) || pe.Code != "53300" {
 						other.Store(err)
+						return
 					}
-					return
+					select {
+					case <-stop:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+					continue
 				}
 				mu.Lock()
 				conns = append(conns, pc)
+				lastTook = time.Now()
 				mu.Unlock()
 			}
 		})
 	}
-	wg.Wait()
 	released := false
 	release = func() {
 		mu.Lock()
-		defer mu.Unlock()
 		if released {
+			mu.Unlock()
 			return
 		}
 		released = true
+		mu.Unlock()
+		close(stop)
+		wg.Wait()
 		for _, pc := range conns {
 			pc.Close(context.Background())
 		}
 	}
 	t.Cleanup(release)
-	if err, ok := other.Load().(error); ok {
-		t.Fatalf("filling node %d: %v, want 53300", i, err)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err, ok := other.Load().(error); ok {
+			t.Fatalf("filling node %d: %v, want 53300", i, err)
+		}
+		mu.Lock()
+		settled := len(conns) > 0 && time.Since(lastTook) > 300*time.Millisecond
+		mu.Unlock()
+		if settled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d still accepting connections after 30 s", i)
+		}
 	}
 	return func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }, release
 }
