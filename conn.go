@@ -69,6 +69,10 @@ type conn struct {
 	// rrows wraps the open result of the replica lease; reused.
 	rrows replicaRows
 
+	// hedge is the state of this conn's hedged reads, reused until a hedge
+	// fires (hedge.go).
+	hedge *hedge
+
 	// Scratch space for pickReplica, reused to keep routing allocation-free.
 	cands     []Candidate
 	candNodes []*node
@@ -134,6 +138,9 @@ func (c *conn) ResetSession(ctx context.Context) error {
 
 // Close discards the session state this conn holds with its connection.
 func (c *conn) Close() error {
+	if c.hedge != nil {
+		c.hedge.timer.Stop()
+	}
 	c.unparkSticky()
 	c.sticky = false
 	c.endCheckout()
@@ -380,21 +387,55 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 	}
 	first := c.statements == 0
+	// Only a checkout's first read is hedged: a later one may follow data
+	// its caller has seen from this replica.
+	hedgeable := first && c.c.cfg.HedgeAfter != 0 && !c.replica.held()
 	var tried uint64
 	var lastErr error
 	for {
-		l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
-		if err != nil {
-			return nil, err
+		var (
+			l    *lease
+			n    *node
+			rows driver.Rows
+			err  error
+		)
+		if hedgeable {
+			hedgeable = false
+			var won bool
+			l, rows, err, won = c.queryHedged(ctx, o, query, args, reason, cl, maxLag, minLSN, &tried)
+			if won {
+				return c.replicaResult(rows), nil
+			}
+			if l == nil {
+				if err != nil {
+					return nil, err
+				}
+				break
+			}
+			n = l.node
+			if !l.held() {
+				// Its connection could not be opened, and no hedge answered.
+				if ctx.Err() != nil {
+					return nil, err
+				}
+				c.c.connectFailed(n, err)
+				lastErr = err
+				continue
+			}
+		} else {
+			l, err = c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+			if err != nil {
+				return nil, err
+			}
+			if l == nil {
+				break
+			}
+			if lastErr != nil {
+				reason = ReasonRetry
+			}
+			n = l.node
+			rows, err = c.queryOn(ctx, o, l, query, args, reason, cl)
 		}
-		if l == nil {
-			break
-		}
-		if lastErr != nil {
-			reason = ReasonRetry
-		}
-		n := l.node
-		rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
 		if err == nil {
 			return c.replicaResult(rows), nil
 		}
@@ -444,6 +485,50 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		reason = ReasonFallback
 	}
 	return c.queryPrimary(ctx, o, query, args, reason, cl)
+}
+
+// queryHedged runs a checkout's first read on a usable replica with a hedge
+// armed (see hedge.go). It returns the lease the first attempt ran on, its
+// node's connection held unless opening it failed (err says why), and the
+// attempt's outcome; won reports that the hedge answered first instead:
+// rows are then the hedge's, on c.replica. A nil lease means no replica
+// was usable (err is set only if the policy failed).
+func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, maxLag time.Duration, minLSN uint64, tried *uint64) (l *lease, rows driver.Rows, err error, won bool) {
+	n, err := c.c.pickReplica(c, maxLag, minLSN, *tried)
+	if n == nil || err != nil {
+		return nil, nil, err, false
+	}
+	l = &c.replica
+	h := c.armHedge(ctx, n, query, args, maxLag, minLSN, *tried)
+	*tried |= 1 << n.index
+	if h == nil {
+		err = n.acquire(ctx, l)
+	} else {
+		err = h.acquireA(ctx, n, l)
+	}
+	if err == nil {
+		rows, err = c.queryOn(ctx, o, l, query, args, reason, cl)
+	} else {
+		l.node = n // for the caller: which node failed
+	}
+	if h == nil {
+		return l, rows, err, false
+	}
+	rows, err, won = h.finishA(ctx, l, rows, err)
+	if won {
+		c.statements++
+		if o != nil && o.report != nil {
+			o.report.set(l.node, ReasonHedge)
+		}
+		return l, rows, nil, true
+	}
+	if err != nil && !l.held() {
+		l.node = n
+	}
+	if b := h.target(); b != nil {
+		*tried |= 1 << b.index
+	}
+	return l, rows, err, false
 }
 
 // nextReplica returns the replica lease a read should try next: the one

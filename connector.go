@@ -36,6 +36,7 @@ type Connector struct {
 
 	primarySample atomic.Pointer[lsnSample] // newest probe of the primary
 	sticky        stickyConns               // idle conns holding session state
+	hedges        hedgeBudgetState          // how many reads may still be hedged
 
 	// traced is set when a node has a pgx tracer: statements then carry
 	// their route reason in the context (RouteReason).
@@ -89,6 +90,7 @@ func newConnector(cfg Config) (*Connector, error) {
 		c.nodes = append(c.nodes, n)
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
+	c.updateHedgeDelays()
 	c.mon = startMonitor(c)
 	return c, nil
 }
@@ -149,6 +151,9 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 			n.reroutes[why].Add(1)
 		}
 	}
+	if len(nodes) > 1 {
+		nodes = withoutSlow(nodes)
+	}
 	cn.candNodes = nodes
 	switch len(nodes) {
 	case 0:
@@ -174,6 +179,21 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 		i = 0
 	}
 	return nodes[i], nil
+}
+
+// withoutSlow drops the nodes a hedge beat a moment ago (see hedge.go),
+// unless that drops them all; it filters in place.
+func withoutSlow(nodes []*node) []*node {
+	kept := nodes[:0]
+	for _, n := range nodes {
+		if !n.slow() {
+			kept = append(kept, n)
+		}
+	}
+	if len(kept) == 0 {
+		return nodes // all slow: nothing was overwritten
+	}
+	return kept
 }
 
 // choose runs the policy. A policy that panics fails the read with an

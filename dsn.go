@@ -49,6 +49,11 @@ type Config struct {
 	// Logger receives state changes (a node goes down or comes back, starts
 	// or stops lagging, a promotion is followed); nil is silent.
 	Logger *slog.Logger
+	// HedgeAfter is how long a plain read waits for its replica's first
+	// response before pgreplica sends it to a second node as well (see the
+	// README's "Tail latency"): HedgeAuto follows each node's recent
+	// latency, a positive duration is fixed, and zero turns hedging off.
+	HedgeAfter time.Duration
 	// Tracer, when set, becomes the pgx QueryTracer of every node whose
 	// ConnConfig has none (otelpgx and other pgx tracers plug in here). It
 	// sees each statement with the *pgx.Conn of the node that runs it, and
@@ -67,11 +72,12 @@ var ownKeys = map[string]bool{
 	"monitor_interval":    true,
 	"max_replica_lag":     true,
 	"fallback_to_primary": true,
+	"hedge_after":         true,
 }
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
 // loudly instead of reaching the server. No libpq key starts with these.
-var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_"}
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_"}
 
 func isOwnLooking(key string) bool {
 	for _, p := range ownPrefixes {
@@ -113,6 +119,7 @@ func ParseConfig(dsn string) (*Config, error) {
 		MonitorInterval:   DefaultMonitorInterval,
 		MaxReplicaLag:     DefaultMaxReplicaLag,
 		FallbackToPrimary: true,
+		HedgeAfter:        HedgeAuto,
 	}
 	primaryMax, replicaMax := int32(DefaultPrimaryMaxConns), int32(DefaultReplicaMaxConns)
 	policyName, weightsText := "", ""
@@ -149,6 +156,19 @@ func ParseConfig(dsn string) (*Config, error) {
 				return nil, dsnError("max_replica_lag must be a positive duration, such as 1s or 250ms, or off")
 			}
 			cfg.MaxReplicaLag = dur
+		case "hedge_after":
+			switch val {
+			case "auto":
+				cfg.HedgeAfter = HedgeAuto
+			case "off":
+				cfg.HedgeAfter = 0
+			default:
+				dur, err := time.ParseDuration(val)
+				if err != nil || dur <= 0 {
+					return nil, dsnError("hedge_after must be auto, off or a positive duration, such as 5ms")
+				}
+				cfg.HedgeAfter = dur
+			}
 		case "fallback_to_primary":
 			b, err := strconv.ParseBool(val)
 			if err != nil {

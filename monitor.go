@@ -102,6 +102,7 @@ func (m *monitor) run() {
 		case <-m.stopCh:
 			return
 		case <-ticker.C:
+			m.c.updateHedgeDelays()
 		case <-m.kickCh:
 			// Failures come in bursts: one extra round covers them all.
 			select {

@@ -72,6 +72,19 @@ type node struct {
 	fake    nodeConn
 	fakeErr error
 
+	// sockets counts the node's open sockets (conns' length without its
+	// lock): with inFlight, whether the pool likely has an idle connection.
+	sockets atomic.Int64
+
+	// Hedging (hedge.go): the delay after which a read is hedged (0: off),
+	// the latencies it follows, and until when a node that lost to a hedge
+	// gets no new reads.
+	hedgeDelay atomic.Int64
+	latency    latencyBuckets
+	slowUntil  atomic.Int64
+	hedgesSent atomic.Uint64 // hedges sent to this node
+	hedgesWon  atomic.Uint64 // of those, answered first
+
 	// Traffic, for policies and the status snapshot.
 	inFlight   atomic.Int64 // leases held
 	statements atomic.Uint64
@@ -264,13 +277,18 @@ func (n *node) track(c net.Conn) *trackedConn {
 	n.connsMu.Lock()
 	n.conns[tc] = struct{}{}
 	n.connsMu.Unlock()
+	n.sockets.Add(1)
 	return tc
 }
 
 func (c *trackedConn) Close() error {
 	c.n.connsMu.Lock()
+	_, open := c.n.conns[c]
 	delete(c.n.conns, c)
 	c.n.connsMu.Unlock()
+	if open {
+		c.n.sockets.Add(-1)
+	}
 	return c.Conn.Close()
 }
 
@@ -381,6 +399,12 @@ type lease struct {
 func (l *lease) held() bool { return l.sc != nil }
 
 func (n *node) acquire(ctx context.Context, l *lease) error {
+	return n.acquireAbortable(ctx, l, nil)
+}
+
+// acquireAbortable is acquire whose wait for a slot also ends when abort
+// is closed.
+func (n *node) acquireAbortable(ctx context.Context, l *lease, abort <-chan struct{}) error {
 	if n.fake != nil {
 		if err := n.fakeErr; err != nil {
 			return err
@@ -389,7 +413,7 @@ func (n *node) acquire(ctx context.Context, l *lease) error {
 		n.inFlight.Add(1)
 		return nil
 	}
-	if err := n.takeSlot(ctx); err != nil {
+	if err := n.takeSlot(ctx, abort); err != nil {
 		return err
 	}
 	if err := n.acquireConn(ctx, l); err != nil {
@@ -405,7 +429,7 @@ func (n *node) acquire(ctx context.Context, l *lease) error {
 // marked down, whichever comes first: a read waiting for a dead node's
 // connections moves to the next node instead. The common case, a free
 // slot, costs one channel send and allocates nothing.
-func (n *node) takeSlot(ctx context.Context) error {
+func (n *node) takeSlot(ctx context.Context, abort <-chan struct{}) error {
 	select {
 	case n.slots <- struct{}{}:
 		return nil
@@ -426,6 +450,8 @@ func (n *node) takeSlot(ctx context.Context) error {
 		return ctx.Err()
 	case <-down:
 		return errNodeDown
+	case <-abort:
+		return errHedgeWon
 	}
 }
 
@@ -514,6 +540,16 @@ func (n *node) close() {
 		if n.pool != nil {
 			n.pool.Close()
 		}
+		// What is still open now, pgx is abandoning in the background (a
+		// connection dropped mid-statement waiting for a frozen server's
+		// goodbye, a connection still being opened for a read that was
+		// hedged elsewhere): close it, so no goroutine of pgx's outlives
+		// db.Close.
+		n.connsMu.Lock()
+		for c := range n.conns {
+			c.Conn.Close()
+		}
+		n.connsMu.Unlock()
 	})
 }
 

@@ -89,11 +89,11 @@ func TestDialBoundedByConnectTimeout(t *testing.T) {
 // marked down; a primary's waits are left to the caller's context.
 func TestSlotWaitEndsWhenMarkedDown(t *testing.T) {
 	n := newTestNode(t, 1)
-	if err := n.takeSlot(context.Background()); err != nil {
+	if err := n.takeSlot(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- n.takeSlot(context.Background()) }()
+	go func() { done <- n.takeSlot(context.Background(), nil) }()
 	select {
 	case err := <-done:
 		t.Fatalf("took a slot of a full node: %v", err)
@@ -108,7 +108,7 @@ func TestSlotWaitEndsWhenMarkedDown(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("the wait went on after the node was marked down")
 	}
-	if err := n.takeSlot(context.Background()); !errors.Is(err, errNodeDown) {
+	if err := n.takeSlot(context.Background(), nil); !errors.Is(err, errNodeDown) {
 		t.Fatalf("waiting on a full node already down: %v, want errNodeDown at once", err)
 	}
 
@@ -116,14 +116,14 @@ func TestSlotWaitEndsWhenMarkedDown(t *testing.T) {
 	n.standby.Store(false) // the primary
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	go func() { done <- n.takeSlot(ctx) }()
+	go func() { done <- n.takeSlot(ctx, nil) }()
 	time.Sleep(20 * time.Millisecond)
 	n.markDown()
 	if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("primary slot wait: %v, want the caller's deadline", err)
 	}
 	<-n.slots
-	if err := n.takeSlot(context.Background()); err != nil {
+	if err := n.takeSlot(context.Background(), nil); err != nil {
 		t.Fatalf("a free slot: %v", err)
 	}
 }

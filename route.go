@@ -24,9 +24,10 @@ const (
 	ReasonReadOnly               // a replica refused it as a write (SQLSTATE 25006): re-run on the primary
 	ReasonRecoveryError          // a replica cannot serve it during recovery (0A000, 55000, XX000): re-run on the primary
 	ReasonUndefinedObject        // a replica did not know an object (not replayed yet?): re-run on the primary
+	ReasonHedge                  // the first node was slow to answer a read: a second one, sent after the hedge delay, answered first
 )
 
-var reasonNames = [...]string{"none", "read", "write", "classifier", "hint", "use_primary", "pinned", "transaction", "session", "fallback", "retry", "read_only_error", "recovery_error", "undefined_object"}
+var reasonNames = [...]string{"none", "read", "write", "classifier", "hint", "use_primary", "pinned", "transaction", "session", "fallback", "retry", "read_only_error", "recovery_error", "undefined_object", "hedge"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {

@@ -51,7 +51,13 @@ type NodeStatus struct {
 	// down, lag, read_only_error, retry, standby_error (it refused a read
 	// only the primary can serve), full (it refused a new connection).
 	Reroutes map[string]uint64 `json:"reroutes"`
-	Pool     PoolStatus        `json:"pool"`
+	// HedgeDelay is how long a read on this node waits before it is hedged
+	// (0: hedging is off); HedgesSent counts hedges sent to this node and
+	// HedgesWon those it answered first.
+	HedgeDelay time.Duration `json:"hedge_delay_ns"`
+	HedgesSent uint64        `json:"hedges_sent"`
+	HedgesWon  uint64        `json:"hedges_won"`
+	Pool       PoolStatus    `json:"pool"`
 }
 
 // PoolStatus are a node pool's figures, from pgxpool.
@@ -95,6 +101,9 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		Statements:   n.statements.Load(),
 		Errors:       n.errors.Load(),
 		Reroutes:     make(map[string]uint64, numRerouteReasons),
+		HedgeDelay:   time.Duration(n.hedgeDelay.Load()),
+		HedgesSent:   n.hedgesSent.Load(),
+		HedgesWon:    n.hedgesWon.Load(),
 	}
 	if isPrimary || !n.standby.Load() {
 		ns.Role = RolePrimary

@@ -1,0 +1,617 @@
+package pgreplica
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// HedgeAuto, as Config.HedgeAfter, hedges a read after a delay that follows
+// the latency of the replica serving it (hedge_after=auto, the DSN's
+// default). Config.HedgeAfter 0 turns hedging off.
+const HedgeAuto time.Duration = -1
+
+// Hedging, in short: a plain read runs on the caller's goroutine, as
+// without hedging (handing every read to another goroutine measured 40%
+// slower on two cores). A per-conn timer, armed before the connection is
+// taken, fires after the hedge delay; its goroutine sends the same read to
+// a second usable node. If that answers first, the caller's wait is cut
+// short: a wait for a slot or a new connection ends at once; a statement
+// in flight gets a cancel request and, if the server has not answered it
+// within hedgeAbortGrace (a stalled server cannot), its socket's deadline,
+// which makes pgx drop that connection. If the first node answers first,
+// the hedge is abandoned in the background.
+const (
+	// hedgeBudget is the share of replica reads that may be hedged, with
+	// room for a burst of hedgeBurst, so a uniformly slow cluster is never
+	// sent twice the reads.
+	hedgeBudget = 0.05
+	hedgeBurst  = 50
+	// hedgeAbortGrace is how long a caller whose hedge won waits for the
+	// first node to answer its cancel request before dropping the
+	// connection: the price of keeping a busy server's connection.
+	hedgeAbortGrace = 2 * time.Millisecond
+	// hedgeLoserGrace is how long an abandoned hedge may run on before its
+	// connection is dropped; it holds a slot of its node meanwhile.
+	hedgeLoserGrace = time.Second
+	// Bounds of the automatic delay. Until a node has hedgeMinSamples
+	// latencies, hedgeStartDelay is used.
+	hedgeMinDelay   = time.Millisecond
+	hedgeMaxDelay   = time.Second
+	hedgeStartDelay = 20 * time.Millisecond
+	hedgeMinSamples = 200
+	// slowFor is how long a node whose read lost to a hedge gets no new
+	// reads while another usable replica can take them: the readers would
+	// otherwise keep queueing on a stalled server, each one hedged.
+	slowFor = 100 * time.Millisecond
+)
+
+// errHedgeWon ends the first attempt's wait when its hedge answered first.
+var errHedgeWon = errors.New("pgreplica: the hedged read answered first")
+
+// latencyBuckets is a node's histogram of first-response latencies, in
+// buckets √2 apart from 100µs; the monitor halves it every interval, so it
+// follows the last few intervals.
+type latencyBuckets [32]atomic.Uint64
+
+const latencyBase = 100 * time.Microsecond
+
+func latencyBucket(d time.Duration) int {
+	if d < latencyBase {
+		return 0
+	}
+	r := uint64(d / latencyBase)      // ≥ 1
+	i := 2 * (bits.Len64(r) - 1)      // 2·floor(log2 r)
+	if r<<2 >= 3<<(bits.Len64(r)-1) { // r ≥ 1.5·2^floor: the upper half-step
+		i++
+	}
+	return min(i+1, len(latencyBuckets{})-1)
+}
+
+// bucketUpper is the latency below which bucket i's samples lie.
+func bucketUpper(i int) time.Duration {
+	if i == 0 {
+		return latencyBase
+	}
+	i--
+	d := latencyBase << (i / 2)
+	if i%2 == 1 {
+		return 2 * d
+	}
+	return d * 3 / 2
+}
+
+func (h *latencyBuckets) record(d time.Duration) { h[latencyBucket(d)].Add(1) }
+
+// percentile returns an upper bound of the p-quantile and the sample count,
+// and halves every bucket for the next interval.
+func (h *latencyBuckets) percentileAndDecay(p float64) (time.Duration, uint64) {
+	var counts [len(latencyBuckets{})]uint64
+	var total uint64
+	for i := range h {
+		c := h[i].Load()
+		counts[i] = c
+		total += c
+		h[i].Add(-((c + 1) / 2))
+	}
+	if total == 0 {
+		return 0, 0
+	}
+	want := uint64(float64(total)*p + 0.5)
+	var seen uint64
+	for i, c := range counts {
+		seen += c
+		if seen >= want {
+			return bucketUpper(i), total
+		}
+	}
+	return bucketUpper(len(counts) - 1), total
+}
+
+// updateHedgeDelays sets every node's hedge delay from its recent
+// latencies; the monitor calls it once per interval.
+func (c *Connector) updateHedgeDelays() {
+	for _, n := range c.nodes {
+		d := c.cfg.HedgeAfter
+		if d == HedgeAuto {
+			p99, samples := n.latency.percentileAndDecay(0.99)
+			switch prev := time.Duration(n.hedgeDelay.Load()); {
+			case samples >= hedgeMinSamples:
+				d = min(max(2*p99, hedgeMinDelay), hedgeMaxDelay)
+			case prev > 0:
+				d = prev // too few reads to tell: keep the last estimate
+			default:
+				d = hedgeStartDelay
+			}
+		}
+		n.hedgeDelay.Store(int64(d))
+	}
+}
+
+// markSlow keeps new reads off n for a while: a hedge beat it.
+func (n *node) markSlow() {
+	n.slowUntil.Store(time.Now().Add(slowFor).UnixNano())
+}
+
+// slow says whether a hedge beat n less than slowFor ago.
+func (n *node) slow() bool {
+	until := n.slowUntil.Load()
+	if until == 0 {
+		return false
+	}
+	if time.Now().UnixNano() < until {
+		return true
+	}
+	n.slowUntil.CompareAndSwap(until, 0)
+	return false
+}
+
+// hedgeBudgetState is the connector's token bucket of hedges: each read
+// served by a replica adds hedgeBudget of a token, a hedge takes one.
+type hedgeBudgetState struct {
+	mu     sync.Mutex
+	tokens float64
+	reads  uint64 // replica statements counted so far
+	primed bool
+}
+
+// takeHedge reports whether the budget allows one more hedge now.
+func (c *Connector) takeHedge() bool {
+	var reads uint64
+	for _, n := range c.nodes {
+		if n.standby.Load() {
+			// The hedges themselves earn no budget.
+			reads += n.statements.Load() - n.hedgesSent.Load()
+		}
+	}
+	b := &c.hedges
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.primed {
+		b.primed, b.tokens = true, hedgeBurst
+	} else if reads > b.reads {
+		b.tokens = min(b.tokens+hedgeBudget*float64(reads-b.reads), hedgeBurst)
+	}
+	b.reads = reads
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// hedgePhase is where one hedged read stands; it changes under hedge.mu.
+type hedgePhase uint8
+
+const (
+	hedgeIdle    hedgePhase = iota
+	hedgeArmed              // the first attempt runs; the timer may fire
+	hedgeFiring             // the hedge runs too
+	hedgeAWon               // the first attempt answered first
+	hedgeBWon               // the hedge answered first: the first attempt is aborted
+	hedgeBFailed            // the hedge failed; the first attempt goes on alone
+	hedgeAFailed            // the first attempt failed while the hedge ran: its caller waits for it
+)
+
+// hedge is a conn's state for its hedged reads. One is reused read after
+// read until a hedge fires: the hedge's goroutine may outlive the read, so
+// the conn then starts a new one.
+type hedge struct {
+	c     *conn
+	timer *time.Timer
+
+	mu      sync.Mutex
+	phase   hedgePhase
+	armedAt time.Time
+	delay   time.Duration
+
+	// The read, for the hedge; valid while the caller waits.
+	ctx    context.Context
+	query  string
+	args   []driver.NamedValue
+	maxLag time.Duration
+	minLSN uint64
+	tried  uint64
+	aNode  *node
+
+	// The first attempt, for aborting it.
+	abort         chan struct{}      // closed: stop waiting for a slot or a connection
+	acquireCtx    hedgeAcquireCtx    // the acquire's context, when the caller's cannot end
+	acquireCancel context.CancelFunc // the acquire's, when it can
+	aConn         *pgconn.PgConn     // set while its statement runs
+	aReturned     bool               // its statement returned
+	cancelDone    chan struct{}      // a cancel request was sent; closed when it was delivered
+
+	// The hedge.
+	bNode  *node
+	bLease lease
+	bRows  driver.Rows
+	bErr   error
+	bAt    time.Time
+	bDone  chan struct{} // closed once the hedge's outcome is known
+	bStop  context.CancelFunc
+}
+
+// hedgeDelay is the delay after which a read on n is hedged, or 0 when
+// hedging is off.
+func (c *Connector) hedgeDelayFor(n *node) time.Duration {
+	return time.Duration(n.hedgeDelay.Load())
+}
+
+// armHedge prepares the conn's hedge for a read about to run on n and
+// starts its timer; nil when reads on n are not hedged.
+func (c *conn) armHedge(ctx context.Context, n *node, query string, args []driver.NamedValue, maxLag time.Duration, minLSN, tried uint64) *hedge {
+	d := c.c.hedgeDelayFor(n)
+	if d <= 0 || n.fake != nil {
+		return nil
+	}
+	h := c.hedge
+	if h == nil {
+		h = &hedge{c: c, abort: make(chan struct{})}
+		h.acquireCtx.h = h
+		h.timer = time.AfterFunc(time.Hour, h.fire)
+		h.timer.Stop()
+		c.hedge = h
+	}
+	h.mu.Lock()
+	h.phase, h.armedAt, h.delay = hedgeArmed, time.Now(), d
+	h.ctx, h.query, h.args, h.maxLag, h.minLSN, h.tried, h.aNode = ctx, query, args, maxLag, minLSN, tried, n
+	// A hedge is reused only while none fired, so only the first
+	// attempt's fields need resetting.
+	h.aConn, h.aReturned, h.cancelDone = nil, false, nil
+	h.mu.Unlock()
+	h.timer.Reset(d)
+	return h
+}
+
+// acquireA takes the first attempt's connection on n into l; a hedge that
+// answers first ends the wait, for a slot or for a new connection (which a
+// stalled server would not answer): pgxpool then finishes opening it in
+// the background, into the pool.
+func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
+	if err := n.takeSlot(ctx, h.abort); err != nil {
+		return err
+	}
+	var actx context.Context
+	if ctx.Done() == nil {
+		h.acquireCtx.Context = ctx
+		actx = &h.acquireCtx // no allocation
+	} else {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		h.mu.Lock()
+		h.acquireCancel = cancel
+		if h.phase == hedgeBWon {
+			cancel()
+		}
+		h.mu.Unlock()
+	}
+	err := n.acquireConn(actx, l)
+	if err != nil {
+		<-n.slots
+		// pgxpool may still be opening a connection with actx: this hedge
+		// must not be reused while it does.
+		h.c.hedge = nil
+	} else {
+		n.inFlight.Add(1)
+	}
+	h.mu.Lock()
+	h.acquireCancel = nil
+	won := h.phase == hedgeBWon
+	if err == nil && !won {
+		if sc, ok := l.sc.(*stdlib.Conn); ok {
+			h.aConn = sc.Conn().PgConn()
+		}
+	}
+	h.mu.Unlock()
+	if won {
+		if err == nil {
+			l.release() // clean: nothing ran on it
+		}
+		return errHedgeWon
+	}
+	return err
+}
+
+// hedgeAcquireCtx is the context of a first attempt's acquire when the
+// caller's context cannot be cancelled: it ends when the hedge wins. It
+// lives in the hedge, so it costs no allocation.
+type hedgeAcquireCtx struct {
+	context.Context
+	h *hedge
+}
+
+func (c *hedgeAcquireCtx) Done() <-chan struct{} { return c.h.abort }
+
+func (c *hedgeAcquireCtx) Err() error {
+	select {
+	case <-c.h.abort:
+		return context.Canceled
+	default:
+		return c.Context.Err()
+	}
+}
+
+// fire runs on the timer's goroutine: it sends the read to a second node
+// if the first has not answered.
+func (h *hedge) fire() {
+	h.mu.Lock()
+	if h.phase != hedgeArmed || time.Since(h.armedAt) < h.delay {
+		h.mu.Unlock() // answered already, or a stale fire of an earlier read
+		return
+	}
+	c := h.c
+	b := h.pickTarget()
+	if b == nil || !c.c.takeHedge() {
+		h.mu.Unlock()
+		return
+	}
+	// The hedge outlives the caller's wait when it loses: it must not die
+	// with the caller's context, only with the connector (or when it wins,
+	// with the caller's context again: see takeB).
+	bctx, stop := context.WithCancel(context.WithoutCancel(h.ctx))
+	defer context.AfterFunc(b.closed, stop)()
+	h.phase, h.bNode, h.bStop, h.bAt = hedgeFiring, b, stop, time.Now()
+	h.bDone = make(chan struct{})
+	query, args := h.query, copyArgs(h.args)
+	h.mu.Unlock()
+	b.hedgesSent.Add(1)
+
+	var l lease
+	rows, err := h.runB(bctx, b, &l, query, args)
+
+	h.mu.Lock()
+	switch h.phase {
+	case hedgeFiring:
+		if err == nil {
+			h.phase, h.bLease, h.bRows = hedgeBWon, l, rows
+			h.abortA()
+		} else {
+			h.phase, h.bErr = hedgeBFailed, err
+		}
+		close(h.bDone)
+		h.mu.Unlock()
+		if err != nil {
+			l.release()
+		}
+		return
+	case hedgeAFailed:
+		// The caller waits for this outcome.
+		if err == nil {
+			h.phase, h.bLease, h.bRows = hedgeBWon, l, rows
+		} else {
+			h.phase, h.bErr = hedgeBFailed, err
+		}
+		close(h.bDone)
+		h.mu.Unlock()
+		if err != nil {
+			l.release()
+		}
+		return
+	}
+	// The first attempt answered first, or its caller gave up.
+	close(h.bDone)
+	h.mu.Unlock()
+	if err == nil {
+		rows.Close()
+	}
+	stop()
+	l.release()
+}
+
+// pickTarget chooses the hedge's node: another usable replica that has a
+// free slot, else the primary when fallback allows it. The caller holds
+// h.mu, so the conn's scratch space is free: its caller is blocked.
+func (h *hedge) pickTarget() *node {
+	c := h.c
+	tried := h.tried | 1<<h.aNode.index
+	for {
+		n, err := c.c.pickReplica(c, h.maxLag, h.minLSN, tried)
+		if err != nil || n == nil {
+			break
+		}
+		if !n.poolFull() {
+			return n
+		}
+		tried |= 1 << n.index
+	}
+	if !c.c.cfg.FallbackToPrimary {
+		return nil
+	}
+	p, err := c.c.primary()
+	if err != nil || p == h.aNode || !p.up.Load() || p.poolFull() {
+		return nil
+	}
+	return p
+}
+
+// runB runs the hedge on b. It never waits for a slot: a node whose pool is
+// full is not a hedge target.
+func (h *hedge) runB(ctx context.Context, b *node, l *lease, query string, args []driver.NamedValue) (driver.Rows, error) {
+	select {
+	case b.slots <- struct{}{}:
+	default:
+		return nil, errNodeBusy
+	}
+	if err := b.acquireConn(ctx, l); err != nil {
+		<-b.slots
+		return nil, err
+	}
+	b.inFlight.Add(1)
+	b.statements.Add(1)
+	rows, err := l.sc.QueryContext(h.c.traceCtx(ctx, ReasonHedge), query, args)
+	if err != nil {
+		b.errors.Add(1)
+		return nil, err
+	}
+	return rows, nil
+}
+
+// errNodeBusy: the hedge target's pool filled up meanwhile.
+var errNodeBusy = errors.New("pgreplica: no free connection for the hedge")
+
+// abortA cuts the first attempt short after its hedge won; h.mu is held.
+func (h *hedge) abortA() {
+	h.aNode.markSlow()
+	close(h.abort)
+	if h.acquireCancel != nil {
+		h.acquireCancel()
+	}
+	pg := h.aConn
+	if pg == nil || h.aReturned {
+		return
+	}
+	h.cancelDone = make(chan struct{})
+	go sendCancel(h.aNode, pg, h.cancelDone)
+	time.AfterFunc(hedgeAbortGrace, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !h.aReturned {
+			_ = pg.Conn().SetDeadline(time.Now()) // pgx drops the connection
+		}
+	})
+}
+
+// sendCancel asks n's server to cancel pg's statement, bounded by the
+// connect timeout and by the connector's close.
+func sendCancel(n *node, pg *pgconn.PgConn, done chan struct{}) {
+	defer close(done)
+	timeout := n.probeConfig.ConnectTimeout
+	if timeout <= 0 {
+		timeout = defaultReplicaConnectTimeout
+	}
+	ctx, cancel := context.WithTimeout(n.closed, timeout)
+	defer cancel()
+	_ = pg.CancelRequest(ctx)
+}
+
+// copyArgs copies what the hedge's goroutine reads after the caller may
+// have returned: database/sql's argument slice and byte slices in it.
+func copyArgs(args []driver.NamedValue) []driver.NamedValue {
+	if args == nil {
+		return nil
+	}
+	out := make([]driver.NamedValue, len(args))
+	copy(out, args)
+	for i := range out {
+		if b, ok := out[i].Value.([]byte); ok {
+			out[i].Value = append([]byte(nil), b...)
+		}
+	}
+	return out
+}
+
+// finishA settles a hedged read once the first attempt's statement
+// returned (rows, err) on the lease l (or failed before it held one). It
+// returns the read's outcome: won reports that the hedge answered instead,
+// its rows in rows and its lease moved into l.
+func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err error) (driver.Rows, error, bool) {
+	h.mu.Lock()
+	h.aReturned, h.aConn = true, nil
+	switch h.phase {
+	case hedgeArmed:
+		h.phase = hedgeAWon
+		h.mu.Unlock()
+		h.timer.Stop()
+		if err == nil {
+			h.aNode.latency.record(time.Since(h.armedAt))
+		}
+		return rows, err, false
+	case hedgeBFailed:
+		h.mu.Unlock()
+		h.c.hedge = nil // the hedge's goroutine is done; start afresh anyway
+		if err == nil {
+			h.aNode.latency.record(time.Since(h.armedAt))
+		}
+		return rows, err, false
+	case hedgeFiring:
+		if err == nil {
+			h.phase = hedgeAWon
+			h.mu.Unlock()
+			h.c.hedge = nil
+			h.aNode.latency.record(time.Since(h.armedAt))
+			time.AfterFunc(hedgeLoserGrace, h.bStop)
+			return rows, nil, false
+		}
+		h.phase = hedgeAFailed
+		done := h.bDone
+		h.mu.Unlock()
+		h.c.hedge = nil
+		if ctx.Err() != nil {
+			h.bStop()
+			return nil, err, false
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			h.mu.Lock()
+			if h.phase == hedgeAFailed {
+				h.phase = hedgeAWon // nobody takes the hedge's result now
+				h.mu.Unlock()
+				h.bStop()
+				return nil, err, false
+			}
+			h.mu.Unlock()
+		}
+		h.mu.Lock()
+		won := h.phase == hedgeBWon
+		h.mu.Unlock()
+		if !won {
+			return nil, err, false
+		}
+		l.release() // the failed first attempt's connection, if it got one
+		return h.takeB(l), nil, true
+	}
+	// hedgeBWon: the first attempt lost.
+	h.mu.Unlock()
+	h.c.hedge = nil
+	if l.held() {
+		keep := false
+		var pe *pgconn.PgError
+		if err != nil && errors.As(err, &pe) && pe.Code == "57014" && h.cancelDone != nil {
+			select {
+			case <-h.cancelDone:
+				keep = true // the cancel was spent on that statement
+			default:
+			}
+		}
+		if err == nil {
+			rows.Close()
+		}
+		if !keep {
+			l.dirty = true
+		}
+		l.release()
+	}
+	return h.takeB(l), nil, true
+}
+
+// target is the node the hedge was sent to, or nil.
+func (h *hedge) target() *node {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.bNode
+}
+
+// takeB moves the winning hedge's lease into l and returns its rows.
+func (h *hedge) takeB(l *lease) driver.Rows {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	*l = h.bLease
+	h.bLease = lease{}
+	// From now on the caller's context governs the hedge's rows, as it
+	// would the first attempt's.
+	context.AfterFunc(h.ctx, h.bStop)
+	b := l.node
+	b.hedgesWon.Add(1)
+	b.latency.record(time.Since(h.bAt))
+	return h.bRows
+}

@@ -1,0 +1,254 @@
+package faults
+
+import (
+	"os"
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/sandbox"
+	"github.com/pgreplica/pgreplica/internal/testcluster"
+)
+
+// toReplica2 sends every read to replica 2 (a weight of 0 is chosen only
+// when no other candidate is left).
+const toReplica2 = "replica_policy=weighted&replica_weights=0,1"
+
+func hedgeStats(c *pgreplica.Connector) (sent, won uint64) {
+	for _, n := range c.Status().Nodes {
+		sent += n.HedgesSent
+		won += n.HedgesWon
+	}
+	return sent, won
+}
+
+// medianRead is the median time of a plain read on db (which serves it on
+// a healthy node), as the round trip the hedge bound allows for.
+func medianRead(t *testing.T, db *sql.DB) time.Duration {
+	t.Helper()
+	var took []time.Duration
+	for range 21 {
+		start := time.Now()
+		var port int
+		if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil {
+			t.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	return took[len(took)/2]
+}
+
+// A read whose replica stalls (every process stopped, as under an I/O
+// stall too short for the monitor to call it frozen) is answered by the
+// other replica within the hedge delay plus a round trip, not after the
+// stall; the stalled replica's connections are never handed to a later
+// statement mid-flight: after the stall every pooled connection serves
+// reads with the right rows, and no backend is left running a read.
+func TestHedgeStalledReplica(t *testing.T) {
+	const delay = 10 * time.Millisecond
+	ctx := context.Background()
+	cl := testcluster.Cluster()
+	victim, other := cl.Nodes[1], cl.Nodes[2]
+	db, c, policy := openToReplica1(t, fmt.Sprintf("hedge_after=%s", os.Getenv("HEDGE_EXP")))
+	db.SetMaxOpenConns(8)
+
+	// Warm both replicas' pools with 8 connections each: what is timed is
+	// the hedge, not new connections' authentication on a busy machine.
+	var wg sync.WaitGroup
+	for _, n := range []*sandbox.Node{other, victim} {
+		policy.prefer(n)
+		for range 8 {
+			wg.Go(func() {
+				rows, err := db.QueryContext(ctx, "SELECT pg_sleep(0.1)")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				rows.Close()
+			})
+		}
+		wg.Wait()
+	}
+	time.Sleep(150 * time.Millisecond) // past any slow mark a warm-up hedge left
+	direct := testcluster.Open(t, toReplica2, "hedge_after=off")
+	rtt := medianRead(t, direct)
+	var port int
+	if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil || port != victim.Port {
+		t.Fatalf("a read before the stall: port %d, err %v; want replica 1 (%d)", port, err, victim.Port)
+	}
+
+	// 8 readers at once while replica 1 is stopped for 400 ms.
+	if err := victim.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			if err := victim.Thaw(); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(thaw)
+	stallStart := time.Now()
+	type result struct {
+		port   int
+		reason pgreplica.Reason
+		took   time.Duration
+		err    error
+	}
+	results := make([]result, 8)
+	for i := range results {
+		wg.Go(func() {
+			rctx, route := pgreplica.WithRoute(ctx)
+			start := time.Now()
+			var p int
+			err := db.QueryRowContext(rctx, "SELECT inet_server_port()").Scan(&p)
+			results[i] = result{p, route.Reason(), time.Since(start), err}
+		})
+	}
+	wg.Wait()
+	stalledFor := time.Since(stallStart)
+	time.Sleep(400*time.Millisecond - stalledFor)
+	thaw()
+
+	bound := delay + 2*time.Millisecond + 3*rtt + 25*time.Millisecond // scheduling room under -race
+	for i, r := range results {
+		t.Logf("read %d: port %d, reason %s, %v", i, r.port, r.reason, r.took.Round(100*time.Microsecond))
+		if r.err != nil {
+			t.Errorf("read %d during the stall: %v", i, r.err)
+			continue
+		}
+		if r.port != other.Port || r.reason != pgreplica.ReasonHedge {
+			t.Errorf("read %d during the stall: served by %d (%s); want replica 2 (%d) by a hedge", i, r.port, r.reason, other.Port)
+		}
+		if r.took > bound {
+			t.Errorf("read %d during the stall took %v; want ≤ %v (hedge delay %v + abort grace + 3 × round trip %v + 25 ms)", i, r.took, bound, delay, rtt)
+		}
+	}
+	sent, won := hedgeStats(c)
+	t.Logf("median read %v; hedges sent %d, won %d; stall %v", rtt, sent, won, stalledFor)
+	if won < uint64(len(results)) {
+		t.Errorf("hedges won %d; want ≥ %d", won, len(results))
+	}
+
+	// After the stall: wait until replica 1 is a candidate again, then
+	// read through every connection its pool may hold, concurrently, each
+	// checking that it got its own row back.
+	testcluster.WaitUntil(t, 5*time.Second, "replica 1 healthy", func() bool {
+		return nodeState(c, victim.Addr()) == pgreplica.StateHealthy
+	})
+	time.Sleep(150 * time.Millisecond) // past the slow mark
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 25 {
+				want := w*1000 + i
+				var got int
+				if err := db.QueryRowContext(ctx, "SELECT $1::int", want).Scan(&got); err != nil {
+					t.Errorf("read after the stall: %v", err)
+					return
+				}
+				if got != want {
+					t.Errorf("read after the stall returned %d; want %d (a connection reused mid-statement?)", got, want)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Replica 1 serves reads again (its connections were reopened, with
+	// some reads hedged meanwhile).
+	testcluster.WaitUntil(t, 5*time.Second, "a read served by replica 1 again", func() bool {
+		return testcluster.Port(t, ctx, db) == victim.Port
+	})
+	t.Cleanup(func() {
+		for _, n := range c.Status().Nodes {
+			t.Logf("DEBUG %s inflight %d pool %+v", n.Addr, n.InFlight, n.Pool)
+		}
+	})
+	// No backend on replica 1 still runs one of the hedged reads.
+	admin := adminConn(t, ctx, 1)
+	testcluster.WaitUntil(t, 5*time.Second, "no hedged read left running on replica 1", func() bool {
+		var running int
+		err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE state = 'active' AND query = 'SELECT inet_server_port()' AND pid <> pg_backend_pid()`).Scan(&running)
+		return err == nil && running == 0
+	})
+}
+
+// When every replica is slower than the hedge delay, hedges stay within the
+// budget: at most 5% of reads plus a burst of 50, and every read succeeds.
+func TestHedgeBudgetWhenEveryReplicaIsSlow(t *testing.T) {
+	ctx := context.Background()
+	db := testcluster.Open(t, "hedge_after=1ms")
+	db.SetMaxOpenConns(8)
+	c := connector(t, db)
+	const readers, each = 8, 60
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range readers {
+		wg.Go(func() {
+			for range each {
+				var port int
+				if err := db.QueryRowContext(ctx, "SELECT inet_server_port() FROM pg_sleep(0.005)").Scan(&port); err != nil {
+					if failed.Add(1) <= 3 {
+						t.Errorf("slow read: %v", err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	sent, won := hedgeStats(c)
+	reads := readers * each
+	limit := uint64(float64(reads)*0.05) + 50 + 1
+	t.Logf("%d reads, %d failed; hedges sent %d, won %d; limit %d", reads, failed.Load(), sent, won, limit)
+	if sent == 0 {
+		t.Fatalf("no hedge sent although every read took 5 ms against a 1 ms hedge delay")
+	}
+	if sent > limit {
+		t.Fatalf("%d hedges for %d reads; want ≤ %d (5%% + 50)", sent, reads, limit)
+	}
+}
+
+// On a healthy cluster with hedge_after=auto, hedging sends few extra
+// statements: at most 2% of reads.
+func TestHedgeAutoHealthyCluster(t *testing.T) {
+	ctx := context.Background()
+	db := testcluster.Open(t, monitorParams)
+	db.SetMaxOpenConns(8)
+	c := connector(t, db)
+	var wg sync.WaitGroup
+	var reads atomic.Int64
+	deadline := time.Now().Add(3 * time.Second)
+	for range 8 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				var port int
+				if err := db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+					t.Errorf("read: %v", err)
+					return
+				}
+				reads.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	sent, won := hedgeStats(c)
+	var delays []string
+	for _, n := range c.Status().Nodes {
+		delays = append(delays, fmt.Sprintf("%s %v", n.Addr, n.HedgeDelay))
+	}
+	t.Logf("%d reads; hedges sent %d, won %d; delays %v", reads.Load(), sent, won, delays)
+	if float64(sent) > 0.02*float64(reads.Load()) {
+		t.Fatalf("%d hedges for %d reads on a healthy cluster; want ≤ 2%%", sent, reads.Load())
+	}
+}
