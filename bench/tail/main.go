@@ -145,7 +145,6 @@ type result struct {
 	procs      []int             // processes found stopped, per stall
 	unstopped  int               // processes found running while frozen
 	states     map[string]int    // replica1's state in Status, sampled
-	warmErrors int
 }
 
 func main() {
@@ -329,7 +328,13 @@ func runScenario(ctx context.Context, c *sandbox.Cluster, r *result) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	r.warmErrors += warm.errors
+	if warm.errors > 0 {
+		// The warm-up runs without a stall: an error there means the
+		// scenario cannot measure anything (a DSN key the server refuses,
+		// say), so stop instead of timing failures.
+		return fmt.Errorf("%d of %d reads failed during the warm-up (no stall yet), first: %s",
+			warm.errors, warm.errors+len(warm.latencies), strings.Join(quoteAll(warm.errMsgs), "; "))
+	}
 
 	var before []uint64
 	var reroutesBefore map[string]uint64
@@ -681,9 +686,6 @@ func report(w *os.File, c *sandbox.Cluster, results []*result, started time.Time
 			r.sc.label(), len(lat), r.elapsed.Seconds(), ordinal(tail), tail)
 		if r.errors > 0 {
 			fmt.Fprintf(w, "; %d errors, first: %s", r.errors, strings.Join(quoteAll(r.errMsgs), "; "))
-		}
-		if r.warmErrors > 0 {
-			fmt.Fprintf(w, "; %d errors during warm-up", r.warmErrors)
 		}
 		if len(r.stalls) > 0 {
 			lo, hi := slices.Min(r.stalls), slices.Max(r.stalls)
