@@ -653,8 +653,8 @@ func nodeName(i int) string {
 }
 
 func report(w *os.File, c *sandbox.Cluster, results []*result, started time.Time, pgVersion int64) {
-	fmt.Fprintf(w, "\n`go run ./bench/tail %s` (%s, %d round(s) of %s per scenario after %s of warm-up)\n\n",
-		shellJoin(os.Args[1:]), started.UTC().Format("2006-01-02 15:04 UTC"), *flagRounds, *flagDuration, *flagWarmup)
+	fmt.Fprintf(w, "\n`%s` (%s, %d round(s) of %s per scenario after %s of warm-up)\n\n",
+		strings.TrimSpace("go run ./bench/tail "+shellJoin(os.Args[1:])), started.UTC().Format("2006-01-02 15:04 UTC"), *flagRounds, *flagDuration, *flagWarmup)
 	fmt.Fprintf(w, "%d readers, %s think time, replica1 stopped %s every %s in the stall scenarios; "+
 		"PostgreSQL %d, %s, GOMAXPROCS=%d, %d CPUs\n\n",
 		*flagReaders, *flagThink, *flagStall, *flagPeriod, pgVersion, runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU())
