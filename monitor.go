@@ -267,9 +267,17 @@ func (m *monitor) apply(results []probeResult) {
 			if r.standby {
 				n.replayLSN.Store(r.lsn)
 			}
-			if n.setUp() {
+			cameBack := n.setUp()
+			if cameBack {
 				c.log.Info("pgreplica: node up", "node", n.addr, "role", roleName(r.standby))
 			}
+			// A node back from down may be elsewhere now (a restart, a new
+			// route): its old figure says nothing.
+			old := time.Duration(n.rttNanos.Load())
+			if cameBack {
+				old = 0
+			}
+			n.rttNanos.Store(int64(smoothRTT(old, r.latency)))
 		}
 	}
 
@@ -296,6 +304,19 @@ func (m *monitor) apply(results []probeResult) {
 		}
 	}
 	m.updateLag(primary)
+}
+
+// smoothRTT folds one probe's latency into a node's smoothed round-trip
+// time: an exponentially weighted moving average giving the new sample a
+// fifth of the weight, as MongoDB's server selection does, so that one slow
+// probe does not send reads away and a lasting change shows within a few
+// probes. The first sample is taken as it is.
+func smoothRTT(old, sample time.Duration) time.Duration {
+	sample = max(sample, 1) // 0 means unmeasured
+	if old <= 0 {
+		return sample
+	}
+	return old + (sample-old)/5
 }
 
 // maxProbeGap is the longest a down node goes unprobed: probing a dead

@@ -93,7 +93,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	}
 }
 
-var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +IN_FLIGHT +STATEMENTS +ERRORS$`)
+var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS$`)
 
 // tableRows returns the rows of a status table by node address.
 func tableRows(t *testing.T, out string) map[string][]string {
