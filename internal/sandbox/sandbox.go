@@ -242,6 +242,13 @@ func (c *Cluster) DSN() string {
 	return buildDSN(c.user, c.password, strings.Join(hosts, ","), c.database)
 }
 
+// DSNVia is DSN listing addrs (host:port, one per node, primary first) in
+// place of the nodes' own addresses: to reach a node through a
+// LatencyProxy, say.
+func (c *Cluster) DSNVia(addrs ...string) string {
+	return buildDSN(c.user, c.password, strings.Join(addrs, ","), c.database)
+}
+
 // NodeDSN is the single-host application DSN of node i.
 func (c *Cluster) NodeDSN(i int) string {
 	return buildDSN(c.user, c.password, c.Nodes[i].Addr(), c.database)
