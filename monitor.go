@@ -175,7 +175,8 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 // first when it has none. A connection that failed is closed.
 func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error {
 	pc := m.probeConns[i]
-	if pc == nil || pc.IsClosed() {
+	fresh := pc == nil || pc.IsClosed()
+	if fresh {
 		cctx, cancel := context.WithTimeout(context.WithValue(parent, probeDial{}, true), m.connectTimeout)
 		var err error
 		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].probeConfig)
@@ -191,8 +192,17 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 	}
 	ctx, cancel := context.WithTimeout(parent, m.timeout)
 	defer cancel()
+	var err error
+	if fresh {
+		// A new backend's first query fills its catalog caches and takes
+		// milliseconds; timed, it would seed the smoothed RTT too high
+		// (replica_policy=nearest could then take a far node for near).
+		err = readProbe(ctx, pc, r)
+	}
 	t0 := time.Now() // latency of the query alone, not of a reconnect
-	err := readProbe(ctx, pc, r)
+	if err == nil {
+		err = readProbe(ctx, pc, r)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout
