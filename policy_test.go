@@ -107,3 +107,32 @@ func TestNearestRoutesByMeasuredRTT(t *testing.T) {
 		t.Fatalf("with the near replica down, reads went to %v (by node index)", served)
 	}
 }
+
+// The monitor folds each answered probe into the node's smoothed RTT,
+// keeps it while the node is down, and starts afresh when it comes back:
+// a restarted or re-routed node is measured anew.
+func TestMonitorSmoothsRTT(t *testing.T) {
+	fc := newFakeCluster(t, 1, defaultCfg())
+	m := &monitor{c: fc.c, interval: time.Second, lagging: make([]bool, len(fc.c.nodes))}
+	n := fc.c.nodes[1]
+	round := func(replica probeResult) {
+		m.apply([]probeResult{{lsn: 100, flushLSN: 100, latency: time.Millisecond}, replica})
+	}
+	round(probeResult{standby: true, lsn: 100, latency: 40 * time.Millisecond})
+	if got := n.status(false, time.Second).RTT; got != 40*time.Millisecond {
+		t.Fatalf("after the first probe RTT = %v, want 40ms", got)
+	}
+	round(probeResult{standby: true, lsn: 100, latency: 10 * time.Millisecond})
+	if got := time.Duration(n.rttNanos.Load()); got != 34*time.Millisecond {
+		t.Fatalf("after a 10ms probe RTT = %v, want 34ms", got)
+	}
+	round(probeResult{err: errProbeTimeout})
+	if n.up.Load() || time.Duration(n.rttNanos.Load()) != 34*time.Millisecond {
+		t.Fatalf("down: up=%v RTT=%v, want down and the RTT kept", n.up.Load(), time.Duration(n.rttNanos.Load()))
+	}
+	n.nextProbe.Store(0)
+	round(probeResult{standby: true, lsn: 100, latency: 2 * time.Millisecond})
+	if got := time.Duration(n.rttNanos.Load()); !n.up.Load() || got != 2*time.Millisecond {
+		t.Fatalf("back up: up=%v RTT=%v, want up and 2ms", n.up.Load(), got)
+	}
+}
