@@ -26,6 +26,8 @@
 //
 // Faults: Stop (immediate), StopClean, Freeze, PauseReplay, Promote,
 // Rejoin and Partition (partition.go) work alike on both backends.
+// LatencyProxy (latencyproxy.go) puts a node at a distance: list its
+// address in a DSN (Cluster.DSNVia) in place of the node's.
 //
 // Close stops every node (immediate shutdown) and removes the directory
 // (or the containers and their network).
