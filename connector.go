@@ -168,6 +168,7 @@ func (c *Connector) pickReplica(cn *conn, maxLag time.Duration, minLSN, tried ui
 			Addr:     n.addr,
 			InFlight: int(n.inFlight.Load()),
 			Lag:      time.Duration(n.lagNanos.Load()),
+			RTT:      time.Duration(n.rttNanos.Load()),
 		})
 	}
 	cn.cands = cands

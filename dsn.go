@@ -67,6 +67,7 @@ type Config struct {
 var ownKeys = map[string]bool{
 	"replica_policy":      true,
 	"replica_weights":     true,
+	"latency_window":      true,
 	"primary_max_conns":   true,
 	"replica_max_conns":   true,
 	"monitor_interval":    true,
@@ -77,7 +78,7 @@ var ownKeys = map[string]bool{
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
 // loudly instead of reaching the server. No libpq key starts with these.
-var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_"}
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_"}
 
 func isOwnLooking(key string) bool {
 	for _, p := range ownPrefixes {
@@ -122,7 +123,7 @@ func ParseConfig(dsn string) (*Config, error) {
 		HedgeAfter:        HedgeAuto,
 	}
 	primaryMax, replicaMax := int32(DefaultPrimaryMaxConns), int32(DefaultReplicaMaxConns)
-	policyName, weightsText := "", ""
+	policyName, weightsText, windowText := "", "", ""
 	for _, kv := range d.own {
 		key, val := kv[0], kv[1]
 		switch key {
@@ -130,6 +131,8 @@ func ParseConfig(dsn string) (*Config, error) {
 			policyName = val
 		case "replica_weights":
 			weightsText = val
+		case "latency_window":
+			windowText = val
 		case "primary_max_conns", "replica_max_conns":
 			n, err := strconv.ParseInt(val, 10, 32)
 			if err != nil || n < 1 {
@@ -192,7 +195,7 @@ func ParseConfig(dsn string) (*Config, error) {
 		}
 	}
 
-	cfg.Policy, err = policyFromDSN(policyName, weightsText, len(cfg.Replicas))
+	cfg.Policy, err = policyFromDSN(policyName, weightsText, windowText, len(cfg.Replicas))
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +245,7 @@ func redact(msg, password string) string {
 	return msg
 }
 
-func policyFromDSN(name, weightsText string, replicas int) (Policy, error) {
+func policyFromDSN(name, weightsText, windowText string, replicas int) (Policy, error) {
 	var weights []float64
 	if weightsText != "" {
 		for _, w := range strings.Split(weightsText, ",") {
@@ -262,6 +265,20 @@ func policyFromDSN(name, weightsText string, replicas int) (Policy, error) {
 			return nil, dsnError("replica_weights needs replica_policy=weighted")
 		}
 	}
+	window := defaultLatencyWindow
+	if windowText != "" {
+		if name == "" {
+			name = "nearest"
+		}
+		if name != "nearest" {
+			return nil, dsnError("latency_window needs replica_policy=nearest")
+		}
+		dur, err := time.ParseDuration(windowText)
+		if err != nil || dur < 0 {
+			return nil, dsnError("latency_window must be a duration of at least 0, such as 15ms or 5ms")
+		}
+		window = dur
+	}
 	switch name {
 	case "", "random":
 		return Random(), nil
@@ -274,8 +291,10 @@ func policyFromDSN(name, weightsText string, replicas int) (Policy, error) {
 			return nil, dsnError("replica_policy=weighted needs replica_weights, one number per replica")
 		}
 		return Weighted(weights...), nil
+	case "nearest":
+		return Nearest(window), nil
 	}
-	return nil, dsnError("replica_policy must be random, round_robin, weighted or least_busy")
+	return nil, dsnError("replica_policy must be random, round_robin, weighted, least_busy or nearest")
 }
 
 // parsedDSN is a DSN split into one pgx connection string per node plus the

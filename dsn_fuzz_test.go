@@ -12,6 +12,8 @@ func FuzzParseConfig(f *testing.F) {
 	seeds := []string{
 		"postgres://app:secret@primary:5432,replica-1:5432,replica-2:5432/shop?sslmode=disable",
 		"postgresql://u:p@a,b/d?replica_policy=weighted&replica_weights=1,2",
+		"postgres://u@a,b,c/d?replica_policy=nearest&latency_window=5ms",
+		"host=a,b dbname=d latency_window=-3ms replica_policy=round_robin",
 		"host=a,b,c port=5432,5433,5434 dbname=shop user=app password='x y'",
 		"host=a dbname='unterminated",
 		"postgres://u@a,,b/d",

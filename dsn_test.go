@@ -67,6 +67,35 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigNearest(t *testing.T) {
+	cases := []struct {
+		dsn  string
+		want time.Duration
+	}{
+		{"postgres://u@a,b,c/d?replica_policy=nearest", 15 * time.Millisecond},
+		{"postgres://u@a,b,c/d?replica_policy=nearest&latency_window=5ms", 5 * time.Millisecond},
+		{"postgres://u@a,b,c/d?latency_window=40ms", 40 * time.Millisecond}, // implies nearest, as replica_weights implies weighted
+		{"postgres://u@a,b,c/d?replica_policy=nearest&latency_window=0s", 0},
+		{"host=a,b,c dbname=d replica_policy=nearest latency_window=1.5ms", 1500 * time.Microsecond},
+	}
+	for _, c := range cases {
+		cfg, err := ParseConfig(c.dsn)
+		if err != nil {
+			t.Errorf("%s: %v", c.dsn, err)
+			continue
+		}
+		p, ok := cfg.Policy.(nearestPolicy)
+		if !ok || p.window != c.want {
+			t.Errorf("%s: policy %#v, want Nearest(%v)", c.dsn, cfg.Policy, c.want)
+		}
+		for _, pc := range append(cfg.Replicas, cfg.Primary) {
+			if _, ok := pc.ConnConfig.RuntimeParams["latency_window"]; ok {
+				t.Errorf("%s: latency_window reached pgx", c.dsn)
+			}
+		}
+	}
+}
+
 func TestParseConfigKeywordValue(t *testing.T) {
 	cfg, err := ParseConfig(`host=a,b,c port=5432,5433,5434 dbname=shop user=app password='it''s' replica_weights=1,2,3 sslmode=disable`)
 	if err == nil {
@@ -105,6 +134,12 @@ func TestParseConfigErrorsNameTheKeyNotTheValue(t *testing.T) {
 		{"postgres://u@a,b/d?replica_weights=x", "replica_weights"},
 		{"postgres://u@a,b/d?replica_policy=weighted", "needs replica_weights"},
 		{"postgres://u@a,b/d?replica_policy=random&replica_weights=1", "needs replica_policy=weighted"},
+		{"postgres://u@a,b/d?replica_policy=random&latency_window=5ms", "latency_window needs replica_policy=nearest"},
+		{"postgres://u@a,b,c/d?replica_weights=1,2&latency_window=5ms", "latency_window needs replica_policy=nearest"},
+		{"postgres://u@a,b/d?replica_policy=nearest&latency_window=15", "latency_window must be a duration"},
+		{"postgres://u@a,b/d?replica_policy=nearest&latency_window=-1ms", "latency_window must be a duration"},
+		{"host=a,b dbname=d latency_window=soon", "latency_window must be a duration"},
+		{"postgres://u@a,b/d?latency_windw=5ms", `unknown pgreplica key "latency_windw"`},
 		{"postgres://u@a,b/d?target_session_attrs=read-write", "target_session_attrs"},
 		{"postgres://u@a,,b/d", "empty host"},
 		{"host=a,b,c port=1,2 dbname=d", "port lists 2 ports for 3 hosts"},
@@ -180,6 +215,7 @@ func TestErrorsNeverContainThePassword(t *testing.T) {
 			"postgres://app:" + pw + "@a:xx,b/d",
 			"postgres://app:" + pw + "@a,b/d?connect_timeout=abc",
 			"host=a,b user=app password=" + pw + " replica_max_conns=-1",
+			"postgres://app:" + url.PathEscape(pw) + "@a,b/d?replica_policy=nearest&latency_window=" + esc,
 			"host=a,b user=app password='" + strings.ReplaceAll(pw, "'", `\'`) + "' port=1,2,3",
 			"host=a,b user=app password='" + strings.ReplaceAll(pw, "'", `\'`) + "' connect_timeout=abc",
 		}

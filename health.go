@@ -38,6 +38,7 @@ type NodeHealth struct {
 	// it never did.
 	LastProbe           *time.Time        `json:"last_probe"`
 	ProbeLatencySeconds float64           `json:"probe_latency_seconds"`
+	RTTSeconds          float64           `json:"rtt_seconds"`
 	InFlight            int64             `json:"in_flight"`
 	Statements          uint64            `json:"statements"`
 	Errors              uint64            `json:"errors"`
@@ -68,6 +69,7 @@ func NewHealthReport(s Status) HealthReport {
 			LagSeconds:          n.Lag.Seconds(),
 			LagBytes:            n.LagBytes,
 			ProbeLatencySeconds: n.ProbeLatency.Seconds(),
+			RTTSeconds:          n.RTT.Seconds(),
 			InFlight:            n.InFlight,
 			Statements:          n.Statements,
 			Errors:              n.Errors,

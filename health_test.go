@@ -25,6 +25,7 @@ func healthConnector(replicas int) *Connector {
 		n.standby.Store(i != 0)
 		n.probedAt.Store(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
 		n.probeNanos.Store(int64(1500 * time.Microsecond))
+		n.rttNanos.Store(int64(2 * time.Millisecond))
 		c.nodes = append(c.nodes, n)
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
@@ -116,7 +117,7 @@ func TestHealthReportFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := raw.Nodes[1]
-	if r["lag_seconds"] != 0.25 || r["lag_bytes"] != 8192.0 || r["probe_latency_seconds"] != 0.0015 {
+	if r["lag_seconds"] != 0.25 || r["lag_bytes"] != 8192.0 || r["probe_latency_seconds"] != 0.0015 || r["rtt_seconds"] != 0.002 {
 		t.Errorf("replica durations/bytes wrong: %s", body)
 	}
 	if r["statements"] != 7.0 || r["errors"] != 2.0 {
@@ -131,7 +132,7 @@ func TestHealthReportFields(t *testing.T) {
 	if raw.Nodes[0]["last_probe"] != nil {
 		t.Errorf("a node never probed has last_probe %v, want null", raw.Nodes[0]["last_probe"])
 	}
-	for _, ns := range []string{"lag_ns", "probe_latency_ns"} {
+	for _, ns := range []string{"lag_ns", "probe_latency_ns", "rtt_ns"} {
 		if strings.Contains(body, ns) {
 			t.Errorf("the health document carries %s; it should use seconds: %s", ns, body)
 		}

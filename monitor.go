@@ -176,7 +176,8 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 // first when it has none. A connection that failed is closed.
 func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error {
 	pc := m.probeConns[i]
-	if pc == nil || pc.IsClosed() {
+	fresh := pc == nil || pc.IsClosed()
+	if fresh {
 		cctx, cancel := context.WithTimeout(context.WithValue(parent, probeDial{}, true), m.connectTimeout)
 		var err error
 		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].probeConfig)
@@ -192,8 +193,17 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 	}
 	ctx, cancel := context.WithTimeout(parent, m.timeout)
 	defer cancel()
+	var err error
+	if fresh {
+		// A new backend's first query fills its catalog caches and takes
+		// milliseconds; timed, it would seed the smoothed RTT too high
+		// (replica_policy=nearest could then take a far node for near).
+		err = readProbe(ctx, pc, r)
+	}
 	t0 := time.Now() // latency of the query alone, not of a reconnect
-	err := readProbe(ctx, pc, r)
+	if err == nil {
+		err = readProbe(ctx, pc, r)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout
@@ -268,9 +278,17 @@ func (m *monitor) apply(results []probeResult) {
 			if r.standby {
 				n.replayLSN.Store(r.lsn)
 			}
-			if n.setUp() {
+			cameBack := n.setUp()
+			if cameBack {
 				c.log.Info("pgreplica: node up", "node", n.addr, "role", roleName(r.standby))
 			}
+			// A node back from down may be elsewhere now (a restart, a new
+			// route): its old figure says nothing.
+			old := time.Duration(n.rttNanos.Load())
+			if cameBack {
+				old = 0
+			}
+			n.rttNanos.Store(int64(smoothRTT(old, r.latency)))
 		}
 	}
 
@@ -297,6 +315,19 @@ func (m *monitor) apply(results []probeResult) {
 		}
 	}
 	m.updateLag(primary)
+}
+
+// smoothRTT folds one probe's latency into a node's smoothed round-trip
+// time: an exponentially weighted moving average giving the new sample a
+// fifth of the weight, as MongoDB's server selection does, so that one slow
+// probe does not send reads away and a lasting change shows within a few
+// probes. The first sample is taken as it is.
+func smoothRTT(old, sample time.Duration) time.Duration {
+	sample = max(sample, 1) // 0 means unmeasured
+	if old <= 0 {
+		return sample
+	}
+	return old + (sample-old)/5
 }
 
 // maxProbeGap is the longest a down node goes unprobed: probing a dead

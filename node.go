@@ -46,6 +46,7 @@ type node struct {
 	lagNanos   atomic.Int64
 	probedAt   atomic.Int64 // unix nanos of the last answered probe
 	probeNanos atomic.Int64 // latency of the last answered probe
+	rttNanos   atomic.Int64 // smoothed probe latency (see smoothRTT); 0 until measured
 	failures   atomic.Int32 // consecutive failed probes, for backoff
 	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed

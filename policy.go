@@ -19,6 +19,9 @@ type Candidate struct {
 	InFlight int
 	// Lag is how far behind the primary it was at the last probe.
 	Lag time.Duration
+	// RTT is its smoothed round-trip time, from the monitor's probes; 0
+	// while none has been measured.
+	RTT time.Duration
 }
 
 // Policy chooses which usable replica serves a read. Choose gets at least
@@ -102,4 +105,44 @@ func (leastBusyPolicy) Choose(c []Candidate) int {
 		}
 	}
 	return best
+}
+
+// defaultLatencyWindow is latency_window's default: MongoDB's
+// localThresholdMS, wide enough to take in every replica of one zone.
+const defaultLatencyWindow = 15 * time.Millisecond
+
+type nearestPolicy struct{ window time.Duration }
+
+// Nearest picks among the usable replicas whose smoothed round-trip time
+// is within window of the fastest one's, the one on which pgreplica holds
+// the fewest connections, breaking ties at random. A replica not measured
+// yet (RTT 0) counts as within the window. A negative window is 0: only
+// the fastest replicas.
+func Nearest(window time.Duration) Policy {
+	return nearestPolicy{window: max(window, 0)}
+}
+
+func (p nearestPolicy) Choose(c []Candidate) int {
+	fastest := time.Duration(-1)
+	for _, cand := range c {
+		if cand.RTT > 0 && (fastest < 0 || cand.RTT < fastest) {
+			fastest = cand.RTT
+		}
+	}
+	best, ties := -1, 0
+	for i, cand := range c {
+		if fastest >= 0 && cand.RTT > 0 && cand.RTT-fastest > p.window {
+			continue // too far
+		}
+		switch {
+		case best < 0 || cand.InFlight < c[best].InFlight:
+			best, ties = i, 1
+		case cand.InFlight == c[best].InFlight:
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = i
+			}
+		}
+	}
+	return best // the fastest is always within the window: never -1
 }

@@ -42,6 +42,11 @@ type NodeStatus struct {
 	// LastProbe is when the node last answered a probe (zero: never).
 	LastProbe    time.Time     `json:"last_probe"`
 	ProbeLatency time.Duration `json:"probe_latency_ns"`
+	// RTT is the smoothed round trip of its probes (an exponentially
+	// weighted moving average), which replica_policy=nearest compares; 0
+	// until a probe answered. It restarts from the next probe when the
+	// node comes back from down.
+	RTT time.Duration `json:"rtt_ns"`
 	// InFlight is how many connections pgreplica holds on it now;
 	// Statements and Errors count every statement routed to it.
 	InFlight   int64  `json:"in_flight"`
@@ -97,6 +102,7 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		LagBytes:     n.lagBytes.Load(),
 		Lag:          time.Duration(n.lagNanos.Load()),
 		ProbeLatency: time.Duration(n.probeNanos.Load()),
+		RTT:          time.Duration(n.rttNanos.Load()),
 		InFlight:     n.inFlight.Load(),
 		Statements:   n.statements.Load(),
 		Errors:       n.errors.Load(),

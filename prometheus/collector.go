@@ -19,6 +19,7 @@
 //	pgreplica_replication_lag_seconds        gauge    {node} replicas only
 //	pgreplica_replication_lag_bytes          gauge    {node} replicas only
 //	pgreplica_probe_latency_seconds          gauge    {node} of the latest answered probe
+//	pgreplica_rtt_seconds                    gauge    {node} smoothed round trip of the probes (replica_policy=nearest)
 //	pgreplica_last_probe_timestamp_seconds   gauge    {node} once a probe answered
 //	pgreplica_in_flight_connections          gauge    {node} connections pgreplica holds now
 //	pgreplica_statements_total               counter  {node} statements routed to the node
@@ -75,6 +76,7 @@ type collector struct {
 	up, isPrimary, state         *prom.Desc
 	lagSeconds, lagBytes         *prom.Desc
 	probeLatency, lastProbe      *prom.Desc
+	rtt                          *prom.Desc
 	inFlight                     *prom.Desc
 	statements, errors, reroutes *prom.Desc
 
@@ -106,6 +108,7 @@ func NewCollector(c *pgreplica.Connector, opts ...Option) prom.Collector {
 		lagSeconds:   desc("replication_lag_seconds", "How long ago the primary had WAL that the replica has not replayed yet.", node...),
 		lagBytes:     desc("replication_lag_bytes", "How many bytes of WAL the replica is behind the primary's flush position.", node...),
 		probeLatency: desc("probe_latency_seconds", "Round trip of the node's latest answered probe.", node...),
+		rtt:          desc("rtt_seconds", "Smoothed round trip of the node's probes (an exponentially weighted moving average), which replica_policy=nearest compares.", node...),
 		lastProbe:    desc("last_probe_timestamp_seconds", "When the node last answered a probe, in seconds since the Unix epoch.", node...),
 		inFlight:     desc("in_flight_connections", "Connections to the node that pgreplica holds for statements right now.", node...),
 		statements:   desc("statements_total", "Statements routed to the node.", node...),
@@ -124,7 +127,7 @@ func NewCollector(c *pgreplica.Connector, opts ...Option) prom.Collector {
 func (c *collector) descs() []*prom.Desc {
 	return []*prom.Desc{
 		c.primaryUp, c.degraded,
-		c.up, c.isPrimary, c.state, c.lagSeconds, c.lagBytes, c.probeLatency, c.lastProbe,
+		c.up, c.isPrimary, c.state, c.lagSeconds, c.lagBytes, c.probeLatency, c.rtt, c.lastProbe,
 		c.inFlight, c.statements, c.errors, c.reroutes,
 		c.poolMax, c.poolTotal, c.poolIdle, c.poolAcquired, c.poolAcquires, c.poolEmptyAcquires,
 	}
@@ -161,6 +164,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 		}
 		if !n.LastProbe.IsZero() {
 			gauge(c.probeLatency, n.ProbeLatency.Seconds(), a)
+			gauge(c.rtt, n.RTT.Seconds(), a)
 			gauge(c.lastProbe, float64(n.LastProbe.UnixNano())/1e9, a)
 		}
 		gauge(c.inFlight, float64(n.InFlight), a)

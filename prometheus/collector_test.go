@@ -193,6 +193,9 @@ pgreplica_degraded 0
 	if n := testutil.CollectAndCount(col, "pgreplica_reroutes_total"); n != 3*6 {
 		t.Errorf("%d reroute samples, want 6 reasons for each of 3 nodes", n)
 	}
+	if v, ok := value(t, reg, "pgreplica_rtt_seconds", "node", r1); !ok || v <= 0 || v > 1 {
+		t.Errorf("smoothed RTT of %s = %v, %v; want a measured round trip", r1, v, ok)
+	}
 	if v, _ := value(t, reg, "pgreplica_pool_max_connections", "node", r1); v != pgreplica.DefaultReplicaMaxConns {
 		t.Errorf("pool max of %s = %v, want %d", r1, v, pgreplica.DefaultReplicaMaxConns)
 	}

@@ -93,7 +93,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	}
 }
 
-var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +IN_FLIGHT +STATEMENTS +ERRORS$`)
+var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS$`)
 
 // tableRows returns the rows of a status table by node address.
 func tableRows(t *testing.T, out string) map[string][]string {
@@ -105,8 +105,8 @@ func tableRows(t *testing.T, out string) map[string][]string {
 	rows := map[string][]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out[loc[1]:]), "\n") {
 		f := strings.Fields(line)
-		if len(f) != 9 {
-			t.Fatalf("row %q has %d columns, want 9", line, len(f))
+		if len(f) != 10 {
+			t.Fatalf("row %q has %d columns, want 10", line, len(f))
 		}
 		rows[f[0]] = f
 	}
@@ -133,7 +133,7 @@ func TestStatusTable(t *testing.T) {
 		if i == 0 {
 			wantRole = "primary"
 		}
-		if r == nil || r[1] != wantRole || r[2] != "healthy" || r[5] == "-" {
+		if r == nil || r[1] != wantRole || r[2] != "healthy" || r[5] == "-" || r[6] == "-" {
 			t.Errorf("row of %s = %v, want role %s, healthy, a probe time", n.Addr(), r, wantRole)
 		}
 		if i == 0 && (r[3] != "-" || r[4] != "-") {
@@ -201,7 +201,7 @@ func TestStatusOfAHealthEndpoint(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q\n%s", code, errOut, out)
 	}
 	primary := tableRows(t, out)[testcluster.Cluster().Nodes[0].Addr()]
-	if primary == nil || primary[7] != "5" {
+	if primary == nil || primary[8] != "5" {
 		t.Errorf("the primary's row %v should show the application's 5 statements:\n%s", primary, out)
 	}
 

@@ -18,8 +18,9 @@ import (
 
 const statusAbout = `
 Prints each node of the cluster as pgreplica sees it: role, state (healthy,
-lagging, down, frozen), replication lag, the latest probe's round trip, and
-the traffic counters of the connector that reports them.
+lagging, down, frozen), replication lag, the latest probe's round trip and
+the smoothed one (RTT, what replica_policy=nearest compares), and the traffic
+counters of the connector that reports them.
 
 SOURCE is either
   - a pgreplica DSN (primary first, e.g. postgres://user:pass@h1:5432,h2:5432/db):
@@ -233,7 +234,7 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 	}
 	fmt.Fprintf(w, "cluster %s   primary %s   reads go to %s\n", rep.Status, primary, reads)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tIN_FLIGHT\tSTATEMENTS\tERRORS")
+	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS")
 	for _, n := range rep.Nodes {
 		state := n.State
 		if n.LastProbe == nil && (state == pgreplica.StateHealthy || state == pgreplica.StateLagging) {
@@ -243,12 +244,12 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 		if n.Role == pgreplica.RoleReplica && (state == pgreplica.StateHealthy || state == pgreplica.StateLagging) {
 			lag, lagBytes = seconds(n.LagSeconds), strconv.FormatInt(n.LagBytes, 10)
 		}
-		probe := "-"
+		probe, rtt := "-", "-"
 		if n.LastProbe != nil {
-			probe = seconds(n.ProbeLatencySeconds)
+			probe, rtt = seconds(n.ProbeLatencySeconds), seconds(n.RTTSeconds)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n",
-			n.Addr, n.Role, state, lag, lagBytes, probe, n.InFlight, n.Statements, n.Errors)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n",
+			n.Addr, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors)
 	}
 	tw.Flush()
 }

@@ -26,6 +26,8 @@
 //
 // Faults: Stop (immediate), StopClean, Freeze, PauseReplay, Promote,
 // Rejoin and Partition (partition.go) work alike on both backends.
+// LatencyProxy (latencyproxy.go) puts a node at a distance: list its
+// address in a DSN (Cluster.DSNVia) in place of the node's.
 //
 // Close stops every node (immediate shutdown) and removes the directory
 // (or the containers and their network).
@@ -240,6 +242,13 @@ func (c *Cluster) DSN() string {
 		hosts[i] = n.Addr()
 	}
 	return buildDSN(c.user, c.password, strings.Join(hosts, ","), c.database)
+}
+
+// DSNVia is DSN listing addrs (host:port, one per node, primary first) in
+// place of the nodes' own addresses: to reach a node through a
+// LatencyProxy, say.
+func (c *Cluster) DSNVia(addrs ...string) string {
+	return buildDSN(c.user, c.password, strings.Join(addrs, ","), c.database)
 }
 
 // NodeDSN is the single-host application DSN of node i.

@@ -61,7 +61,10 @@ func Cluster() *sandbox.Cluster { return cluster }
 
 // DSN is the cluster's pgreplica DSN with extra query parameters (a=b&c=d).
 func DSN(params ...string) string {
-	dsn := cluster.DSN()
+	return withParams(cluster.DSN(), params)
+}
+
+func withParams(dsn string, params []string) string {
 	for _, p := range params {
 		sep := "&"
 		if !strings.Contains(dsn, "?") {
@@ -78,6 +81,21 @@ func Open(t testing.TB, params ...string) *sql.DB {
 	t.Helper()
 	NoLeaks(t)
 	db, err := sql.Open("pgreplica", DSN(params...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// OpenVia is Open with addrs (host:port, one per node, primary first)
+// listed in the DSN in place of the nodes' own addresses: a node behind a
+// sandbox.LatencyProxy, say. Close such a proxy in a cleanup registered
+// after OpenVia returns, so that it closes before the leak check runs.
+func OpenVia(t testing.TB, addrs []string, params ...string) *sql.DB {
+	t.Helper()
+	NoLeaks(t)
+	db, err := sql.Open("pgreplica", withParams(cluster.DSNVia(addrs...), params))
 	if err != nil {
 		t.Fatal(err)
 	}
