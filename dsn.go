@@ -386,8 +386,23 @@ func parseURLDSN(dsn string) (parsedDSN, error) {
 	return d, nil
 }
 
+func isPlainKeyRune(r rune) bool {
+	return r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+}
+
+// isPlainKey says whether key is letters, digits and underscores only, as
+// every real key is.
+func isPlainKey(key string) bool {
+	return strings.IndexFunc(key, func(r rune) bool { return !isPlainKeyRune(r) }) < 0
+}
+
 func checkForeignKey(key string) error {
 	if isOwnLooking(key) {
+		if !isPlainKey(key) {
+			// Quoting would escape its odd bytes, and an escape such as
+			// \x00 followed by digits can spell out the password.
+			return dsnError("unknown pgreplica key starting %q, with characters no key has", key[:strings.IndexFunc(key, func(r rune) bool { return !isPlainKeyRune(r) })])
+		}
 		return dsnError("unknown pgreplica key %q", key)
 	}
 	if key == "target_session_attrs" || key == "load_balance_hosts" {
