@@ -515,6 +515,7 @@ func copyArgs(args []driver.NamedValue) []driver.NamedValue {
 // its rows in rows and its lease moved into l.
 func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err error) (driver.Rows, error, bool) {
 	h.mu.Lock()
+	aConn := h.aConn
 	h.aReturned, h.aConn = true, nil
 	switch h.phase {
 	case hedgeArmed:
@@ -585,6 +586,10 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 		}
 		if err == nil {
 			rows.Close()
+		}
+		if keep && aConn != nil {
+			// The abort's deadline may have landed after the answer.
+			keep = aConn.Conn().SetDeadline(time.Time{}) == nil
 		}
 		if !keep {
 			l.dirty = true
