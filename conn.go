@@ -499,7 +499,7 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 		return nil, nil, err, false
 	}
 	l = &c.replica
-	h := c.armHedge(ctx, n, query, args, maxLag, minLSN, *tried)
+	h := c.armHedge(ctx, n, query, args, cl.readOnly, maxLag, minLSN, *tried)
 	*tried |= 1 << n.index
 	if h == nil {
 		err = n.acquire(ctx, l)

@@ -32,6 +32,12 @@
 //     bounds staleness per call. The comments /* pgreplica:primary */ and
 //     /* pgreplica:replica */ in a statement's text override the classifier.
 //
+// A plain read that its replica has not answered after hedge_after (by
+// default a delay that follows the node's recent latency) is sent to a
+// second usable node too; the first answer wins and the other is
+// cancelled, so a replica that stalls without dying costs a read the hedge
+// delay, not the stall. A budget keeps hedges under 5% of reads.
+//
 // A monitor probes every node each monitor_interval: replicas that are down,
 // frozen or behind max_replica_lag get no reads, and when none is usable,
 // reads fall back to the primary (or fail with ErrNoReplica). A promoted

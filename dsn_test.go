@@ -67,6 +67,32 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigHedgeAfter(t *testing.T) {
+	for _, c := range []struct {
+		dsn  string
+		want time.Duration
+	}{
+		{"postgres://u@a,b/d", HedgeAuto},
+		{"postgres://u@a,b/d?hedge_after=auto", HedgeAuto},
+		{"postgres://u@a,b/d?hedge_after=off", 0},
+		{"postgres://u@a,b/d?hedge_after=7ms", 7 * time.Millisecond},
+		{"host=a,b dbname=d hedge_after=250us", 250 * time.Microsecond},
+	} {
+		cfg, err := ParseConfig(c.dsn)
+		if err != nil {
+			t.Fatalf("%s: %v", c.dsn, err)
+		}
+		if cfg.HedgeAfter != c.want {
+			t.Errorf("%s: HedgeAfter = %v, want %v", c.dsn, cfg.HedgeAfter, c.want)
+		}
+		for _, pc := range append(cfg.Replicas, cfg.Primary) {
+			if _, ok := pc.ConnConfig.RuntimeParams["hedge_after"]; ok {
+				t.Fatalf("%s: hedge_after reached pgx", c.dsn)
+			}
+		}
+	}
+}
+
 func TestParseConfigNearest(t *testing.T) {
 	cases := []struct {
 		dsn  string
@@ -140,6 +166,11 @@ func TestParseConfigErrorsNameTheKeyNotTheValue(t *testing.T) {
 		{"postgres://u@a,b/d?replica_policy=nearest&latency_window=-1ms", "latency_window must be a duration"},
 		{"host=a,b dbname=d latency_window=soon", "latency_window must be a duration"},
 		{"postgres://u@a,b/d?latency_windw=5ms", `unknown pgreplica key "latency_windw"`},
+		{"postgres://u@a,b/d?hedge_after=soon", "hedge_after must be auto, off or a positive duration"},
+		{"postgres://u@a,b/d?hedge_after=0s", "hedge_after must be auto, off or a positive duration"},
+		{"host=a,b dbname=d hedge_after=-5ms", "hedge_after must be auto, off or a positive duration"},
+		{"postgres://u@a,b/d?hedge_afer=5ms", `unknown pgreplica key "hedge_afer"`},
+		{"postgres://u@a,b/d?replica_a-b=1", `unknown pgreplica key starting "replica_a"`},
 		{"postgres://u@a,b/d?target_session_attrs=read-write", "target_session_attrs"},
 		{"postgres://u@a,,b/d", "empty host"},
 		{"host=a,b,c port=1,2 dbname=d", "port lists 2 ports for 3 hosts"},

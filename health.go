@@ -43,6 +43,9 @@ type NodeHealth struct {
 	Statements          uint64            `json:"statements"`
 	Errors              uint64            `json:"errors"`
 	Reroutes            map[string]uint64 `json:"reroutes"`
+	HedgeDelaySeconds   float64           `json:"hedge_delay_seconds"`
+	HedgesSent          uint64            `json:"hedges_sent"`
+	HedgesWon           uint64            `json:"hedges_won"`
 	Pool                PoolStatus        `json:"pool"`
 }
 
@@ -74,6 +77,9 @@ func NewHealthReport(s Status) HealthReport {
 			Statements:          n.Statements,
 			Errors:              n.Errors,
 			Reroutes:            n.Reroutes,
+			HedgeDelaySeconds:   n.HedgeDelay.Seconds(),
+			HedgesSent:          n.HedgesSent,
+			HedgesWon:           n.HedgesWon,
 			Pool:                n.Pool,
 		}
 		if !n.LastProbe.IsZero() {

@@ -67,9 +67,10 @@ func latencyBucket(d time.Duration) int {
 	if d < latencyBase {
 		return 0
 	}
-	r := uint64(d / latencyBase)      // ≥ 1
-	i := 2 * (bits.Len64(r) - 1)      // 2·floor(log2 r)
-	if r<<2 >= 3<<(bits.Len64(r)-1) { // r ≥ 1.5·2^floor: the upper half-step
+	q := uint64(d) * 4 / uint64(latencyBase) // in quarters of the base: ≥ 4
+	k := bits.Len64(q) - 3                   // d is in [2^k, 2^(k+1)) bases
+	i := 2 * k
+	if q >= 6<<k { // the upper part, from 1.5·2^k
 		i++
 	}
 	return min(i+1, len(latencyBuckets{})-1)
@@ -220,6 +221,9 @@ type hedge struct {
 	minLSN uint64
 	tried  uint64
 	aNode  *node
+	// primaryOK: the text is proven read-only, so the primary may take the
+	// hedge (a replica hint on a text that writes must never reach it twice).
+	primaryOK bool
 
 	// The first attempt, for aborting it.
 	abort         chan struct{}      // closed: stop waiting for a slot or a connection
@@ -247,7 +251,7 @@ func (c *Connector) hedgeDelayFor(n *node) time.Duration {
 
 // armHedge prepares the conn's hedge for a read about to run on n and
 // starts its timer; nil when reads on n are not hedged.
-func (c *conn) armHedge(ctx context.Context, n *node, query string, args []driver.NamedValue, maxLag time.Duration, minLSN, tried uint64) *hedge {
+func (c *conn) armHedge(ctx context.Context, n *node, query string, args []driver.NamedValue, readOnly bool, maxLag time.Duration, minLSN, tried uint64) *hedge {
 	d := c.c.hedgeDelayFor(n)
 	if d <= 0 || n.fake != nil {
 		return nil
@@ -263,6 +267,7 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	h.mu.Lock()
 	h.phase, h.armedAt, h.delay = hedgeArmed, time.Now(), d
 	h.ctx, h.query, h.args, h.maxLag, h.minLSN, h.tried, h.aNode = ctx, query, args, maxLag, minLSN, tried, n
+	h.primaryOK = readOnly
 	// A hedge is reused only while none fired, so only the first
 	// attempt's fields need resetting.
 	h.aConn, h.aReturned, h.cancelDone = nil, false, nil
@@ -279,11 +284,15 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	if err := n.takeSlot(ctx, h.abort); err != nil {
 		return err
 	}
-	var actx context.Context
-	if ctx.Done() == nil {
+	actx := ctx
+	switch {
+	case ctx.Done() == nil:
 		h.acquireCtx.Context = ctx
 		actx = &h.acquireCtx // no allocation
-	} else {
+	case n.sockets.Load() < int64(len(n.slots)):
+		// A cancellable context, and likely no idle connection: the pool
+		// will open one. Only then is a context of our own worth its
+		// allocations; a wait for a slot ends with h.abort anyway.
 		var cancel context.CancelFunc
 		actx, cancel = context.WithCancel(ctx)
 		defer cancel()
@@ -423,7 +432,7 @@ func (h *hedge) pickTarget() *node {
 		}
 		tried |= 1 << n.index
 	}
-	if !c.c.cfg.FallbackToPrimary {
+	if !c.c.cfg.FallbackToPrimary || !h.primaryOK {
 		return nil
 	}
 	p, err := c.c.primary()

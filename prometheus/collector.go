@@ -20,6 +20,9 @@
 //	pgreplica_replication_lag_bytes          gauge    {node} replicas only
 //	pgreplica_probe_latency_seconds          gauge    {node} of the latest answered probe
 //	pgreplica_rtt_seconds                    gauge    {node} smoothed round trip of the probes (replica_policy=nearest)
+//	pgreplica_hedge_delay_seconds            gauge    {node} how long a read on it waits before it is hedged (0: off)
+//	pgreplica_hedges_sent_total              counter  {node} hedged reads sent to it
+//	pgreplica_hedges_won_total               counter  {node} of those, the ones it answered first
 //	pgreplica_last_probe_timestamp_seconds   gauge    {node} once a probe answered
 //	pgreplica_in_flight_connections          gauge    {node} connections pgreplica holds now
 //	pgreplica_statements_total               counter  {node} statements routed to the node
@@ -77,6 +80,8 @@ type collector struct {
 	lagSeconds, lagBytes         *prom.Desc
 	probeLatency, lastProbe      *prom.Desc
 	rtt                          *prom.Desc
+	hedgeDelay, hedgesSent       *prom.Desc
+	hedgesWon                    *prom.Desc
 	inFlight                     *prom.Desc
 	statements, errors, reroutes *prom.Desc
 
@@ -109,6 +114,9 @@ func NewCollector(c *pgreplica.Connector, opts ...Option) prom.Collector {
 		lagBytes:     desc("replication_lag_bytes", "How many bytes of WAL the replica is behind the primary's flush position.", node...),
 		probeLatency: desc("probe_latency_seconds", "Round trip of the node's latest answered probe.", node...),
 		rtt:          desc("rtt_seconds", "Smoothed round trip of the node's probes (an exponentially weighted moving average), which replica_policy=nearest compares.", node...),
+		hedgeDelay:   desc("hedge_delay_seconds", "How long a read on the node waits for a first response before it is hedged to another node (0: hedging off).", node...),
+		hedgesSent:   desc("hedges_sent_total", "Hedged reads sent to the node because the node a read went to first was slow to answer.", node...),
+		hedgesWon:    desc("hedges_won_total", "Hedged reads sent to the node that it answered first.", node...),
 		lastProbe:    desc("last_probe_timestamp_seconds", "When the node last answered a probe, in seconds since the Unix epoch.", node...),
 		inFlight:     desc("in_flight_connections", "Connections to the node that pgreplica holds for statements right now.", node...),
 		statements:   desc("statements_total", "Statements routed to the node.", node...),
@@ -129,6 +137,7 @@ func (c *collector) descs() []*prom.Desc {
 		c.primaryUp, c.degraded,
 		c.up, c.isPrimary, c.state, c.lagSeconds, c.lagBytes, c.probeLatency, c.rtt, c.lastProbe,
 		c.inFlight, c.statements, c.errors, c.reroutes,
+		c.hedgeDelay, c.hedgesSent, c.hedgesWon,
 		c.poolMax, c.poolTotal, c.poolIdle, c.poolAcquired, c.poolAcquires, c.poolEmptyAcquires,
 	}
 }
@@ -168,6 +177,9 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 			gauge(c.lastProbe, float64(n.LastProbe.UnixNano())/1e9, a)
 		}
 		gauge(c.inFlight, float64(n.InFlight), a)
+		gauge(c.hedgeDelay, n.HedgeDelay.Seconds(), a)
+		counter(c.hedgesSent, float64(n.HedgesSent), a)
+		counter(c.hedgesWon, float64(n.HedgesWon), a)
 		counter(c.statements, float64(n.Statements), a)
 		counter(c.errors, float64(n.Errors), a)
 		reasons := make([]string, 0, len(n.Reroutes))

@@ -93,7 +93,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	}
 }
 
-var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS$`)
+var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS +HEDGES_WON/SENT$`)
 
 // tableRows returns the rows of a status table by node address.
 func tableRows(t *testing.T, out string) map[string][]string {
@@ -105,8 +105,8 @@ func tableRows(t *testing.T, out string) map[string][]string {
 	rows := map[string][]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out[loc[1]:]), "\n") {
 		f := strings.Fields(line)
-		if len(f) != 10 {
-			t.Fatalf("row %q has %d columns, want 10", line, len(f))
+		if len(f) != 11 {
+			t.Fatalf("row %q has %d columns, want 11", line, len(f))
 		}
 		rows[f[0]] = f
 	}

@@ -234,7 +234,7 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 	}
 	fmt.Fprintf(w, "cluster %s   primary %s   reads go to %s\n", rep.Status, primary, reads)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS")
+	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS\tHEDGES_WON/SENT")
 	for _, n := range rep.Nodes {
 		state := n.State
 		if n.LastProbe == nil && (state == pgreplica.StateHealthy || state == pgreplica.StateLagging) {
@@ -248,8 +248,8 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 		if n.LastProbe != nil {
 			probe, rtt = seconds(n.ProbeLatencySeconds), seconds(n.RTTSeconds)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n",
-			n.Addr, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d/%d\n",
+			n.Addr, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors, n.HedgesWon, n.HedgesSent)
 	}
 	tw.Flush()
 }

@@ -1,0 +1,130 @@
+package pgreplica
+
+import (
+	"testing"
+	"time"
+)
+
+// Every latency falls in a bucket whose upper bound is at or above it and
+// whose lower neighbour's is below it, so a percentile read off the
+// buckets is an upper bound at most √2 (or 1.5) too high.
+func TestLatencyBuckets(t *testing.T) {
+	for d := 10 * time.Microsecond; d < 3*time.Second; d = d*21/20 + time.Microsecond {
+		i := latencyBucket(d)
+		if i == len(latencyBuckets{})-1 {
+			continue // the last bucket holds everything above
+		}
+		if up := bucketUpper(i); up < d {
+			t.Fatalf("%v in bucket %d whose upper bound is %v", d, i, up)
+		}
+		if i > 0 && bucketUpper(i-1) >= d {
+			t.Fatalf("%v in bucket %d although bucket %d reaches %v", d, i, i-1, bucketUpper(i-1))
+		}
+	}
+}
+
+func TestPercentileAndDecay(t *testing.T) {
+	var h latencyBuckets
+	for range 990 {
+		h.record(300 * time.Microsecond)
+	}
+	for range 10 {
+		h.record(40 * time.Millisecond)
+	}
+	p99, n := h.percentileAndDecay(0.99)
+	if n != 1000 || p99 < 300*time.Microsecond || p99 > 450*time.Microsecond {
+		t.Fatalf("p99 = %v over %d samples; want 300–450µs over 1000", p99, n)
+	}
+	// Halved: the next interval sees half as much history.
+	if _, n := h.percentileAndDecay(0.99); n != 500 {
+		t.Fatalf("after one decay %d samples, want 500", n)
+	}
+	// It empties in time: a lone slow sample does not stay forever.
+	for range 20 {
+		h.percentileAndDecay(0.99)
+	}
+	if _, n := h.percentileAndDecay(0.99); n != 0 {
+		t.Fatalf("after many decays %d samples left, want 0", n)
+	}
+}
+
+// The automatic delay is twice the p99, within its bounds; with too few
+// reads it keeps the last estimate; fixed and off are taken as they are.
+func TestUpdateHedgeDelays(t *testing.T) {
+	n := &node{index: 1}
+	n.standby.Store(true)
+	c := &Connector{cfg: Config{HedgeAfter: HedgeAuto}, nodes: []*node{n}}
+	c.updateHedgeDelays()
+	if got := time.Duration(n.hedgeDelay.Load()); got != hedgeStartDelay {
+		t.Fatalf("no samples: delay %v, want %v", got, hedgeStartDelay)
+	}
+	for range 1000 {
+		n.latency.record(2 * time.Millisecond)
+	}
+	c.updateHedgeDelays()
+	got := time.Duration(n.hedgeDelay.Load())
+	if got < 4*time.Millisecond || got > 6*time.Millisecond {
+		t.Fatalf("p99 2ms: delay %v, want 4–6ms", got)
+	}
+	n.latency = latencyBuckets{}
+	n.latency.record(time.Second)
+	c.updateHedgeDelays()
+	if again := time.Duration(n.hedgeDelay.Load()); again != got {
+		t.Fatalf("one sample: delay %v, want the last estimate %v", again, got)
+	}
+	for range 1000 {
+		n.latency.record(50 * time.Microsecond)
+	}
+	c.updateHedgeDelays()
+	if d := time.Duration(n.hedgeDelay.Load()); d != hedgeMinDelay {
+		t.Fatalf("fast node: delay %v, want the floor %v", d, hedgeMinDelay)
+	}
+	for _, fixed := range []time.Duration{0, 7 * time.Millisecond} {
+		c.cfg.HedgeAfter = fixed
+		c.updateHedgeDelays()
+		if d := time.Duration(n.hedgeDelay.Load()); d != fixed {
+			t.Fatalf("hedge_after %v: delay %v", fixed, d)
+		}
+	}
+}
+
+// The budget allows a burst, then one hedge per 20 replica reads; hedges
+// do not earn budget themselves.
+func TestHedgeBudget(t *testing.T) {
+	n := &node{index: 1}
+	n.standby.Store(true)
+	c := &Connector{nodes: []*node{n}}
+	took := 0
+	for c.takeHedge() {
+		took++
+	}
+	if took != hedgeBurst {
+		t.Fatalf("burst %d, want %d", took, hedgeBurst)
+	}
+	n.statements.Add(1000)
+	took = 0
+	for c.takeHedge() {
+		took++
+	}
+	if took != 50 {
+		t.Fatalf("after 1000 reads %d hedges, want 50", took)
+	}
+	n.statements.Add(100)
+	n.hedgesSent.Add(100)
+	if c.takeHedge() {
+		t.Fatal("hedges earned budget for more hedges")
+	}
+}
+
+// A node a hedge beat is skipped while another candidate is usable.
+func TestWithoutSlow(t *testing.T) {
+	a, b := &node{index: 1}, &node{index: 2}
+	b.markSlow()
+	if got := withoutSlow([]*node{a, b}); len(got) != 1 || got[0] != a {
+		t.Fatalf("got %v, want only the fast node", got)
+	}
+	a.markSlow()
+	if got := withoutSlow([]*node{a, b}); len(got) != 2 {
+		t.Fatalf("all slow: got %d nodes, want both", len(got))
+	}
+}
