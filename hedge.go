@@ -123,13 +123,16 @@ func (c *Connector) updateHedgeDelays() {
 		d := c.cfg.HedgeAfter
 		if d == HedgeAuto {
 			p99, samples := n.latency.percentileAndDecay(0.99)
-			switch prev := time.Duration(n.hedgeDelay.Load()); {
+			switch measured := time.Duration(n.hedgeMeasured.Load()); {
 			case samples >= hedgeMinSamples:
 				d = min(max(2*p99, hedgeMinDelay), hedgeMaxDelay)
-			case prev > 0:
-				d = prev // too few reads to tell: keep the last estimate
+				n.hedgeMeasured.Store(int64(d))
+			case measured > 0:
+				d = measured // too few reads to tell: keep the last estimate
 			default:
-				d = hedgeStartDelay
+				// Nothing measured yet: a generous multiple of the probes'
+				// round trip, for a node far away.
+				d = min(max(hedgeStartDelay, 4*time.Duration(n.rttNanos.Load())), hedgeMaxDelay)
 			}
 		}
 		n.hedgeDelay.Store(int64(d))
@@ -228,6 +231,8 @@ type hedge struct {
 	// The first attempt, for aborting it.
 	abort         chan struct{}      // closed: stop waiting for a slot or a connection
 	acquireCtx    hedgeAcquireCtx    // the acquire's context, when the caller's cannot end
+	valueCtx      hedgeValueCtx      // the acquire's context, when it can
+	dialed        bool               // a connection is being opened for it: the hedge waits
 	acquireCancel context.CancelFunc // the acquire's, when it can
 	aConn         *pgconn.PgConn     // set while its statement runs
 	aReturned     bool               // its statement returned
@@ -259,7 +264,7 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	h := c.hedge
 	if h == nil {
 		h = &hedge{c: c, abort: make(chan struct{})}
-		h.acquireCtx.h = h
+		h.acquireCtx.h, h.valueCtx.h = h, h
 		h.timer = time.AfterFunc(time.Hour, h.fire)
 		h.timer.Stop()
 		c.hedge = h
@@ -270,21 +275,24 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	h.primaryOK = readOnly
 	// A hedge is reused only while none fired, so only the first
 	// attempt's fields need resetting.
-	h.aConn, h.aReturned, h.cancelDone = nil, false, nil
+	h.aConn, h.aReturned, h.cancelDone, h.dialed = nil, false, nil, false
 	h.mu.Unlock()
 	h.timer.Reset(d)
 	return h
 }
 
 // acquireA takes the first attempt's connection on n into l; a hedge that
-// answers first ends the wait, for a slot or for a new connection (which a
-// stalled server would not answer): pgxpool then finishes opening it in
-// the background, into the pool.
+// answers first ends a wait for a slot, or for a connection being opened
+// (pgxpool then finishes opening it in the background, into the pool).
+//
+// Opening a connection does not count towards the hedge delay: a cold
+// pool would otherwise hedge every first read to a node that must open a
+// connection too. The delay starts again once the connection is open.
 func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	if err := n.takeSlot(ctx, h.abort); err != nil {
 		return err
 	}
-	actx := ctx
+	var actx context.Context
 	switch {
 	case ctx.Done() == nil:
 		h.acquireCtx.Context = ctx
@@ -293,8 +301,7 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 		// A cancellable context, and likely no idle connection: the pool
 		// will open one. Only then is a context of our own worth its
 		// allocations; a wait for a slot ends with h.abort anyway.
-		var cancel context.CancelFunc
-		actx, cancel = context.WithCancel(ctx)
+		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		h.mu.Lock()
 		h.acquireCancel = cancel
@@ -302,6 +309,11 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 			cancel()
 		}
 		h.mu.Unlock()
+		h.valueCtx.Context = cctx
+		actx = &h.valueCtx
+	default:
+		h.valueCtx.Context = ctx
+		actx = &h.valueCtx
 	}
 	err := n.acquireConn(actx, l)
 	if err != nil {
@@ -315,12 +327,22 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	h.mu.Lock()
 	h.acquireCancel = nil
 	won := h.phase == hedgeBWon
+	rearm := false
+	if h.dialed {
+		h.dialed = false
+		if h.phase == hedgeArmed {
+			h.armedAt, rearm = time.Now(), true
+		}
+	}
 	if err == nil && !won {
 		if sc, ok := l.sc.(*stdlib.Conn); ok {
 			h.aConn = sc.Conn().PgConn()
 		}
 	}
 	h.mu.Unlock()
+	if rearm {
+		h.timer.Reset(h.delay)
+	}
 	if won {
 		if err == nil {
 			l.release() // clean: nothing ran on it
@@ -331,8 +353,10 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 }
 
 // hedgeAcquireCtx is the context of a first attempt's acquire when the
-// caller's context cannot be cancelled: it ends when the hedge wins. It
-// lives in the hedge, so it costs no allocation.
+// caller's context cannot end: it ends when the hedge wins. Like
+// hedgeValueCtx, it lets the dial tell the hedge that a connection is being
+// opened. Both live in the hedge, so they cost no allocation; the hedge is
+// not reused once pgxpool may still hold one.
 type hedgeAcquireCtx struct {
 	context.Context
 	h *hedge
@@ -349,12 +373,47 @@ func (c *hedgeAcquireCtx) Err() error {
 	}
 }
 
+func (c *hedgeAcquireCtx) Value(key any) any {
+	if key == (hedgeKey{}) {
+		return c.h
+	}
+	return c.Context.Value(key)
+}
+
+// hedgeValueCtx is the caller's (cancellable) context with the hedge as a
+// value, for the dial.
+type hedgeValueCtx struct {
+	context.Context
+	h *hedge
+}
+
+func (c *hedgeValueCtx) Value(key any) any {
+	if key == (hedgeKey{}) {
+		return c.h
+	}
+	return c.Context.Value(key)
+}
+
+type hedgeKey struct{}
+
+// noteHedgeDial tells the hedged read whose acquire ctx comes from, if
+// any, that a connection is being opened for it: its hedge waits.
+func noteHedgeDial(ctx context.Context) {
+	if h, ok := ctx.Value(hedgeKey{}).(*hedge); ok {
+		h.mu.Lock()
+		h.dialed = true
+		h.mu.Unlock()
+	}
+}
+
 // fire runs on the timer's goroutine: it sends the read to a second node
 // if the first has not answered.
 func (h *hedge) fire() {
 	h.mu.Lock()
-	if h.phase != hedgeArmed || time.Since(h.armedAt) < h.delay {
-		h.mu.Unlock() // answered already, or a stale fire of an earlier read
+	if h.phase != hedgeArmed || h.dialed || time.Since(h.armedAt) < h.delay {
+		// Answered already, a stale fire of an earlier read, or a
+		// connection is being opened (the timer restarts once it is).
+		h.mu.Unlock()
 		return
 	}
 	c := h.c

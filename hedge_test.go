@@ -72,6 +72,14 @@ func TestUpdateHedgeDelays(t *testing.T) {
 	if again := time.Duration(n.hedgeDelay.Load()); again != got {
 		t.Fatalf("one sample: delay %v, want the last estimate %v", again, got)
 	}
+	n.rttNanos.Store(int64(40 * time.Millisecond))
+	fresh := &node{index: 2}
+	fresh.rttNanos.Store(int64(40 * time.Millisecond))
+	c.nodes = append(c.nodes, fresh)
+	c.updateHedgeDelays()
+	if d := time.Duration(fresh.hedgeDelay.Load()); d != 160*time.Millisecond {
+		t.Fatalf("unmeasured node 40ms away: delay %v, want 4 round trips", d)
+	}
 	for range 1000 {
 		n.latency.record(50 * time.Microsecond)
 	}

@@ -80,11 +80,12 @@ type node struct {
 	// Hedging (hedge.go): the delay after which a read is hedged (0: off),
 	// the latencies it follows, and until when a node that lost to a hedge
 	// gets no new reads.
-	hedgeDelay atomic.Int64
-	latency    latencyBuckets
-	slowUntil  atomic.Int64
-	hedgesSent atomic.Uint64 // hedges sent to this node
-	hedgesWon  atomic.Uint64 // of those, answered first
+	hedgeDelay    atomic.Int64
+	hedgeMeasured atomic.Int64 // the last delay that enough latencies supported
+	latency       latencyBuckets
+	slowUntil     atomic.Int64
+	hedgesSent    atomic.Uint64 // hedges sent to this node
+	hedgesWon     atomic.Uint64 // of those, answered first
 
 	// Traffic, for policies and the status snapshot.
 	inFlight   atomic.Int64 // leases held
@@ -157,6 +158,7 @@ func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.Dial
 			stop := context.AfterFunc(e.ctx, cancel)
 			defer stop()
 		}
+		noteHedgeDial(ctx)
 		c, err := dial(dctx, network, addr)
 		if err != nil {
 			if e != noEpoch && e.ctx.Err() != nil {

@@ -103,7 +103,10 @@ func waitingReadOnDeadReplica(t *testing.T, what string, fault func() error) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim, other := cl.Nodes[1], cl.Nodes[2]
-	db, c, policy := openToReplica1(t, monitorParams, "replica_max_conns=1")
+	// Hedging off: a hedge would serve the waiting read from replica2
+	// after its delay (TestHedge* cover that); this is about the wait
+	// itself ending when replica1 is found dead.
+	db, c, policy := openToReplica1(t, monitorParams, "replica_max_conns=1", "hedge_after=off")
 
 	// replica2 gets an idle connection first: what is timed below is the
 	// read leaving replica1, not a new connection's authentication on a
