@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"math/bits"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -562,7 +563,8 @@ func sendCancel(n *node, pg *pgconn.PgConn, done chan struct{}) {
 }
 
 // copyArgs copies what the hedge's goroutine reads after the caller may
-// have returned: database/sql's argument slice and byte slices in it.
+// have returned: database/sql's argument slice and the slices in it (a
+// []byte, json.RawMessage, []string…), which the caller may reuse.
 func copyArgs(args []driver.NamedValue) []driver.NamedValue {
 	if args == nil {
 		return nil
@@ -570,8 +572,16 @@ func copyArgs(args []driver.NamedValue) []driver.NamedValue {
 	out := make([]driver.NamedValue, len(args))
 	copy(out, args)
 	for i := range out {
-		if b, ok := out[i].Value.([]byte); ok {
-			out[i].Value = append([]byte(nil), b...)
+		switch v := out[i].Value.(type) {
+		case nil, string, int64, float64, bool, time.Time:
+		case []byte:
+			out[i].Value = append([]byte(nil), v...)
+		default:
+			if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && !rv.IsNil() {
+				cp := reflect.MakeSlice(rv.Type(), rv.Len(), rv.Len())
+				reflect.Copy(cp, rv)
+				out[i].Value = cp.Interface()
+			}
 		}
 	}
 	return out

@@ -1,6 +1,8 @@
 package pgreplica
 
 import (
+	"database/sql/driver"
+	"encoding/json"
 	"testing"
 	"time"
 )
@@ -134,5 +136,21 @@ func TestWithoutSlow(t *testing.T) {
 	a.markSlow()
 	if got := withoutSlow([]*node{a, b}); len(got) != 2 {
 		t.Fatalf("all slow: got %d nodes, want both", len(got))
+	}
+}
+
+// The hedge's copy of the arguments does not change when the caller reuses
+// its slices.
+func TestCopyArgs(t *testing.T) {
+	b := []byte("abc")
+	raw := json.RawMessage(`{"a":1}`)
+	strs := []string{"x"}
+	args := []driver.NamedValue{{Ordinal: 1, Value: b}, {Ordinal: 2, Value: raw}, {Ordinal: 3, Value: strs}, {Ordinal: 4, Value: int64(7)}}
+	cp := copyArgs(args)
+	b[0], raw[2], strs[0] = 'z', 'z', "y"
+	args[3].Value = int64(8)
+	if string(cp[0].Value.([]byte)) != "abc" || string(cp[1].Value.(json.RawMessage)) != `{"a":1}` ||
+		cp[2].Value.([]string)[0] != "x" || cp[3].Value.(int64) != 7 {
+		t.Fatalf("copy changed with the caller's arguments: %+v", cp)
 	}
 }

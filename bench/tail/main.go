@@ -140,7 +140,7 @@ type result struct {
 	// statements per node (DSN order) from Connector.Status, measured
 	// window only; nil for pgx.
 	statements []uint64
-	reroutes   map[string]uint64 // replica1's, by reason
+	reroutes   map[string]uint64 // replica1's, by reason, and the cluster's hedges
 	stalls     []time.Duration   // freeze call to thaw return
 	procs      []int             // processes found stopped, per stall
 	unstopped  int               // processes found running while frozen
@@ -444,7 +444,13 @@ func counters(conn *pgreplica.Connector) ([]uint64, map[string]uint64) {
 	for i, n := range st.Nodes {
 		stmts[i] = n.Statements
 	}
-	return stmts, maps.Clone(st.Nodes[stallNode].Reroutes)
+	// replica1's reroutes, and the hedges of the whole cluster alongside.
+	rr := maps.Clone(st.Nodes[stallNode].Reroutes)
+	for _, n := range st.Nodes {
+		rr["hedges sent (all nodes)"] += n.HedgesSent
+		rr["hedges won (all nodes)"] += n.HedgesWon
+	}
+	return stmts, rr
 }
 
 // measured is what readAll returns.
@@ -701,7 +707,7 @@ func report(w *os.File, c *sandbox.Cluster, results []*result, started time.Time
 				fmt.Fprintf(w, "; pgreplica's monitor saw replica1 as %s (sampled every 100 ms)", stateList(r.states))
 			}
 			if rr := nonzero(r.reroutes); rr != "" {
-				fmt.Fprintf(w, "; reads rerouted away from replica1: %s", rr)
+				fmt.Fprintf(w, "; reroutes away from replica1, and hedges: %s", rr)
 			}
 		}
 		fmt.Fprintln(w)
