@@ -52,6 +52,9 @@ const (
 	// reads while another usable replica can take them: the readers would
 	// otherwise keep queueing on a stalled server, each one hedged.
 	slowFor = 100 * time.Millisecond
+	// suspectFor is how long after that the opening of a connection to it
+	// counts towards the hedge delay (see fire).
+	suspectFor = 10 * time.Second
 )
 
 // errHedgeWon ends the first attempt's wait when its hedge answered first.
@@ -142,7 +145,17 @@ func (c *Connector) updateHedgeDelays() {
 
 // markSlow keeps new reads off n for a while: a hedge beat it.
 func (n *node) markSlow() {
-	n.slowUntil.Store(time.Now().Add(slowFor).UnixNano())
+	now := time.Now()
+	n.slowUntil.Store(now.Add(slowFor).UnixNano())
+	n.beatenAt.Store(now.UnixNano())
+}
+
+// beatenRecently says whether a hedge beat n in the last suspectFor: then
+// even a read waiting for a new connection to it is hedged, for a server
+// that stalls may not answer a new connection either.
+func (n *node) beatenRecently() bool {
+	at := n.beatenAt.Load()
+	return at != 0 && time.Now().UnixNano()-at < int64(suspectFor)
 }
 
 // slow says whether a hedge beat n less than slowFor ago.
@@ -286,22 +299,22 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 // answers first ends a wait for a slot, or for a connection being opened
 // (pgxpool then finishes opening it in the background, into the pool).
 //
-// Opening a connection does not count towards the hedge delay: a cold
-// pool would otherwise hedge every first read to a node that must open a
-// connection too. The delay starts again once the connection is open.
+// Opening a connection does not count towards the hedge delay, unless a
+// hedge beat the node lately: a cold pool would otherwise hedge every
+// first read to a node that must open a connection too. The delay starts
+// again once the connection is open.
 func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	if err := n.takeSlot(ctx, h.abort); err != nil {
 		return err
 	}
 	var actx context.Context
-	switch {
-	case ctx.Done() == nil:
+	if ctx.Done() == nil {
 		h.acquireCtx.Context = ctx
 		actx = &h.acquireCtx // no allocation
-	case n.sockets.Load() < int64(len(n.slots)):
-		// A cancellable context, and likely no idle connection: the pool
-		// will open one. Only then is a context of our own worth its
-		// allocations; a wait for a slot ends with h.abort anyway.
+	} else {
+		// The caller's context can end too: a context of our own, which
+		// the hedge's win cancels. (pgx already pays a goroutine per
+		// statement for such a context.)
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		h.mu.Lock()
@@ -311,9 +324,6 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 		}
 		h.mu.Unlock()
 		h.valueCtx.Context = cctx
-		actx = &h.valueCtx
-	default:
-		h.valueCtx.Context = ctx
 		actx = &h.valueCtx
 	}
 	err := n.acquireConn(actx, l)
@@ -411,9 +421,11 @@ func noteHedgeDial(ctx context.Context) {
 // if the first has not answered.
 func (h *hedge) fire() {
 	h.mu.Lock()
-	if h.phase != hedgeArmed || h.dialed || time.Since(h.armedAt) < h.delay {
+	if h.phase != hedgeArmed || time.Since(h.armedAt) < h.delay ||
+		h.dialed && !h.aNode.beatenRecently() {
 		// Answered already, a stale fire of an earlier read, or a
-		// connection is being opened (the timer restarts once it is).
+		// connection is being opened to a node no hedge beat lately (the
+		// timer restarts once it is open).
 		h.mu.Unlock()
 		return
 	}

@@ -84,6 +84,7 @@ type node struct {
 	hedgeMeasured atomic.Int64 // the last delay that enough latencies supported
 	latency       latencyBuckets
 	slowUntil     atomic.Int64
+	beatenAt      atomic.Int64  // unix nanos of the last time a hedge beat it
 	hedgesSent    atomic.Uint64 // hedges sent to this node
 	hedgesWon     atomic.Uint64 // of those, answered first
 
