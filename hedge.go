@@ -95,11 +95,10 @@ func bucketUpper(i int) time.Duration {
 
 func (h *latencyBuckets) record(d time.Duration) { h[latencyBucket(d)].Add(1) }
 
-// percentile returns an upper bound of the p-quantile and the sample count,
-// and halves every bucket for the next interval.
-func (h *latencyBuckets) percentileAndDecay(p float64) (time.Duration, uint64) {
+// quantiles returns upper bounds of the 0.99 and 0.999 quantiles and the
+// sample count, and halves every bucket for the next interval.
+func (h *latencyBuckets) quantilesAndDecay() (p99, p999 time.Duration, total uint64) {
 	var counts [len(latencyBuckets{})]uint64
-	var total uint64
 	for i := range h {
 		c := h[i].Load()
 		counts[i] = c
@@ -107,17 +106,20 @@ func (h *latencyBuckets) percentileAndDecay(p float64) (time.Duration, uint64) {
 		h[i].Add(-((c + 1) / 2))
 	}
 	if total == 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
-	want := uint64(float64(total)*p + 0.5)
-	var seen uint64
-	for i, c := range counts {
-		seen += c
-		if seen >= want {
-			return bucketUpper(i), total
+	at := func(p float64) time.Duration {
+		want := uint64(float64(total)*p + 0.5)
+		var seen uint64
+		for i, c := range counts {
+			seen += c
+			if seen >= want {
+				return bucketUpper(i)
+			}
 		}
+		return bucketUpper(len(counts) - 1)
 	}
-	return bucketUpper(len(counts) - 1), total
+	return at(0.99), at(0.999), total
 }
 
 // updateHedgeDelays sets every node's hedge delay from its recent
@@ -126,10 +128,17 @@ func (c *Connector) updateHedgeDelays() {
 	for _, n := range c.nodes {
 		d := c.cfg.HedgeAfter
 		if d == HedgeAuto {
-			p99, samples := n.latency.percentileAndDecay(0.99)
+			p99, p999, samples := n.latency.quantilesAndDecay()
 			switch measured := time.Duration(n.hedgeMeasured.Load()); {
 			case samples >= hedgeMinSamples:
-				d = min(max(2*p99, hedgeMinDelay), hedgeMaxDelay)
+				// Twice the p99, and no less than the p99.9 once there
+				// are enough reads to tell it: a healthy node is hedged
+				// about one read in a thousand or less.
+				d = 2 * p99
+				if samples >= 10*hedgeMinSamples {
+					d = max(d, p999)
+				}
+				d = min(max(d, hedgeMinDelay), hedgeMaxDelay)
 				n.hedgeMeasured.Store(int64(d))
 			case measured > 0:
 				d = measured // too few reads to tell: keep the last estimate

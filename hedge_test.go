@@ -33,24 +33,28 @@ func TestPercentileAndDecay(t *testing.T) {
 	for range 10 {
 		h.record(40 * time.Millisecond)
 	}
-	p99, n := h.percentileAndDecay(0.99)
+	p99, p999, n := h.quantilesAndDecay()
 	if n != 1000 || p99 < 300*time.Microsecond || p99 > 450*time.Microsecond {
 		t.Fatalf("p99 = %v over %d samples; want 300–450µs over 1000", p99, n)
 	}
+	if p999 < 40*time.Millisecond || p999 > 60*time.Millisecond {
+		t.Fatalf("p99.9 = %v; want 40–60ms", p999)
+	}
 	// Halved: the next interval sees half as much history.
-	if _, n := h.percentileAndDecay(0.99); n != 500 {
+	if _, _, n := h.quantilesAndDecay(); n != 500 {
 		t.Fatalf("after one decay %d samples, want 500", n)
 	}
 	// It empties in time: a lone slow sample does not stay forever.
 	for range 20 {
-		h.percentileAndDecay(0.99)
+		h.quantilesAndDecay()
 	}
-	if _, n := h.percentileAndDecay(0.99); n != 0 {
+	if _, _, n := h.quantilesAndDecay(); n != 0 {
 		t.Fatalf("after many decays %d samples left, want 0", n)
 	}
 }
 
-// The automatic delay is twice the p99, within its bounds; with too few
+// The automatic delay is twice the p99 (and at least the p99.9 with
+// enough reads), within its bounds; with too few
 // reads it keeps the last estimate; fixed and off are taken as they are.
 func TestUpdateHedgeDelays(t *testing.T) {
 	n := &node{index: 1}
@@ -65,6 +69,23 @@ func TestUpdateHedgeDelays(t *testing.T) {
 	}
 	c.updateHedgeDelays()
 	got := time.Duration(n.hedgeDelay.Load())
+	// 2000 reads more, 0.5% of them at 30ms: the p99.9 sets the delay.
+	for i := range 2000 {
+		if i%200 == 0 {
+			n.latency.record(30 * time.Millisecond)
+		} else {
+			n.latency.record(2 * time.Millisecond)
+		}
+	}
+	c.updateHedgeDelays()
+	if d := time.Duration(n.hedgeDelay.Load()); d < 30*time.Millisecond || d > 40*time.Millisecond {
+		t.Fatalf("p99.9 30ms over 2500 reads: delay %v, want 30–40ms", d)
+	}
+	n.latency = latencyBuckets{}
+	for range 1000 {
+		n.latency.record(2 * time.Millisecond)
+	}
+	c.updateHedgeDelays()
 	if got < 4*time.Millisecond || got > 6*time.Millisecond {
 		t.Fatalf("p99 2ms: delay %v, want 4–6ms", got)
 	}
