@@ -262,13 +262,30 @@ func routedTo(b *testing.B, want int, run func()) {
 	after := conn.Status()
 	for i := range after.Nodes {
 		got := after.Nodes[i].Statements - before.Nodes[i].Statements
+		hedges := after.Nodes[i].HedgesSent - before.Nodes[i].HedgesSent // counted in got
 		switch {
-		case i == want && got < uint64(b.N):
+		case i == want && got+hedgesAway(before, after, i) < uint64(b.N):
 			b.Fatalf("node %d served %d statements, want at least b.N=%d", i, got, b.N)
-		case i != want && got != 0:
-			b.Fatalf("node %d served %d statements, want all on node %d", i, got, want)
+		case i != want && got != hedges:
+			b.Fatalf("node %d served %d statements (%d of them hedges), want all but hedges on node %d", i, got, hedges, want)
+		}
+		if hedges > 0 {
+			b.ReportMetric(float64(hedges)/float64(b.N), fmt.Sprintf("hedges-to-node%d/op", i))
 		}
 	}
+}
+
+// hedgesAway counts the hedges sent to nodes other than i between two
+// snapshots: a read whose hedge won before its first attempt had a
+// connection never reached node i.
+func hedgesAway(before, after pgreplica.Status, i int) uint64 {
+	var n uint64
+	for m := range after.Nodes {
+		if m != i {
+			n += after.Nodes[m].HedgesSent - before.Nodes[m].HedgesSent
+		}
+	}
+	return n
 }
 
 // BenchmarkPointSelect: one SELECT by primary key per op, from one
@@ -414,14 +431,20 @@ func alternating(b *testing.B, workers int, cs []contender, op func(ctx context.
 	// Every pgreplica side's statements went to its node.
 	for n := range after.Nodes {
 		got := after.Nodes[n].Statements - before.Nodes[n].Statements
+		// Hedged reads (hedge_after=auto) may go to the other node; they
+		// are counted, and reported below.
+		hedges := after.Nodes[n].HedgesSent - before.Nodes[n].HedgesSent
 		var want uint64
 		for i, c := range cs {
 			if c.node == n {
 				want += uint64(done[i])
 			}
 		}
-		if got < want || (want == 0 && got != 0) {
-			b.Fatalf("pgreplica sent %d statements to node %d, want %d", got, n, want)
+		if got+hedgesAway(before, after, n) < want || (want == 0 && got != hedges) {
+			b.Fatalf("pgreplica sent %d statements to node %d (%d of them hedges), want %d", got, n, hedges, want)
+		}
+		if hedges > 0 {
+			b.ReportMetric(float64(hedges)/float64(b.N), fmt.Sprintf("hedges-to-node%d/op", n))
 		}
 	}
 }
