@@ -139,7 +139,8 @@ func (c *conn) ResetSession(ctx context.Context) error {
 // Close discards the session state this conn holds with its connection.
 func (c *conn) Close() error {
 	if c.hedge != nil {
-		c.hedge.timer.Stop()
+		c.c.hedgeWatch.remove(c.hedge)
+		c.hedge = nil
 	}
 	c.unparkSticky()
 	c.sticky = false

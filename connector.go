@@ -37,6 +37,7 @@ type Connector struct {
 	primarySample atomic.Pointer[lsnSample] // newest probe of the primary
 	sticky        stickyConns               // idle conns holding session state
 	hedges        hedgeBudgetState          // how many reads may still be hedged
+	hedgeWatch    hedgeWatch                // fires the hedges that are due
 
 	// traced is set when a node has a pgx tracer: statements then carry
 	// their route reason in the context (RouteReason).
@@ -115,6 +116,7 @@ func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
 		c.mon.stop()
+		c.hedgeWatch.close()
 		c.closeNodes()
 	})
 	return nil

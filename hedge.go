@@ -231,8 +231,8 @@ const (
 // read until a hedge fires: the hedge's goroutine may outlive the read, so
 // the conn then starts a new one.
 type hedge struct {
-	c     *conn
-	timer *time.Timer
+	c   *conn
+	due atomic.Int64 // when its hedge is due (hedgeWatch's clock); 0: not armed
 
 	mu      sync.Mutex
 	phase   hedgePhase
@@ -288,8 +288,9 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	if h == nil {
 		h = &hedge{c: c, abort: make(chan struct{})}
 		h.acquireCtx.h, h.valueCtx.h = h, h
-		h.timer = time.AfterFunc(time.Hour, h.fire)
-		h.timer.Stop()
+		if !c.c.hedgeWatch.add(h) {
+			return nil // the connector closed
+		}
 		c.hedge = h
 	}
 	h.mu.Lock()
@@ -300,7 +301,7 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	// attempt's fields need resetting.
 	h.aConn, h.aReturned, h.cancelDone, h.dialed = nil, false, nil, false
 	h.mu.Unlock()
-	h.timer.Reset(d)
+	c.c.hedgeWatch.arm(h, d)
 	return h
 }
 
@@ -340,7 +341,7 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 		<-n.slots
 		// pgxpool may still be opening a connection with actx: this hedge
 		// must not be reused while it does.
-		h.c.hedge = nil
+		h.retire()
 	} else {
 		n.inFlight.Add(1)
 	}
@@ -361,7 +362,7 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	}
 	h.mu.Unlock()
 	if rearm {
-		h.timer.Reset(h.delay)
+		h.c.c.hedgeWatch.arm(h, h.delay)
 	}
 	if won {
 		if err == nil {
@@ -426,8 +427,8 @@ func noteHedgeDial(ctx context.Context) {
 	}
 }
 
-// fire runs on the timer's goroutine: it sends the read to a second node
-// if the first has not answered.
+// fire runs on a goroutine of its own, started by hedgeWatch when the read
+// is due: it sends the read to a second node if the first has not answered.
 func (h *hedge) fire() {
 	h.mu.Lock()
 	if h.phase != hedgeArmed || time.Since(h.armedAt) < h.delay ||
@@ -613,6 +614,7 @@ func copyArgs(args []driver.NamedValue) []driver.NamedValue {
 // returns the read's outcome: won reports that the hedge answered instead,
 // its rows in rows and its lease moved into l.
 func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err error) (driver.Rows, error, bool) {
+	h.c.c.hedgeWatch.disarm(h)
 	h.mu.Lock()
 	aConn := h.aConn
 	h.aReturned, h.aConn = true, nil
@@ -620,14 +622,13 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 	case hedgeArmed:
 		h.phase = hedgeAWon
 		h.mu.Unlock()
-		h.timer.Stop()
 		if err == nil {
 			h.aNode.latency.record(time.Since(h.armedAt))
 		}
 		return rows, err, false
 	case hedgeBFailed:
 		h.mu.Unlock()
-		h.c.hedge = nil // the hedge's goroutine is done; start afresh anyway
+		h.retire() // its goroutine is done; start afresh anyway
 		if err == nil {
 			h.aNode.latency.record(time.Since(h.armedAt))
 		}
@@ -636,7 +637,7 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 		if err == nil {
 			h.phase = hedgeAWon
 			h.mu.Unlock()
-			h.c.hedge = nil
+			h.retire()
 			h.aNode.latency.record(time.Since(h.armedAt))
 			time.AfterFunc(hedgeLoserGrace, h.bStop)
 			return rows, nil, false
@@ -644,7 +645,7 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 		h.phase = hedgeAFailed
 		done := h.bDone
 		h.mu.Unlock()
-		h.c.hedge = nil
+		h.retire()
 		if ctx.Err() != nil {
 			h.bStop()
 			return nil, err, false
@@ -672,7 +673,7 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 	}
 	// hedgeBWon: the first attempt lost.
 	h.mu.Unlock()
-	h.c.hedge = nil
+	h.retire()
 	if l.held() {
 		keep := false
 		var pe *pgconn.PgError
@@ -696,6 +697,15 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 		l.release()
 	}
 	return h.takeB(l), nil, true
+}
+
+// retire stops the conn from reusing h: its hedge's goroutine, or pgxpool
+// opening a connection with its context, may outlive the read.
+func (h *hedge) retire() {
+	if h.c.hedge == h {
+		h.c.hedge = nil
+		h.c.c.hedgeWatch.remove(h)
+	}
 }
 
 // target is the node the hedge was sent to, or nil.

@@ -290,7 +290,12 @@ func TestSessionTokenConcurrent(t *testing.T) {
 				written := lsn.Add(1)
 				s.noteWrite(c)
 				if i%7 == g%7 {
-					primaryAt(c, lsn.Load()) // a probe after the write
+					// A probe after the write; like a real one, it takes
+					// its start time before it reads the position (the
+					// other way round, a write between the two would look
+					// covered by a position that predates it).
+					at := monoNow()
+					c.primarySample.Store(&lsnSample{at: at, lsn: lsn.Load()})
 				}
 				got, _ := parseToken(SessionToken(ctx))
 				if got < written {

@@ -56,6 +56,9 @@ const (
 // first or second: go test ./bench/ -bench=. -args -reverse.
 var reverse = flag.Bool("reverse", false, "run pgreplica's sub-benchmarks before pgx's")
 
+// dsnParams are added to pgreplica's DSN (-args -dsn-params=hedge_after=off).
+var dsnParams = flag.String("dsn-params", "", "query parameters added to pgreplica's DSN, e.g. hedge_after=off")
+
 // The databases every benchmark shares, opened once by TestMain.
 var (
 	cluster *sandbox.Cluster
@@ -137,7 +140,12 @@ func setup(ctx context.Context, c *sandbox.Cluster) error {
 	if direct.primary, err = open("pgx", c.NodeDSN(0)); err != nil {
 		return err
 	}
-	if routed, err = open("pgreplica", c.DSN()); err != nil {
+	dsn := c.DSN()
+	if *dsnParams != "" {
+		// e.g. -args -dsn-params=hedge_after=off, to compare a setting.
+		dsn += "&" + *dsnParams
+	}
+	if routed, err = open("pgreplica", dsn); err != nil {
 		return err
 	}
 	if conn, err = pgreplica.ConnectorOf(ctx, routed); err != nil {

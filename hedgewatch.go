@@ -1,0 +1,142 @@
+package pgreplica
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// hedgeWatch fires the hedges of reads that outlived their hedge delay.
+// One goroutine per connector (started with the first hedged read, ended
+// by Close) sleeps until the earliest armed read is due; arming and
+// disarming a read is a couple of atomic operations. A time.Timer per
+// read measured about 2% of a point read's CPU for its Reset and Stop.
+type hedgeWatch struct {
+	base  time.Time    // origin of the due times (monotonic)
+	armed atomic.Int32 // reads armed and not yet claimed
+	next  atomic.Int64 // the due time the goroutine sleeps until
+	wake  chan struct{}
+
+	mu      sync.Mutex
+	hedges  []*hedge
+	started bool
+	closed  bool
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// maxWatchSleep bounds the goroutine's sleep, so a read armed with a
+// shorter delay than the one it sleeps for waits at most this much extra.
+const maxWatchSleep = 5 * time.Millisecond
+
+func (w *hedgeWatch) now() int64 { return int64(time.Since(w.base)) }
+
+// add registers a conn's hedge; it reports false once the connector closed.
+func (w *hedgeWatch) add(h *hedge) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false
+	}
+	if !w.started {
+		w.started = true
+		w.base = time.Now()
+		w.wake = make(chan struct{}, 1)
+		w.stop, w.done = make(chan struct{}), make(chan struct{})
+		go w.run()
+	}
+	w.hedges = append(w.hedges, h)
+	return true
+}
+
+// remove unregisters a hedge the conn no longer uses.
+func (w *hedgeWatch) remove(h *hedge) {
+	w.disarm(h)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, x := range w.hedges {
+		if x == h {
+			last := len(w.hedges) - 1
+			w.hedges[i], w.hedges[last] = w.hedges[last], nil
+			w.hedges = w.hedges[:last]
+			return
+		}
+	}
+}
+
+// arm makes h's hedge due after d.
+func (w *hedgeWatch) arm(h *hedge, d time.Duration) {
+	due := w.now() + int64(d)
+	if h.due.Swap(due) == 0 {
+		w.armed.Add(1)
+	}
+	if due < w.next.Load() {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// disarm cancels h's pending hedge, if the goroutine has not claimed it.
+func (w *hedgeWatch) disarm(h *hedge) {
+	if h.due.Swap(0) != 0 {
+		w.armed.Add(-1)
+	}
+}
+
+func (w *hedgeWatch) close() {
+	w.mu.Lock()
+	w.closed = true
+	started := w.started
+	w.mu.Unlock()
+	if started {
+		close(w.stop)
+		<-w.done
+	}
+}
+
+func (w *hedgeWatch) run() {
+	defer close(w.done)
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		next := int64(math.MaxInt64)
+		if w.armed.Load() > 0 {
+			now := w.now()
+			w.mu.Lock()
+			for _, h := range w.hedges {
+				due := h.due.Load()
+				switch {
+				case due == 0:
+				case due <= now:
+					if h.due.CompareAndSwap(due, 0) {
+						w.armed.Add(-1)
+						go h.fire()
+					}
+				default:
+					next = min(next, due)
+				}
+			}
+			w.mu.Unlock()
+		}
+		w.next.Store(next)
+		sleep := maxWatchSleep
+		if next != math.MaxInt64 {
+			sleep = min(time.Duration(next-w.now()), maxWatchSleep)
+		} else if w.armed.Load() == 0 {
+			sleep = time.Hour // until a read is armed
+		}
+		t.Reset(max(sleep, 0))
+		select {
+		case <-t.C:
+		case <-w.wake:
+			if !t.Stop() {
+				<-t.C
+			}
+		case <-w.stop:
+			return
+		}
+	}
+}
