@@ -21,9 +21,10 @@ const HedgeAuto time.Duration = -1
 
 // Hedging, in short: a plain read runs on the caller's goroutine, as
 // without hedging (handing every read to another goroutine measured 40%
-// slower on two cores). A per-conn timer, armed before the connection is
-// taken, fires after the hedge delay; its goroutine sends the same read to
-// a second usable node. If that answers first, the caller's wait is cut
+// slower on two cores). Before its connection is taken the read is armed
+// with its hedge delay; the connector's hedgeWatch goroutine starts fire
+// for each read still unanswered when due, which sends the same read to a
+// second usable node. If that answers first, the caller's wait is cut
 // short: a wait for a slot or a new connection ends at once; a statement
 // in flight gets a cancel request and, if the server has not answered it
 // within hedgeAbortGrace (a stalled server cannot), its socket's deadline,
@@ -293,15 +294,16 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 		}
 		c.hedge = h
 	}
+	now := time.Now()
 	h.mu.Lock()
-	h.phase, h.armedAt, h.delay = hedgeArmed, time.Now(), d
+	h.phase, h.armedAt, h.delay = hedgeArmed, now, d
 	h.ctx, h.query, h.args, h.maxLag, h.minLSN, h.tried, h.aNode = ctx, query, args, maxLag, minLSN, tried, n
 	h.primaryOK = readOnly
 	// A hedge is reused only while none fired, so only the first
 	// attempt's fields need resetting.
 	h.aConn, h.aReturned, h.cancelDone, h.dialed = nil, false, nil, false
 	h.mu.Unlock()
-	c.c.hedgeWatch.arm(h, d)
+	c.c.hedgeWatch.arm(h, now, d)
 	return h
 }
 
@@ -355,6 +357,7 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 			h.armedAt, rearm = time.Now(), true
 		}
 	}
+	armedAt := h.armedAt
 	if err == nil && !won {
 		if sc, ok := l.sc.(*stdlib.Conn); ok {
 			h.aConn = sc.Conn().PgConn()
@@ -362,7 +365,7 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	}
 	h.mu.Unlock()
 	if rearm {
-		h.c.c.hedgeWatch.arm(h, h.delay)
+		h.c.c.hedgeWatch.arm(h, armedAt, h.delay)
 	}
 	if won {
 		if err == nil {

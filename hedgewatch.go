@@ -13,10 +13,10 @@ import (
 // disarming a read is a couple of atomic operations. A time.Timer per
 // read measured about 2% of a point read's CPU for its Reset and Stop.
 type hedgeWatch struct {
-	base  time.Time    // origin of the due times (monotonic)
-	armed atomic.Int32 // reads armed and not yet claimed
-	next  atomic.Int64 // the due time the goroutine sleeps until
-	wake  chan struct{}
+	base time.Time    // origin of the due times (monotonic)
+	idle atomic.Bool  // the goroutine found nothing armed and sleeps until woken
+	next atomic.Int64 // the due time the goroutine sleeps until
+	wake chan struct{}
 
 	mu      sync.Mutex
 	hedges  []*hedge
@@ -65,13 +65,15 @@ func (w *hedgeWatch) remove(h *hedge) {
 	}
 }
 
-// arm makes h's hedge due after d.
-func (w *hedgeWatch) arm(h *hedge, d time.Duration) {
-	due := w.now() + int64(d)
-	if h.due.Swap(due) == 0 {
-		w.armed.Add(1)
-	}
-	if due < w.next.Load() {
+// arm makes h's hedge due after d from armedAt. It writes only h's own
+// state: every conn arming reads concurrently would otherwise contend for
+// a shared counter.
+func (w *hedgeWatch) arm(h *hedge, armedAt time.Time, d time.Duration) {
+	due := int64(armedAt.Sub(w.base) + d)
+	h.due.Store(due)
+	// Dekker-style with run: it sets idle before it scans, this stores due
+	// before it reads idle, so one of the two sees the other.
+	if w.idle.Load() || due < w.next.Load() {
 		select {
 		case w.wake <- struct{}{}:
 		default:
@@ -80,11 +82,7 @@ func (w *hedgeWatch) arm(h *hedge, d time.Duration) {
 }
 
 // disarm cancels h's pending hedge, if the goroutine has not claimed it.
-func (w *hedgeWatch) disarm(h *hedge) {
-	if h.due.Swap(0) != 0 {
-		w.armed.Add(-1)
-	}
-}
+func (w *hedgeWatch) disarm(h *hedge) { h.due.Store(0) }
 
 func (w *hedgeWatch) close() {
 	w.mu.Lock()
@@ -102,31 +100,28 @@ func (w *hedgeWatch) run() {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
+		w.idle.Store(true)
 		next := int64(math.MaxInt64)
-		if w.armed.Load() > 0 {
-			now := w.now()
-			w.mu.Lock()
-			for _, h := range w.hedges {
-				due := h.due.Load()
-				switch {
-				case due == 0:
-				case due <= now:
-					if h.due.CompareAndSwap(due, 0) {
-						w.armed.Add(-1)
-						go h.fire()
-					}
-				default:
-					next = min(next, due)
+		now := w.now()
+		w.mu.Lock()
+		for _, h := range w.hedges {
+			due := h.due.Load()
+			switch {
+			case due == 0:
+			case due <= now:
+				if h.due.CompareAndSwap(due, 0) {
+					go h.fire()
 				}
+			default:
+				next = min(next, due)
 			}
-			w.mu.Unlock()
 		}
+		w.mu.Unlock()
 		w.next.Store(next)
-		sleep := maxWatchSleep
+		sleep := time.Hour // nothing armed: until a read is
 		if next != math.MaxInt64 {
+			w.idle.Store(false)
 			sleep = min(time.Duration(next-w.now()), maxWatchSleep)
-		} else if w.armed.Load() == 0 {
-			sleep = time.Hour // until a read is armed
 		}
 		t.Reset(max(sleep, 0))
 		select {
