@@ -92,6 +92,9 @@ func newConnector(cfg Config) (*Connector, error) {
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
 	c.updateHedgeDelays()
+	if cfg.HedgeAfter != 0 {
+		c.hedgeWatch.start()
+	}
 	c.mon = startMonitor(c)
 	return c, nil
 }

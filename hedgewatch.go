@@ -8,8 +8,8 @@ import (
 )
 
 // hedgeWatch fires the hedges of reads that outlived their hedge delay.
-// One goroutine per connector (started with the first hedged read, ended
-// by Close) sleeps until the earliest armed read is due; arming and
+// One goroutine per connector (started by NewConnector when hedging is
+// on, ended by Close) sleeps until the earliest armed read is due; arming and
 // disarming a read is a couple of atomic operations. A time.Timer per
 // read measured about 2% of a point read's CPU for its Reset and Stop.
 type hedgeWatch struct {
@@ -32,19 +32,26 @@ const maxWatchSleep = 5 * time.Millisecond
 
 func (w *hedgeWatch) now() int64 { return int64(time.Since(w.base)) }
 
-// add registers a conn's hedge; it reports false once the connector closed.
+// start runs the goroutine; the connector calls it once, when it opens
+// with hedging on (a goroutine started by the first read would appear at
+// an arbitrary time in the application's life).
+func (w *hedgeWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.started = true
+	w.base = time.Now()
+	w.wake = make(chan struct{}, 1)
+	w.stop, w.done = make(chan struct{}), make(chan struct{})
+	go w.run()
+}
+
+// add registers a conn's hedge; it reports false when the watch does not
+// run (hedging off, or the connector closed).
 func (w *hedgeWatch) add(h *hedge) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
+	if w.closed || !w.started {
 		return false
-	}
-	if !w.started {
-		w.started = true
-		w.base = time.Now()
-		w.wake = make(chan struct{}, 1)
-		w.stop, w.done = make(chan struct{}), make(chan struct{})
-		go w.run()
 	}
 	w.hedges = append(w.hedges, h)
 	return true
