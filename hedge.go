@@ -26,9 +26,8 @@ const HedgeAuto time.Duration = -1
 // for each read still unanswered when due, which sends the same read to a
 // second usable node. If that answers first, the caller's wait is cut
 // short: a wait for a slot or a new connection ends at once; a statement
-// in flight gets a cancel request and, if the server has not answered it
-// within hedgeAbortGrace (a stalled server cannot), its socket's deadline,
-// which makes pgx drop that connection. If the first node answers first,
+// in flight gets hedgeAbortGrace to answer, then its socket's deadline,
+// which makes pgx drop that connection (and cancel the statement). If the first node answers first,
 // the hedge is abandoned in the background.
 const (
 	// hedgeBudget is the share of replica reads that may be hedged, with
@@ -37,8 +36,8 @@ const (
 	hedgeBudget = 0.05
 	hedgeBurst  = 50
 	// hedgeAbortGrace is how long a caller whose hedge won waits for the
-	// first node to answer its cancel request before dropping the
-	// connection: the price of keeping a busy server's connection.
+	// first node's statement to answer before dropping its connection: the
+	// price of keeping a busy server's connection.
 	hedgeAbortGrace = 2 * time.Millisecond
 	// hedgeLoserGrace is how long an abandoned hedge may run on before its
 	// connection is dropped; it holds a slot of its node meanwhile.
@@ -260,7 +259,7 @@ type hedge struct {
 	acquireCancel context.CancelFunc // the acquire's, when it can
 	aConn         *pgconn.PgConn     // set while its statement runs
 	aReturned     bool               // its statement returned
-	cancelDone    chan struct{}      // a cancel request was sent; closed when it was delivered
+	aCut          bool               // its socket's deadline was set: pgx drops the connection
 
 	// The hedge.
 	bNode  *node
@@ -301,7 +300,7 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	h.primaryOK = readOnly
 	// A hedge is reused only while none fired, so only the first
 	// attempt's fields need resetting.
-	h.aConn, h.aReturned, h.cancelDone, h.dialed = nil, false, nil, false
+	h.aConn, h.aReturned, h.aCut, h.dialed = nil, false, false, false
 	h.mu.Unlock()
 	c.c.hedgeWatch.arm(h, now, d)
 	return h
@@ -553,6 +552,12 @@ func (h *hedge) runB(ctx context.Context, b *node, l *lease, query string, args 
 var errNodeBusy = errors.New("pgreplica: no free connection for the hedge")
 
 // abortA cuts the first attempt short after its hedge won; h.mu is held.
+// A statement in flight gets hedgeAbortGrace to answer on its own (on a
+// busy machine it usually does, and its connection stays clean); then its
+// socket's deadline makes pgx drop the connection, and pgx sends the
+// server a cancel request for it as it does so. Not sending one first
+// saves a fork on the server for each hedge, which on a busy machine is
+// what a hedge costs most.
 func (h *hedge) abortA() {
 	h.aNode.markSlow()
 	close(h.abort)
@@ -563,28 +568,14 @@ func (h *hedge) abortA() {
 	if pg == nil || h.aReturned {
 		return
 	}
-	h.cancelDone = make(chan struct{})
-	go sendCancel(h.aNode, pg, h.cancelDone)
 	time.AfterFunc(hedgeAbortGrace, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if !h.aReturned {
-			_ = pg.Conn().SetDeadline(time.Now()) // pgx drops the connection
+			h.aCut = true
+			_ = pg.Conn().SetDeadline(time.Now())
 		}
 	})
-}
-
-// sendCancel asks n's server to cancel pg's statement, bounded by the
-// connect timeout and by the connector's close.
-func sendCancel(n *node, pg *pgconn.PgConn, done chan struct{}) {
-	defer close(done)
-	timeout := n.probeConfig.ConnectTimeout
-	if timeout <= 0 {
-		timeout = defaultReplicaConnectTimeout
-	}
-	ctx, cancel := context.WithTimeout(n.closed, timeout)
-	defer cancel()
-	_ = pg.CancelRequest(ctx)
 }
 
 // copyArgs copies what the hedge's goroutine reads after the caller may
@@ -619,7 +610,7 @@ func copyArgs(args []driver.NamedValue) []driver.NamedValue {
 func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err error) (driver.Rows, error, bool) {
 	h.c.c.hedgeWatch.disarm(h)
 	h.mu.Lock()
-	aConn := h.aConn
+	aCut := h.aCut
 	h.aReturned, h.aConn = true, nil
 	switch h.phase {
 	case hedgeArmed:
@@ -678,21 +669,11 @@ func (h *hedge) finishA(ctx context.Context, l *lease, rows driver.Rows, err err
 	h.mu.Unlock()
 	h.retire()
 	if l.held() {
-		keep := false
-		var pe *pgconn.PgError
-		if err != nil && errors.As(err, &pe) && pe.Code == "57014" && h.cancelDone != nil {
-			select {
-			case <-h.cancelDone:
-				keep = true // the cancel was spent on that statement
-			default:
-			}
-		}
+		// It answered within the grace: the connection is clean once its
+		// rows are read. Cut by the deadline: pgx has closed it.
+		keep := !aCut
 		if err == nil {
 			rows.Close()
-		}
-		if keep && aConn != nil {
-			// The abort's deadline may have landed after the answer.
-			keep = aConn.Conn().SetDeadline(time.Time{}) == nil
 		}
 		if !keep {
 			l.dirty = true
