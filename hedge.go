@@ -201,12 +201,15 @@ func (c *Connector) takeHedge() bool {
 	b := &c.hedges
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.primed {
-		b.primed, b.tokens = true, hedgeBurst
-	} else if reads > b.reads {
+	switch {
+	case !b.primed:
+		b.primed, b.tokens, b.reads = true, hedgeBurst, reads
+	case reads > b.reads:
+		// Counted outside the lock: a concurrent caller may have counted
+		// more already, so only move forward.
 		b.tokens = min(b.tokens+hedgeBudget*float64(reads-b.reads), hedgeBurst)
+		b.reads = reads
 	}
-	b.reads = reads
 	if b.tokens < 1 {
 		return false
 	}

@@ -3,6 +3,8 @@ package pgreplica
 import (
 	"database/sql/driver"
 	"encoding/json"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -173,5 +175,30 @@ func TestCopyArgs(t *testing.T) {
 	if string(cp[0].Value.([]byte)) != "abc" || string(cp[1].Value.(json.RawMessage)) != `{"a":1}` ||
 		cp[2].Value.([]string)[0] != "x" || cp[3].Value.(int64) != 7 {
 		t.Fatalf("copy changed with the caller's arguments: %+v", cp)
+	}
+}
+
+// Concurrent callers never earn the same reads twice.
+func TestHedgeBudgetConcurrent(t *testing.T) {
+	n := &node{index: 1}
+	n.standby.Store(true)
+	c := &Connector{nodes: []*node{n}}
+	var took atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 2000 {
+				n.statements.Add(1)
+				if c.takeHedge() {
+					took.Add(1)
+					n.statements.Add(1) // the hedge's own statement
+					n.hedgesSent.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if limit := int64(hedgeBurst + hedgeBudget*16000 + 1); took.Load() > limit {
+		t.Fatalf("%d hedges for 16000 reads; want ≤ %d", took.Load(), limit)
 	}
 }
