@@ -168,17 +168,7 @@ func (n *node) beatenRecently() bool {
 }
 
 // slow says whether a hedge beat n less than slowFor ago.
-func (n *node) slow() bool {
-	until := n.slowUntil.Load()
-	if until == 0 {
-		return false
-	}
-	if time.Now().UnixNano() < until {
-		return true
-	}
-	n.slowUntil.CompareAndSwap(until, 0)
-	return false
-}
+func (n *node) slow() bool { return stillBefore(&n.slowUntil) }
 
 // hedgeBudgetState is the connector's token bucket of hedges: each read
 // served by a replica adds hedgeBudget of a token, a hedge takes one.
@@ -268,13 +258,12 @@ type hedge struct {
 	bNode  *node
 	bLease lease
 	bRows  driver.Rows
-	bErr   error
 	bAt    time.Time
 	bDone  chan struct{} // closed once the hedge's outcome is known
 	bStop  context.CancelFunc
 }
 
-// hedgeDelay is the delay after which a read on n is hedged, or 0 when
+// hedgeDelayFor is the delay after which a read on n is hedged, or 0 when
 // hedging is off.
 func (c *Connector) hedgeDelayFor(n *node) time.Duration {
 	return time.Duration(n.hedgeDelay.Load())
@@ -466,25 +455,15 @@ func (h *hedge) fire() {
 
 	h.mu.Lock()
 	switch h.phase {
-	case hedgeFiring:
+	case hedgeFiring, hedgeAFailed: // hedgeAFailed: the caller waits for this outcome
+		firstRuns := h.phase == hedgeFiring
 		if err == nil {
 			h.phase, h.bLease, h.bRows = hedgeBWon, l, rows
-			h.abortA()
+			if firstRuns {
+				h.abortA()
+			}
 		} else {
-			h.phase, h.bErr = hedgeBFailed, err
-		}
-		close(h.bDone)
-		h.mu.Unlock()
-		if err != nil {
-			l.release()
-		}
-		return
-	case hedgeAFailed:
-		// The caller waits for this outcome.
-		if err == nil {
-			h.phase, h.bLease, h.bRows = hedgeBWon, l, rows
-		} else {
-			h.phase, h.bErr = hedgeBFailed, err
+			h.phase = hedgeBFailed
 		}
 		close(h.bDone)
 		h.mu.Unlock()

@@ -363,15 +363,19 @@ func (n *node) poolFull() bool {
 
 // serverFull says whether the node refused a new connection for want of a free
 // slot less than a monitor interval ago.
-func (n *node) serverFull() bool {
-	until := n.fullUntil.Load()
-	if until == 0 {
+func (n *node) serverFull() bool { return stillBefore(&n.fullUntil) }
+
+// stillBefore says whether now is before the unix-nanos time in until (0:
+// none), clearing it once past so that later calls skip the clock.
+func stillBefore(until *atomic.Int64) bool {
+	t := until.Load()
+	if t == 0 {
 		return false
 	}
-	if time.Now().UnixNano() < until {
+	if time.Now().UnixNano() < t {
 		return true
 	}
-	n.fullUntil.CompareAndSwap(until, 0)
+	until.CompareAndSwap(t, 0)
 	return false
 }
 
