@@ -263,16 +263,10 @@ type hedge struct {
 	bStop  context.CancelFunc
 }
 
-// hedgeDelayFor is the delay after which a read on n is hedged, or 0 when
-// hedging is off.
-func (c *Connector) hedgeDelayFor(n *node) time.Duration {
-	return time.Duration(n.hedgeDelay.Load())
-}
-
-// armHedge prepares the conn's hedge for a read about to run on n and
-// starts its timer; nil when reads on n are not hedged.
+// armHedge prepares the conn's hedge for a read about to run on n and arms
+// it with hedgeWatch; nil when reads on n are not hedged (n.hedgeDelay 0).
 func (c *conn) armHedge(ctx context.Context, n *node, query string, args []driver.NamedValue, readOnly bool, maxLag time.Duration, minLSN, tried uint64) *hedge {
-	d := c.c.hedgeDelayFor(n)
+	d := time.Duration(n.hedgeDelay.Load())
 	if d <= 0 || n.fake != nil {
 		return nil
 	}
@@ -329,14 +323,11 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 		h.valueCtx.Context = cctx
 		actx = &h.valueCtx
 	}
-	err := n.acquireConn(actx, l)
+	err := n.leaseConn(actx, l)
 	if err != nil {
-		<-n.slots
 		// pgxpool may still be opening a connection with actx: this hedge
 		// must not be reused while it does.
 		h.retire()
-	} else {
-		n.inFlight.Add(1)
 	}
 	h.mu.Lock()
 	h.acquireCancel = nil
@@ -368,14 +359,11 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 }
 
 // hedgeAcquireCtx is the context of a first attempt's acquire when the
-// caller's context cannot end: it ends when the hedge wins. Like
-// hedgeValueCtx, it lets the dial tell the hedge that a connection is being
-// opened. Both live in the hedge, so they cost no allocation; the hedge is
+// caller's context cannot end: it ends when the hedge wins. Like the
+// hedgeValueCtx it embeds, it lets the dial tell the hedge that a
+// connection is being opened. Both live in the hedge, so they cost no allocation; the hedge is
 // not reused once pgxpool may still hold one.
-type hedgeAcquireCtx struct {
-	context.Context
-	h *hedge
-}
+type hedgeAcquireCtx struct{ hedgeValueCtx }
 
 func (c *hedgeAcquireCtx) Done() <-chan struct{} { return c.h.abort }
 
@@ -386,13 +374,6 @@ func (c *hedgeAcquireCtx) Err() error {
 	default:
 		return c.Context.Err()
 	}
-}
-
-func (c *hedgeAcquireCtx) Value(key any) any {
-	if key == (hedgeKey{}) {
-		return c.h
-	}
-	return c.Context.Value(key)
 }
 
 // hedgeValueCtx is the caller's (cancellable) context with the hedge as a
@@ -511,16 +492,12 @@ func (h *hedge) pickTarget() *node {
 // runB runs the hedge on b. It never waits for a slot: a node whose pool is
 // full is not a hedge target.
 func (h *hedge) runB(ctx context.Context, b *node, l *lease, query string, args []driver.NamedValue) (driver.Rows, error) {
-	select {
-	case b.slots <- struct{}{}:
-	default:
+	if !b.trySlot() {
 		return nil, errNodeBusy
 	}
-	if err := b.acquireConn(ctx, l); err != nil {
-		<-b.slots
+	if err := b.leaseConn(ctx, l); err != nil {
 		return nil, err
 	}
-	b.inFlight.Add(1)
 	b.statements.Add(1)
 	rows, err := l.sc.QueryContext(h.c.traceCtx(ctx, ReasonHedge), query, args)
 	if err != nil {

@@ -424,6 +424,12 @@ func (n *node) acquireAbortable(ctx context.Context, l *lease, abort <-chan stru
 	if err := n.takeSlot(ctx, abort); err != nil {
 		return err
 	}
+	return n.leaseConn(ctx, l)
+}
+
+// leaseConn takes a physical connection for l once the caller holds a
+// slot, giving the slot back if that fails.
+func (n *node) leaseConn(ctx context.Context, l *lease) error {
 	if err := n.acquireConn(ctx, l); err != nil {
 		<-n.slots
 		return err
@@ -432,16 +438,24 @@ func (n *node) acquireAbortable(ctx context.Context, l *lease, abort <-chan stru
 	return nil
 }
 
+// trySlot admits one more lease if a slot is free now, without waiting.
+func (n *node) trySlot() bool {
+	select {
+	case n.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 // takeSlot admits one more lease on the node. When every slot is taken it
 // waits for one, for the caller's context to end, or for a replica to be
 // marked down, whichever comes first: a read waiting for a dead node's
 // connections moves to the next node instead. The common case, a free
 // slot, costs one channel send and allocates nothing.
 func (n *node) takeSlot(ctx context.Context, abort <-chan struct{}) error {
-	select {
-	case n.slots <- struct{}{}:
+	if n.trySlot() {
 		return nil
-	default:
 	}
 	e := n.downEpoch()
 	if e == nil {
