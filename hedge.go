@@ -296,10 +296,10 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 // answers first ends a wait for a slot, or for a connection being opened
 // (pgxpool then finishes opening it in the background, into the pool).
 //
-// Opening a connection does not count towards the hedge delay, unless a
-// hedge beat the node lately: a cold pool would otherwise hedge every
-// first read to a node that must open a connection too. The delay starts
-// again once the connection is open.
+// A read that must open a new connection is not hedged, unless a hedge
+// beat the node lately (then the delay starts again once it is open): a
+// cold pool would otherwise hedge every first read to a node that must
+// open a connection too, and a new connection's first statement is slow.
 func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	if err := n.takeSlot(ctx, h.abort); err != nil {
 		return err
@@ -334,8 +334,11 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	won := h.phase == hedgeBWon
 	rearm := false
 	if h.dialed {
+		// A new connection's first statement is slow too (the server
+		// process loads its caches): rearm only for a node a hedge beat
+		// lately; else this read is not hedged.
 		h.dialed = false
-		if h.phase == hedgeArmed {
+		if h.phase == hedgeArmed && n.beatenRecently() {
 			h.armedAt, rearm = time.Now(), true
 		}
 	}
@@ -496,6 +499,11 @@ func (h *hedge) runB(ctx context.Context, b *node, l *lease, query string, args 
 		return nil, errNodeBusy
 	}
 	if err := b.leaseConn(ctx, l); err != nil {
+		if ctx.Err() == nil {
+			// As for any read: a refused connection marks the node full
+			// or down, so that later reads and hedges skip it.
+			h.c.c.connectFailed(b, err)
+		}
 		return nil, err
 	}
 	b.statements.Add(1)

@@ -473,7 +473,11 @@ func TestReplicaAtMaxConnections(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	victim := cl.Nodes[1]
-	db := testcluster.Open(t, monitorParams)
+	// Hedging off: the setup below relies on replica1's pool holding only
+	// the read in flight, and a hedge sent to replica1 while it searches
+	// would leave an idle connection there, which (rightly) serves reads
+	// while the server refuses new ones.
+	db := testcluster.Open(t, monitorParams, "hedge_after=off")
 	c := connector(t, db)
 	testcluster.WaitUntil(t, 5*time.Second, "replica1 probed", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateHealthy })
 
