@@ -249,6 +249,7 @@ type hedge struct {
 	acquireCtx    hedgeAcquireCtx    // the acquire's context, when the caller's cannot end
 	valueCtx      hedgeValueCtx      // the acquire's context, when it can
 	dialed        bool               // a connection is being opened for it: the hedge waits
+	unhedged      bool               // it opened a new connection: no hedge for this read
 	acquireCancel context.CancelFunc // the acquire's, when it can
 	aConn         *pgconn.PgConn     // set while its statement runs
 	aReturned     bool               // its statement returned
@@ -286,7 +287,7 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	h.primaryOK = readOnly
 	// A hedge is reused only while none fired, so only the first
 	// attempt's fields need resetting.
-	h.aConn, h.aReturned, h.aCut, h.dialed = nil, false, false, false
+	h.aConn, h.aReturned, h.aCut, h.dialed, h.unhedged = nil, false, false, false, false
 	h.mu.Unlock()
 	c.c.hedgeWatch.arm(h, now, d)
 	return h
@@ -332,14 +333,18 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	h.mu.Lock()
 	h.acquireCancel = nil
 	won := h.phase == hedgeBWon
-	rearm := false
+	rearm, unhedged := false, false
 	if h.dialed {
 		// A new connection's first statement is slow too (the server
 		// process loads its caches): rearm only for a node a hedge beat
 		// lately; else this read is not hedged.
 		h.dialed = false
-		if h.phase == hedgeArmed && n.beatenRecently() {
-			h.armedAt, rearm = time.Now(), true
+		if h.phase == hedgeArmed {
+			if n.beatenRecently() {
+				h.armedAt, rearm = time.Now(), true
+			} else {
+				h.unhedged, unhedged = true, true
+			}
 		}
 	}
 	armedAt := h.armedAt
@@ -351,6 +356,8 @@ func (h *hedge) acquireA(ctx context.Context, n *node, l *lease) error {
 	h.mu.Unlock()
 	if rearm {
 		h.c.c.hedgeWatch.arm(h, armedAt, h.delay)
+	} else if unhedged {
+		h.c.c.hedgeWatch.disarm(h)
 	}
 	if won {
 		if err == nil {
@@ -409,7 +416,7 @@ func noteHedgeDial(ctx context.Context) {
 // is due: it sends the read to a second node if the first has not answered.
 func (h *hedge) fire() {
 	h.mu.Lock()
-	if h.phase != hedgeArmed || time.Since(h.armedAt) < h.delay ||
+	if h.phase != hedgeArmed || h.unhedged || time.Since(h.armedAt) < h.delay ||
 		h.dialed && !h.aNode.beatenRecently() {
 		// Answered already, a stale fire of an earlier read, or a
 		// connection is being opened to a node no hedge beat lately (the
