@@ -1,0 +1,513 @@
+// Package check holds the history the model checker (integration/model)
+// records and the invariants it checks on it: README's guarantees, stated
+// over what the application saw (which node answered each statement, what
+// it returned, what was acknowledged) and what the servers hold after the
+// run. It needs no cluster, so its own tests feed it fabricated histories
+// to prove that every check can fail.
+package check
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Op is one statement (or one short sequence the application treats as
+// one: a transaction, an HTTP request) as the application saw it.
+type Op struct {
+	ID     int
+	Worker int
+	DB     string // the *sql.DB it ran on ("hedge=1ms", "hedge=off", …)
+	Kind   string // what was run: "plain read", "write fn (UsePrimary)", …
+	// Scope is the read-your-writes scope the op belongs to: a session
+	// (WithSession, tokens), an HTTP client with its cookie, or one
+	// sql.Conn checkout. 0: none.
+	Scope      int64
+	Start, End time.Duration // since the run started
+	Err        string
+
+	// Key is the unique key the op wrote (0: no write); Acked says the
+	// write was acknowledged (the statement, or the commit, succeeded).
+	Key   int64
+	Acked bool
+	// WriteFn marks a statement that writes through a function called
+	// with SELECT: whatever the classifier thinks, it may write.
+	WriteFn bool
+
+	// Port is inet_server_port() of the node that answered (0: unknown);
+	// Reason is pgreplica's route reason (WithRoute), when recorded.
+	Port   int
+	Reason string
+
+	// Read is set on a read that returned HB (the highest heartbeat it
+	// saw) and ScopeMax (the highest key of its scope it saw).
+	Read     bool
+	HB       int64
+	ScopeMax int64
+	// RYW: the read must see every write its scope acknowledged before
+	// it started.
+	RYW bool
+	// Fresh: the read must see every heartbeat acknowledged before it
+	// started (UsePrimary, a primary hint, a read-write or serializable
+	// transaction). Otherwise Bound is its lag bound (max_replica_lag or
+	// WithMaxLag), and Stale says whether it has one at all.
+	Fresh bool
+	Stale bool
+	Bound time.Duration
+}
+
+func (o *Op) failed() bool { return o.Err != "" }
+
+// Fault is one fault the schedule injected.
+type Fault struct {
+	Kind       string
+	Node       string
+	Start, End time.Duration
+}
+
+// Heartbeat is one acknowledged heartbeat row (written straight to the
+// primary every few milliseconds, apart from pgreplica).
+type Heartbeat struct {
+	Seq   int64
+	Acked time.Duration
+}
+
+// ProbeSample is Status() of one *sql.DB at At: when each node (by port)
+// last answered a probe, both times since the run started.
+type ProbeSample struct {
+	At        time.Duration
+	DB        string
+	LastProbe map[int]time.Duration
+}
+
+// PoolSample counts one *sql.DB's connections on one node at At
+// (pg_stat_activity, by application_name, client socket still open) and
+// the most that DB may hold there (its pool size plus the monitor's probe).
+type PoolSample struct {
+	At   time.Duration
+	DB   string
+	Port int
+	Live int64
+	Cap  int64
+}
+
+// Row is what a server holds for one written key: the node that ran the
+// write (its port column defaults to inet_server_port()) and how often
+// the write ran (an upsert counts every run).
+type Row struct {
+	Port int
+	N    int
+}
+
+// History is everything one run recorded.
+type History struct {
+	Seed       uint64
+	Ops        []Op
+	Faults     []Fault
+	Heartbeats []Heartbeat // acknowledged, by Seq
+	Probes     []ProbeSample
+	Pools      []PoolSample
+	Roles      map[int]string // port → "primary", "replica1", …
+
+	// PrimaryPort is the first primary; after a failover NewPrimaryPort
+	// is the promoted node, the old primary crashed at FailoverAt and the
+	// new one accepted writes at PromotedAt.
+	PrimaryPort    int
+	NewPrimaryPort int
+	FailoverAt     time.Duration
+	PromotedAt     time.Duration
+
+	// Final is what the primary holds after the run; OldPrimary what the
+	// old primary had committed when it stopped for good (failover only).
+	Final      map[int64]Row
+	OldPrimary map[int64]Row
+	// FinalHB and OldHB are the heartbeat seqs they hold.
+	FinalHB map[int64]bool
+	OldHB   map[int64]bool
+
+	// Slack for a bounded read: the bound, plus MonitorInterval (lag is
+	// measured against the primary positions of past probes), plus how
+	// old the serving node's last probe was when the read started, plus
+	// Margin (scheduling on a loaded machine).
+	MonitorInterval time.Duration
+	Margin          time.Duration
+}
+
+// Violation is one broken invariant.
+type Violation struct {
+	Invariant string
+	Op        int   // index into Ops of the violating op; -1: none
+	Related   []int // indexes into Ops of the ops that show it (the write missed, …)
+	From      time.Duration
+	Msg       string
+}
+
+// Invariant names.
+const (
+	NoStandbyWrite  = "no write reached a standby"
+	AckedDurable    = "every acknowledged write is on the primary"
+	NoDoubleEffect  = "no statement's effect ran twice"
+	ReadYourWrites  = "every session read sees its session's acknowledged writes"
+	BoundedStale    = "no read is staler than its bound"
+	NoHedgedWrite   = "a statement that may write is never hedged"
+	PoolCap         = "no pool exceeds its cap"
+	maxPerInvariant = 3
+)
+
+// Check runs every invariant and returns what broke, at most a few
+// violations per invariant (the first ones in time).
+func Check(h *History) []Violation {
+	var all []Violation
+	for _, f := range []func(*History) []Violation{
+		CheckNoStandbyWrite, CheckAckedDurable, CheckNoDoubleEffect,
+		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPoolCap,
+	} {
+		vs := f(h)
+		sort.SliceStable(vs, func(i, j int) bool { return vs[i].From < vs[j].From })
+		if len(vs) > maxPerInvariant {
+			extra := len(vs) - maxPerInvariant
+			vs = vs[:maxPerInvariant]
+			vs[len(vs)-1].Msg += fmt.Sprintf(" (and %d more like it)", extra)
+		}
+		all = append(all, vs...)
+	}
+	return all
+}
+
+func (h *History) isPrimaryPort(p int) bool {
+	return p != 0 && (p == h.PrimaryPort || (h.NewPrimaryPort != 0 && p == h.NewPrimaryPort))
+}
+
+// primaryAt is the port of the primary at t (0 while there was none).
+func (h *History) primaryAt(t time.Duration) int {
+	if h.FailoverAt == 0 || t < h.FailoverAt {
+		return h.PrimaryPort
+	}
+	if t >= h.PromotedAt {
+		return h.NewPrimaryPort
+	}
+	return h.PrimaryPort // the old primary may be restarted before the promotion
+}
+
+// rowOf is what the servers hold for key, and where: the final primary,
+// else what the old primary committed.
+func (h *History) rowOf(key int64) (Row, bool) {
+	if r, ok := h.Final[key]; ok {
+		return r, true
+	}
+	r, ok := h.OldPrimary[key]
+	return r, ok
+}
+
+// CheckNoStandbyWrite: nothing a standby answered acknowledged a write,
+// and no written row was written by a node that was not the primary.
+func CheckNoStandbyWrite(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if o.Key == 0 || !o.Acked {
+			continue
+		}
+		port := o.Port
+		if r, ok := h.rowOf(o.Key); ok && r.Port != 0 {
+			port = r.Port
+		}
+		if port == 0 {
+			continue
+		}
+		if !h.isPrimaryPort(port) || (o.Port != 0 && !h.isPrimaryPort(o.Port)) {
+			vs = append(vs, Violation{Invariant: NoStandbyWrite, Op: i, From: o.Start,
+				Msg: fmt.Sprintf("write of key %d acknowledged, answered by %s, row written by %s", o.Key, h.role(o.Port), h.role(port))})
+		}
+	}
+	return vs
+}
+
+// CheckAckedDurable: every acknowledged write is on the primary after the
+// run, or, when it was acknowledged by the old primary before a failover,
+// among what the old primary committed (a write the promoted node had not
+// received yet is lost by asynchronous replication, not by pgreplica).
+func CheckAckedDurable(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if o.Key == 0 || !o.Acked {
+			continue
+		}
+		if _, ok := h.Final[o.Key]; ok {
+			continue
+		}
+		if _, ok := h.OldPrimary[o.Key]; ok && h.FailoverAt != 0 && o.Port != h.NewPrimaryPort && o.Start < h.PromotedAt {
+			continue
+		}
+		where := "the primary"
+		if h.FailoverAt != 0 {
+			where = "the new primary nor among the old primary's commits"
+		}
+		vs = append(vs, Violation{Invariant: AckedDurable, Op: i, From: o.Start,
+			Msg: fmt.Sprintf("key %d was acknowledged (answered by %s) and is not on %s", o.Key, h.role(o.Port), where)})
+	}
+	return vs
+}
+
+// CheckNoDoubleEffect: every written key was written once (each write is
+// an upsert counting its runs).
+func CheckNoDoubleEffect(h *History) []Violation {
+	byKey := map[int64]int{}
+	for i := range h.Ops {
+		if h.Ops[i].Key != 0 {
+			byKey[h.Ops[i].Key] = i
+		}
+	}
+	var vs []Violation
+	seen := map[int64]bool{}
+	for _, rows := range []map[int64]Row{h.Final, h.OldPrimary} {
+		for k, r := range rows {
+			if r.N <= 1 || seen[k] {
+				continue
+			}
+			seen[k] = true
+			i, ok := byKey[k]
+			v := Violation{Invariant: NoDoubleEffect, Op: -1, Msg: fmt.Sprintf("key %d was written %d times", k, r.N)}
+			if ok {
+				v.Op, v.From = i, h.Ops[i].Start
+			}
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// CheckReadYourWrites: a read of a scope sees every write that scope had
+// acknowledged before the read started. After a failover, writes the
+// promoted node never received are not asked of reads that start after
+// the crash.
+func CheckReadYourWrites(h *History) []Violation {
+	writes := map[int64][]int{}
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if o.Scope != 0 && o.Key != 0 && o.Acked {
+			writes[o.Scope] = append(writes[o.Scope], i)
+		}
+	}
+	var vs []Violation
+	for i := range h.Ops {
+		r := &h.Ops[i]
+		if !r.RYW || !r.Read || r.failed() || r.Scope == 0 {
+			continue
+		}
+		need := -1
+		for _, wi := range writes[r.Scope] {
+			w := &h.Ops[wi]
+			if w.End >= r.Start || wi == i {
+				continue
+			}
+			if h.FailoverAt != 0 && r.Start >= h.FailoverAt {
+				if _, ok := h.Final[w.Key]; !ok {
+					continue // lost with the old primary (see CheckAckedDurable)
+				}
+			}
+			if need < 0 || w.Key > h.Ops[need].Key {
+				need = wi
+			}
+		}
+		if need >= 0 && r.ScopeMax < h.Ops[need].Key {
+			vs = append(vs, Violation{Invariant: ReadYourWrites, Op: i, Related: []int{need}, From: h.Ops[need].Start,
+				Msg: fmt.Sprintf("read answered by %s (reason %s) saw key %d of its scope, but the scope's write of key %d was acknowledged %.3fs before the read started",
+					h.role(r.Port), orDash(r.Reason), r.ScopeMax, h.Ops[need].Key, (r.Start - h.Ops[need].End).Seconds())})
+		}
+	}
+	return vs
+}
+
+// CheckBoundedStale: a read misses no heartbeat acknowledged earlier than
+// its bound (plus slack, see History) before it started; a fresh read
+// misses none acknowledged before it started.
+func CheckBoundedStale(h *History) []Violation {
+	all := make([]Heartbeat, 0, len(h.Heartbeats))
+	final := make([]Heartbeat, 0, len(h.Heartbeats))
+	for _, b := range h.Heartbeats {
+		if h.FailoverAt == 0 || h.FinalHB[b.Seq] || h.OldHB[b.Seq] {
+			all = append(all, b)
+		}
+		if h.FailoverAt == 0 || h.FinalHB[b.Seq] {
+			final = append(final, b)
+		}
+	}
+	var vs []Violation
+	for i := range h.Ops {
+		r := &h.Ops[i]
+		if !r.Read || r.failed() || (!r.Fresh && !r.Stale) || r.Port == 0 {
+			continue
+		}
+		hbs := all
+		if h.FailoverAt != 0 && r.Port == h.NewPrimaryPort && r.End > h.PromotedAt {
+			hbs = final // its history is the new timeline's
+		}
+		j := sort.Search(len(hbs), func(j int) bool { return hbs[j].Seq > r.HB })
+		if j == len(hbs) || hbs[j].Acked >= r.Start {
+			continue
+		}
+		missed := hbs[j]
+		stale := r.Start - missed.Acked
+		allowed := time.Duration(0)
+		why := "a fresh read"
+		if !r.Fresh {
+			age := h.probeAge(r.DB, r.Port, r.Start)
+			allowed = r.Bound + h.MonitorInterval + age + h.Margin
+			why = fmt.Sprintf("bound %v + monitor interval %v + probe age %v + margin %v", r.Bound, h.MonitorInterval, age.Round(time.Millisecond), h.Margin)
+		}
+		if stale > allowed {
+			vs = append(vs, Violation{Invariant: BoundedStale, Op: i, From: missed.Acked,
+				Msg: fmt.Sprintf("read answered by %s (reason %s) saw heartbeat %d; heartbeat %d was acknowledged %.3fs before the read started (allowed: %v, %s)",
+					h.role(r.Port), orDash(r.Reason), r.HB, missed.Seq, stale.Seconds(), allowed.Round(time.Millisecond), why)})
+		}
+	}
+	return vs
+}
+
+// probeAge is how long before t db's monitor last heard from port, by the
+// newest sample taken before t (an older sample only makes it longer).
+func (h *History) probeAge(db string, port int, t time.Duration) time.Duration {
+	j := sort.Search(len(h.Probes), func(j int) bool { return h.Probes[j].At > t })
+	for j--; j >= 0; j-- {
+		s := &h.Probes[j]
+		if s.DB != db {
+			continue
+		}
+		if lp, ok := s.LastProbe[port]; ok {
+			return max(t-lp, 0)
+		}
+		break
+	}
+	return t
+}
+
+// CheckNoHedgedWrite: a write function called through SELECT (a
+// statement that may write) never answered as a hedge.
+func CheckNoHedgedWrite(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if o.WriteFn && !o.failed() && o.Reason == "hedge" {
+			vs = append(vs, Violation{Invariant: NoHedgedWrite, Op: i, From: o.Start,
+				Msg: fmt.Sprintf("write function (key %d) answered as a hedge by %s", o.Key, h.role(o.Port))})
+		}
+	}
+	return vs
+}
+
+// CheckPoolCap: no sample counted more connections than the cap.
+func CheckPoolCap(h *History) []Violation {
+	var vs []Violation
+	for _, s := range h.Pools {
+		if s.Live > s.Cap {
+			vs = append(vs, Violation{Invariant: PoolCap, Op: -1, From: s.At,
+				Msg: fmt.Sprintf("t=%.3fs %s held %d connections on %s, cap %d", s.At.Seconds(), s.DB, s.Live, h.role(s.Port), s.Cap)})
+		}
+	}
+	return vs
+}
+
+func (h *History) role(port int) string {
+	if port == 0 {
+		return "an unknown node"
+	}
+	if r, ok := h.Roles[port]; ok {
+		return r
+	}
+	return fmt.Sprintf("port %d", port)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// Explain prints v as the shortest history that shows it: the seed, the
+// ops it names, the faults in effect from the first of them to the end of
+// the violating op, and the other ops of the same scope in between.
+func Explain(h *History, v Violation) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "VIOLATION %q, seed %d (replay: PGREPLICA_MODEL_SEED=%d)\n  %s\n", v.Invariant, h.Seed, h.Seed, v.Msg)
+	from, to := v.From, v.From
+	ids := map[int]bool{}
+	if v.Op >= 0 {
+		ids[v.Op] = true
+		from, to = min(from, h.Ops[v.Op].Start), h.Ops[v.Op].End
+	}
+	for _, i := range v.Related {
+		ids[i] = true
+		from, to = min(from, h.Ops[i].Start), max(to, h.Ops[i].End)
+	}
+	if v.Op >= 0 && h.Ops[v.Op].Scope != 0 {
+		scope := h.Ops[v.Op].Scope
+		var between []int
+		for i := range h.Ops {
+			if h.Ops[i].Scope == scope && h.Ops[i].Start >= from && h.Ops[i].End <= to {
+				between = append(between, i)
+			}
+		}
+		if len(between) > 12 {
+			between = between[len(between)-12:]
+		}
+		for _, i := range between {
+			ids[i] = true
+		}
+	}
+	type line struct {
+		at time.Duration
+		s  string
+	}
+	var lines []line
+	for i := range ids {
+		mark := "   "
+		if i == v.Op {
+			mark = ">>>"
+		}
+		lines = append(lines, line{h.Ops[i].Start, mark + " " + h.FormatOp(i)})
+	}
+	for _, f := range h.Faults {
+		if f.Start <= to && (f.End >= from || f.End == 0) {
+			lines = append(lines, line{f.Start, fmt.Sprintf("    t=%8.3fs–%8.3fs FAULT %s %s", f.Start.Seconds(), f.End.Seconds(), f.Kind, f.Node)})
+		}
+	}
+	if h.FailoverAt != 0 && h.FailoverAt <= to {
+		lines = append(lines, line{h.FailoverAt, fmt.Sprintf("    t=%8.3fs primary crashed; %s writable from t=%.3fs", h.FailoverAt.Seconds(), h.role(h.NewPrimaryPort), h.PromotedAt.Seconds())})
+	}
+	sort.SliceStable(lines, func(i, j int) bool { return lines[i].at < lines[j].at })
+	for _, l := range lines {
+		b.WriteString(l.s)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// FormatOp is one op on one line.
+func (h *History) FormatOp(i int) string {
+	o := &h.Ops[i]
+	var b strings.Builder
+	fmt.Fprintf(&b, "t=%8.3fs–%8.3fs op#%d w%d [%s] %s", o.Start.Seconds(), o.End.Seconds(), o.ID, o.Worker, o.DB, o.Kind)
+	if o.Scope != 0 {
+		fmt.Fprintf(&b, " scope=%d", o.Scope)
+	}
+	if o.Key != 0 {
+		fmt.Fprintf(&b, " key=%d acked=%v", o.Key, o.Acked)
+	}
+	if o.Port != 0 {
+		fmt.Fprintf(&b, " answered-by=%s", h.role(o.Port))
+	}
+	if o.Reason != "" {
+		fmt.Fprintf(&b, " reason=%s", o.Reason)
+	}
+	if o.Read && !o.failed() {
+		fmt.Fprintf(&b, " saw hb=%d scope-max=%d", o.HB, o.ScopeMax)
+	}
+	if o.Err != "" {
+		fmt.Fprintf(&b, " err=%q", o.Err)
+	}
+	return b.String()
+}
