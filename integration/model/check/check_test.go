@@ -56,8 +56,8 @@ func TestCleanHistoryPasses(t *testing.T) {
 // must fire, and Explain must print the seed and the violating op.
 func TestEachInvariantFires(t *testing.T) {
 	cases := []struct {
-		name  string
-		want  string
+		name   string
+		want   string
 		break_ func(h *History)
 	}{
 		{"a standby acknowledged a write", NoStandbyWrite, func(h *History) {
