@@ -365,30 +365,14 @@ func TestSoak(t *testing.T) {
 	}
 }
 
-// establishedClientPorts lists, comma-separated, the local ports of this
-// machine's established IPv4 TCP connections to port (the test's cluster
-// runs on 127.0.0.1 with ports of its own).
+// establishedClientPorts is testcluster.EstablishedClientPorts, failing
+// t (and counting nothing) when /proc/net/tcp cannot be read.
 func establishedClientPorts(t *testing.T, port int) string {
-	data, err := os.ReadFile("/proc/net/tcp")
+	ports, err := testcluster.EstablishedClientPorts(port)
 	if err != nil {
 		t.Errorf("reading /proc/net/tcp: %v", err)
-		return ""
 	}
-	var ports []string
-	for _, line := range strings.Split(string(data), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 4 || f[3] != "01" { // 01: ESTABLISHED
-			continue
-		}
-		_, remote, _ := strings.Cut(f[2], ":")
-		_, local, _ := strings.Cut(f[1], ":")
-		if rp, err := strconv.ParseUint(remote, 16, 16); err == nil && int(rp) == port {
-			if lp, err := strconv.ParseUint(local, 16, 16); err == nil {
-				ports = append(ports, strconv.FormatUint(lp, 10))
-			}
-		}
-	}
-	return strings.Join(ports, ",")
+	return ports
 }
 
 func orNone(s string) string {

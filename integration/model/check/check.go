@@ -23,7 +23,10 @@ type Op struct {
 	// Scope is the read-your-writes scope the op belongs to: a session
 	// (WithSession, tokens), an HTTP client with its cookie, or one
 	// sql.Conn checkout. 0: none.
-	Scope      int64
+	Scope int64
+	// Checkout marks the ops of one sql.Conn checkout (Scope): once the
+	// primary answered one, it must answer the rest.
+	Checkout   bool
 	Start, End time.Duration // since the run started
 	Err        string
 
@@ -151,6 +154,7 @@ const (
 	ReadYourWrites  = "every session read sees its session's acknowledged writes"
 	BoundedStale    = "no read is staler than its bound"
 	NoHedgedWrite   = "a statement that may write is never hedged"
+	PinnedCheckout  = "a checkout that used the primary stays on it"
 	PoolCap         = "no pool exceeds its cap"
 	maxPerInvariant = 3
 )
@@ -161,7 +165,7 @@ func Check(h *History) []Violation {
 	var all []Violation
 	for _, f := range []func(*History) []Violation{
 		CheckNoStandbyWrite, CheckAckedDurable, CheckNoDoubleEffect,
-		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPoolCap,
+		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPinnedCheckout, CheckPoolCap,
 	} {
 		vs := f(h)
 		sort.SliceStable(vs, func(i, j int) bool { return vs[i].From < vs[j].From })
@@ -393,6 +397,33 @@ func CheckNoHedgedWrite(h *History) []Violation {
 		if o.WriteFn && !o.failed() && o.Reason == "hedge" {
 			vs = append(vs, Violation{Invariant: NoHedgedWrite, Op: i, From: o.Start,
 				Msg: fmt.Sprintf("write function (key %d) answered as a hedge by %s", o.Key, h.role(o.Port))})
+		}
+	}
+	return vs
+}
+
+// CheckPinnedCheckout: within one sql.Conn checkout, every statement
+// after one the primary answered is answered by the primary too (README:
+// the primary serves the rest of the checkout).
+func CheckPinnedCheckout(h *History) []Violation {
+	used := map[int64]int{} // scope → first op the primary answered
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if !o.Checkout || o.Scope == 0 || o.failed() || o.Port == 0 {
+			continue
+		}
+		first, ok := used[o.Scope]
+		switch {
+		case !ok:
+			if o.Port == h.primaryAt(o.Start) && h.isPrimaryPort(o.Port) {
+				used[o.Scope] = i
+			}
+		case !h.isPrimaryPort(o.Port):
+			vs = append(vs, Violation{Invariant: PinnedCheckout, Op: i, Related: []int{first}, From: h.Ops[first].Start,
+				Msg: fmt.Sprintf("answered by %s (reason %s) after the primary answered op#%d of the same sql.Conn (reason %s)",
+					h.role(o.Port), orDash(o.Reason), h.Ops[first].ID, orDash(h.Ops[first].Reason))})
+			delete(used, o.Scope) // one report per checkout
 		}
 	}
 	return vs

@@ -111,6 +111,12 @@ func TestEachInvariantFires(t *testing.T) {
 		{"write function hedged", NoHedgedWrite, func(h *History) {
 			h.Ops[3].Reason = "hedge"
 		}},
+		{"checkout left the primary", PinnedCheckout, func(h *History) {
+			h.Ops = append(h.Ops,
+				Op{ID: 5, DB: "d", Kind: "conn: unlogged read", Scope: 9, Checkout: true, Start: ms(6000), End: ms(6001), Port: pPort, Reason: "recovery_error"},
+				Op{ID: 6, DB: "d", Kind: "conn: read", Scope: 9, Checkout: true, Start: ms(6002), End: ms(6003), Port: r1Port, Reason: "read",
+					Read: true, HB: 599, Stale: true, Bound: time.Second})
+		}},
 		{"pool over its cap", PoolCap, func(h *History) {
 			h.Pools = append(h.Pools, PoolSample{At: ms(600), DB: "d", Port: r1Port, Live: 9, Cap: 8})
 		}},
