@@ -25,12 +25,13 @@ type promotion struct {
 // WithMaxLag need), so every kind occurs several times per run; sometimes
 // the other replica stalls meanwhile, so that a read's hedge has no second
 // replica to go to. The primary crash with promotion happens once, with at
-// least 15 s (or a third of the budget) left to watch the cluster after it.
+// least 27 s (or 55% of the budget, at most 3 minutes) left: about 12 s
+// for the failover itself, the rest to watch the cluster after it.
 func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration) *promotion {
 	deadline := r.start.Add(budget)
-	after := max(budget/3, 15*time.Second)
+	after := max(min(budget*55/100, 3*time.Minute), 27*time.Second)
 	promoteAt := deadline.Add(-after)
-	if budget < 30*time.Second {
+	if budget < 40*time.Second {
 		promoteAt = time.Time{} // too short to promote and watch
 	}
 	var p *promotion
@@ -184,6 +185,9 @@ func (r *run) promote(ctx context.Context) *promotion {
 	step("crash the primary", primary.Stop(ctx))
 	time.Sleep(300 * time.Millisecond)
 	step("restart the primary", primary.Start(ctx))
+	// Its clean stop must ship everything to replica2: wait until replica2
+	// streams from it again.
+	step("replica2 streams again", r.waitStreaming(ctx, "replica2"))
 	time.Sleep(time.Second)
 	step("stop the primary cleanly", primary.StopClean(ctx))
 	r.fault("crash, restart, clean stop", "primary", p.crashedAt)
@@ -202,6 +206,26 @@ func (r *run) promote(ctx context.Context) *promotion {
 	_ = r2
 	t.Logf("t=%.3fs primary crashed; t=%.3fs replica1 promoted; replica2 left on the old timeline", p.crashedAt.Seconds(), p.promotedAt.Seconds())
 	return p
+}
+
+// waitStreaming waits until the primary's pg_stat_replication shows the
+// standby named app streaming.
+func (r *run) waitStreaming(ctx context.Context, app string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
+		n, err := r.cl.QueryInt(qctx, 0, "SELECT count(*) FROM pg_stat_replication WHERE application_name = '"+app+"' AND state = 'streaming'")
+		qcancel()
+		if err == nil && n > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not streaming: %v (%w)", app, err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // waitReceivedReplayed waits until node i has replayed all the WAL it

@@ -322,8 +322,8 @@ func (r *run) history(ctx context.Context, roles map[int]string, p *promotion) *
 	if p != nil {
 		h.NewPrimaryPort, h.FailoverAt, h.PromotedAt = r.cl.Nodes[1].Port, p.crashedAt, p.promotedAt
 		h.OldPrimary, h.OldHB = p.oldRows, p.oldHB
-		h.Roles[h.NewPrimaryPort] = "replica1 (new primary)"
-		h.Roles[h.PrimaryPort] = "primary (crashed)"
+		h.Roles[h.NewPrimaryPort] = fmt.Sprintf("replica1 (primary from t=%.3fs)", p.promotedAt.Seconds())
+		h.Roles[h.PrimaryPort] = fmt.Sprintf("primary (crashed at t=%.3fs)", p.crashedAt.Seconds())
 	}
 	var err error
 	h.Final, h.FinalHB, err = r.snapshot(ctx, int(r.primary.Load()))

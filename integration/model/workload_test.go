@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -421,6 +422,7 @@ func (w *worker) checkout() {
 		return
 	}
 	defer c.Close()
+	defer discard(c) // set_config(…, true) may have pinned it for good
 	on := expect{ryw: true, stale: true, bound: maxReplicaLag, checkout: true}
 	for range 2 + w.rng.IntN(3) {
 		switch w.rng.IntN(8) {
@@ -517,26 +519,44 @@ func (w *worker) txReadOnly(serializable bool) {
 }
 
 // sessionState changes session state on one database/sql connection:
-// SET, set_config(…, false), or set_config(…, true) outside a transaction.
+// SET, set_config(…, false), or set_config(…, true) outside a
+// transaction, then discards that connection as README advises (left in
+// the pool, it would keep its primary connection for good).
 func (w *worker) sessionState() {
 	ctx, cancel := context.WithTimeout(w.r.base, opTimeout)
 	defer cancel()
 	var op check.Op
-	var err error
+	c, err := w.d.db.Conn(ctx)
+	if err != nil {
+		op = w.begin("session state: checkout", 0)
+		w.end(&op, err)
+		return
+	}
+	defer c.Close()
+	defer discard(c)
 	rctx, route := pgreplica.WithRoute(ctx)
+	var s string
 	switch w.rng.IntN(3) {
 	case 0:
 		op = w.begin("SET", 0)
-		_, err = w.d.db.ExecContext(rctx, "SET model.x = '1'")
+		_, err = c.ExecContext(rctx, "SET model.x = '1'")
 	case 1:
 		op = w.begin("set_config(…, false)", 0)
-		var s string
-		err = w.d.db.QueryRowContext(rctx, "SELECT set_config('model.x', '2', false)").Scan(&s)
+		err = c.QueryRowContext(rctx, "SELECT set_config('model.x', '2', false)").Scan(&s)
 	default:
 		op = w.begin("set_config(…, true)", 0)
-		var s string
-		err = w.d.db.QueryRowContext(rctx, "SELECT set_config('model.x', '3', true)").Scan(&s)
+		err = c.QueryRowContext(rctx, "SELECT set_config('model.x', '3', true)").Scan(&s)
 	}
 	op.Reason = reasonOf(route)
 	w.end(&op, err)
+	if err == nil {
+		// A plain read on the same connection: the primary, where its
+		// session state is (set_config(…, true) left none).
+		w.read(ctx, c, "read after session state", w.r.readSQL(), w.anon, plain)
+	}
+}
+
+// discard makes database/sql close c's connection instead of pooling it.
+func discard(c *sql.Conn) {
+	_ = c.Raw(func(any) error { return driver.ErrBadConn })
 }

@@ -144,6 +144,9 @@ type Violation struct {
 	Related   []int // indexes into Ops of the ops that show it (the write missed, …)
 	From      time.Duration
 	Msg       string
+	// class groups violations of one cause (the op kind, the node, the
+	// route reason): Check reports the first of each class.
+	class string
 }
 
 // Invariant names.
@@ -156,7 +159,7 @@ const (
 	NoHedgedWrite   = "a statement that may write is never hedged"
 	PinnedCheckout  = "a checkout that used the primary stays on it"
 	PoolCap         = "no pool exceeds its cap"
-	maxPerInvariant = 3
+	maxPerInvariant = 5
 )
 
 // Check runs every invariant and returns what broke, at most a few
@@ -169,12 +172,32 @@ func Check(h *History) []Violation {
 	} {
 		vs := f(h)
 		sort.SliceStable(vs, func(i, j int) bool { return vs[i].From < vs[j].From })
-		if len(vs) > maxPerInvariant {
-			extra := len(vs) - maxPerInvariant
-			vs = vs[:maxPerInvariant]
-			vs[len(vs)-1].Msg += fmt.Sprintf(" (and %d more like it)", extra)
+		var firsts []Violation
+		more := map[string]int{}
+		for _, v := range vs {
+			if _, ok := more[v.class]; ok {
+				more[v.class]++
+				continue
+			}
+			more[v.class] = 0
+			firsts = append(firsts, v)
 		}
-		all = append(all, vs...)
+		extra := 0
+		if len(firsts) > maxPerInvariant {
+			for _, v := range firsts[maxPerInvariant:] {
+				extra += 1 + more[v.class]
+			}
+			firsts = firsts[:maxPerInvariant]
+		}
+		for i := range firsts {
+			if n := more[firsts[i].class]; n > 0 {
+				firsts[i].Msg += fmt.Sprintf(" (and %d more like it)", n)
+			}
+		}
+		if extra > 0 {
+			firsts[len(firsts)-1].Msg += fmt.Sprintf(" (and %d more of other kinds)", extra)
+		}
+		all = append(all, firsts...)
 	}
 	return all
 }
@@ -222,7 +245,7 @@ func CheckNoStandbyWrite(h *History) []Violation {
 		}
 		if !h.isPrimaryPort(port) || (o.Port != 0 && !h.isPrimaryPort(o.Port)) {
 			vs = append(vs, Violation{Invariant: NoStandbyWrite, Op: i, From: o.Start,
-				Msg: fmt.Sprintf("write of key %d acknowledged, answered by %s, row written by %s", o.Key, h.role(o.Port), h.role(port))})
+				Msg: fmt.Sprintf("write of key %d acknowledged, answered by %s, row written by %s", o.Key, h.role(o.Port), h.role(port)), class: o.Kind})
 		}
 	}
 	return vs
@@ -250,7 +273,7 @@ func CheckAckedDurable(h *History) []Violation {
 			where = "the new primary nor among the old primary's commits"
 		}
 		vs = append(vs, Violation{Invariant: AckedDurable, Op: i, From: o.Start,
-			Msg: fmt.Sprintf("key %d was acknowledged (answered by %s) and is not on %s", o.Key, h.role(o.Port), where)})
+			Msg: fmt.Sprintf("key %d was acknowledged (answered by %s, reason %s) and is not on %s", o.Key, h.role(o.Port), orDash(o.Reason), where), class: o.Kind + o.Reason})
 	}
 	return vs
 }
@@ -275,7 +298,7 @@ func CheckNoDoubleEffect(h *History) []Violation {
 			i, ok := byKey[k]
 			v := Violation{Invariant: NoDoubleEffect, Op: -1, Msg: fmt.Sprintf("key %d was written %d times", k, r.N)}
 			if ok {
-				v.Op, v.From = i, h.Ops[i].Start
+				v.Op, v.From, v.class = i, h.Ops[i].Start, h.Ops[i].Kind
 			}
 			vs = append(vs, v)
 		}
@@ -319,7 +342,8 @@ func CheckReadYourWrites(h *History) []Violation {
 		if need >= 0 && r.ScopeMax < h.Ops[need].Key {
 			vs = append(vs, Violation{Invariant: ReadYourWrites, Op: i, Related: []int{need}, From: h.Ops[need].Start,
 				Msg: fmt.Sprintf("read answered by %s (reason %s) saw key %d of its scope, but the scope's write of key %d was acknowledged %.3fs before the read started",
-					h.role(r.Port), orDash(r.Reason), r.ScopeMax, h.Ops[need].Key, (r.Start - h.Ops[need].End).Seconds())})
+					h.role(r.Port), orDash(r.Reason), r.ScopeMax, h.Ops[need].Key, (r.Start - h.Ops[need].End).Seconds()),
+				class: h.Ops[need].Kind + "/" + h.role(r.Port)})
 		}
 	}
 	return vs
@@ -365,7 +389,8 @@ func CheckBoundedStale(h *History) []Violation {
 		if stale > allowed {
 			vs = append(vs, Violation{Invariant: BoundedStale, Op: i, From: missed.Acked,
 				Msg: fmt.Sprintf("read answered by %s (reason %s) saw heartbeat %d; heartbeat %d was acknowledged %.3fs before the read started (allowed: %v, %s)",
-					h.role(r.Port), orDash(r.Reason), r.HB, missed.Seq, stale.Seconds(), allowed.Round(time.Millisecond), why)})
+					h.role(r.Port), orDash(r.Reason), r.HB, missed.Seq, stale.Seconds(), allowed.Round(time.Millisecond), why),
+				class: fmt.Sprintf("%v/%v/%s/%v", r.Fresh, r.Bound, h.role(r.Port), h.FailoverAt != 0 && r.Start > h.PromotedAt)})
 		}
 	}
 	return vs
@@ -396,7 +421,7 @@ func CheckNoHedgedWrite(h *History) []Violation {
 		o := &h.Ops[i]
 		if o.WriteFn && !o.failed() && o.Reason == "hedge" {
 			vs = append(vs, Violation{Invariant: NoHedgedWrite, Op: i, From: o.Start,
-				Msg: fmt.Sprintf("write function (key %d) answered as a hedge by %s", o.Key, h.role(o.Port))})
+				Msg: fmt.Sprintf("write function (key %d) answered as a hedge by %s", o.Key, h.role(o.Port)), class: o.Kind})
 		}
 	}
 	return vs
@@ -422,7 +447,8 @@ func CheckPinnedCheckout(h *History) []Violation {
 		case !h.isPrimaryPort(o.Port):
 			vs = append(vs, Violation{Invariant: PinnedCheckout, Op: i, Related: []int{first}, From: h.Ops[first].Start,
 				Msg: fmt.Sprintf("answered by %s (reason %s) after the primary answered op#%d of the same sql.Conn (reason %s)",
-					h.role(o.Port), orDash(o.Reason), h.Ops[first].ID, orDash(h.Ops[first].Reason))})
+					h.role(o.Port), orDash(o.Reason), h.Ops[first].ID, orDash(h.Ops[first].Reason)),
+				class: h.Ops[first].Reason})
 			delete(used, o.Scope) // one report per checkout
 		}
 	}
@@ -435,7 +461,8 @@ func CheckPoolCap(h *History) []Violation {
 	for _, s := range h.Pools {
 		if s.Live > s.Cap {
 			vs = append(vs, Violation{Invariant: PoolCap, Op: -1, From: s.At,
-				Msg: fmt.Sprintf("t=%.3fs %s held %d connections on %s, cap %d", s.At.Seconds(), s.DB, s.Live, h.role(s.Port), s.Cap)})
+				Msg:   fmt.Sprintf("t=%.3fs %s held %d connections on %s, cap %d", s.At.Seconds(), s.DB, s.Live, h.role(s.Port), s.Cap),
+				class: fmt.Sprintf("%s/%d", s.DB, s.Port)})
 		}
 	}
 	return vs
@@ -474,7 +501,7 @@ func Explain(h *History, v Violation) string {
 		ids[i] = true
 		from, to = min(from, h.Ops[i].Start), max(to, h.Ops[i].End)
 	}
-	if v.Op >= 0 && h.Ops[v.Op].Scope != 0 {
+	if v.Op >= 0 && h.Ops[v.Op].Scope != 0 && (v.Invariant == ReadYourWrites || v.Invariant == PinnedCheckout) {
 		scope := h.Ops[v.Op].Scope
 		var between []int
 		for i := range h.Ops {
