@@ -422,7 +422,12 @@ func (w *worker) checkout() {
 		return
 	}
 	defer c.Close()
-	defer discard(c) // set_config(…, true) may have pinned it for good
+	var changed bool
+	defer func() {
+		if changed {
+			discard(c) // set_config(…, true) may have pinned it for good
+		}
+	}()
 	on := expect{ryw: true, stale: true, bound: maxReplicaLag, checkout: true}
 	for range 2 + w.rng.IntN(3) {
 		switch w.rng.IntN(8) {
@@ -445,6 +450,7 @@ func (w *worker) checkout() {
 		case 5:
 			w.write(ctx, c, "conn: exec write", "exec", scope, true)
 		case 6:
+			changed = true
 			op := w.begin("conn: set_config(…, true)", scope)
 			op.Checkout = true
 			rctx, route := pgreplica.WithRoute(ctx)
