@@ -383,8 +383,9 @@ func CheckBoundedStale(h *History) []Violation {
 		why := "a fresh read"
 		if !r.Fresh {
 			age := h.probeAge(r.DB, r.Port, r.Start)
-			allowed = r.Bound + h.MonitorInterval + age + h.Margin
-			why = fmt.Sprintf("bound %v + monitor interval %v + probe age %v + margin %v", r.Bound, h.MonitorInterval, age.Round(time.Millisecond), h.Margin)
+			gap := h.historyGap(r.DB, r.Start, r.Bound)
+			allowed = r.Bound + gap + age + h.Margin
+			why = fmt.Sprintf("bound %v + primary probe gap %v + probe age %v + margin %v", r.Bound, gap.Round(time.Millisecond), age.Round(time.Millisecond), h.Margin)
 		}
 		if stale > allowed {
 			vs = append(vs, Violation{Invariant: BoundedStale, Op: i, From: missed.Acked,
@@ -411,6 +412,30 @@ func (h *History) probeAge(db string, port int, t time.Duration) time.Duration {
 		break
 	}
 	return t
+}
+
+// historyGap is the granularity of the primary positions lag was measured
+// against when a read with bound started at t: the longest gap between
+// the primary's probes over the bound (and 2 s more) before t, at least
+// MonitorInterval.
+func (h *History) historyGap(db string, t, bound time.Duration) time.Duration {
+	port := h.primaryAt(t)
+	from := t - bound - 2*time.Second
+	gap := h.MonitorInterval
+	var last time.Duration = -1
+	j := sort.Search(len(h.Probes), func(j int) bool { return h.Probes[j].At >= from })
+	for ; j < len(h.Probes) && h.Probes[j].At <= t; j++ {
+		s := &h.Probes[j]
+		lp, ok := s.LastProbe[port]
+		if s.DB != db || !ok || lp == last {
+			continue
+		}
+		if last >= 0 {
+			gap = max(gap, lp-last)
+		}
+		last = lp
+	}
+	return gap
 }
 
 // CheckNoHedgedWrite: a write function called through SELECT (a

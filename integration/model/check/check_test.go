@@ -175,3 +175,24 @@ func TestFailoverLossExcused(t *testing.T) {
 		t.Fatalf("got %+v, want one %q", vs, AckedDurable)
 	}
 }
+
+// A gap in the primary's probes widens a bounded read's slack: lag was
+// measured against older primary positions.
+func TestPrimaryProbeGapWidensSlack(t *testing.T) {
+	h := base()
+	// Saw heartbeat 290 (acked t=2.9s), heartbeat 291 missed: 2.1 s stale
+	// at t=5s, over 1 s + 200 ms + 500 ms.
+	h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "plain read", Start: ms(5000), End: ms(5001), Port: r2Port,
+		Read: true, HB: 290, Stale: true, Bound: time.Second})
+	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
+		t.Fatalf("got %+v, want one %q", vs, BoundedStale)
+	}
+	for i := range h.Probes {
+		if at := h.Probes[i].At; at > ms(3000) && at < ms(4500) {
+			h.Probes[i].LastProbe[pPort] = ms(3000) // the primary unprobed for 1.5 s
+		}
+	}
+	if vs := Check(h); len(vs) != 0 {
+		t.Fatalf("with a 1.5 s gap in the primary's probes: %+v", vs)
+	}
+}
