@@ -35,12 +35,19 @@ func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration
 		promoteAt = time.Time{} // too short to promote and watch
 	}
 	var p *promotion
-	var bag []string
+	// The first fault is a lag of one replica with a stall of the other
+	// in its middle: what WithMaxLag and hedging need, early in every run.
+	bag := []string{"lag"}
 	replicas := []int{1, 2}
-	for time.Until(deadline) > 2*time.Second {
+	for first := true; time.Until(deadline) > 2*time.Second; first = false {
 		if p == nil && !promoteAt.IsZero() && time.Now().After(promoteAt) {
 			p = r.promote(ctx)
 			replicas = []int{2} // replica1 is the primary; replica2 stays on the old timeline
+			// However long the failover took on a loaded machine, watch
+			// the cluster after it for 10 s at least.
+			if min := time.Now().Add(10 * time.Second); deadline.Before(min) {
+				deadline = min
+			}
 			continue
 		}
 		if len(bag) == 0 {
@@ -51,7 +58,7 @@ func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration
 		bag = bag[1:]
 		i := replicas[rng.IntN(len(replicas))]
 		other := 0
-		if len(replicas) > 1 && rng.IntN(5) < 2 {
+		if len(replicas) > 1 && (first || rng.IntN(5) < 2) {
 			other = 3 - i
 		}
 		if err := r.inject(ctx, rng, kind, i, other); err != nil {

@@ -370,7 +370,10 @@ func mustQuery(ctx context.Context, conn *pgx.Conn, sql string) pgx.Rows {
 
 // summary logs what ran: ops by kind (ok/failed), answers by node, faults.
 func (r *run) summary(h *check.History, elapsed time.Duration) {
-	type count struct{ ok, failed int }
+	type count struct {
+		ok, failed int
+		errs       map[string]int
+	}
 	kinds := map[string]*count{}
 	nodes := map[string]int{}
 	reasons := map[string]int{}
@@ -384,6 +387,10 @@ func (r *run) summary(h *check.History, elapsed time.Duration) {
 		}
 		if o.Err != "" {
 			c.failed++
+			if c.errs == nil {
+				c.errs = map[string]int{}
+			}
+			c.errs[o.Err]++
 		} else {
 			c.ok++
 			if o.Port != 0 {
@@ -409,6 +416,27 @@ func (r *run) summary(h *check.History, elapsed time.Duration) {
 	r.t.Logf("model done in %v, seed %d: %d ops, %d acknowledged writes, %d heartbeats", elapsed.Round(time.Millisecond), h.Seed, len(h.Ops), acked, len(h.Heartbeats))
 	r.t.Logf("ops (ok/all): %s", strings.Join(ks, ", "))
 	r.t.Logf("answered by: %s; route reasons: %s; faults: %s", join(nodes), join(reasons), join(fk))
+	errs := map[string]int{}
+	for _, c := range kinds {
+		for e, n := range c.errs {
+			if len(e) > 120 {
+				e = e[:120] + "…"
+			}
+			errs[e] += n
+		}
+	}
+	type en struct {
+		e string
+		n int
+	}
+	var top []en
+	for e, n := range errs {
+		top = append(top, en{e, n})
+	}
+	sort.Slice(top, func(i, j int) bool { return top[i].n > top[j].n })
+	for i := 0; i < len(top) && i < 8; i++ {
+		r.t.Logf("error ×%d: %s", top[i].n, top[i].e)
+	}
 	for _, d := range r.dbs {
 		var hs []string
 		for _, n := range d.connector.Status().Nodes {
