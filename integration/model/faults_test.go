@@ -45,8 +45,8 @@ func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration
 			replicas = []int{2} // replica1 is the primary; replica2 stays on the old timeline
 			// However long the failover took on a loaded machine, watch
 			// the cluster after it for 10 s at least.
-			if min := time.Now().Add(10 * time.Second); deadline.Before(min) {
-				deadline = min
+			if until := time.Now().Add(10 * time.Second); deadline.Before(until) {
+				deadline = until
 			}
 			continue
 		}
