@@ -165,8 +165,8 @@ func (w *worker) stmtRead(ctx context.Context, s *sql.Stmt, kind string, scope i
 }
 
 // write runs one write of a fresh key of scope; how is "exec",
-// "returning", "fn", "fn slow" (its replica attempt sleeps 3 ms before
-// writing), "fn tail" (100 ms between its first row and its commit),
+// "returning", "fn", "fn slow" (it sleeps 3–50 ms before writing, so
+// that its replica attempt is hedged), "fn tail" (100 ms between its first row and its commit),
 // "stmt exec" or "stmt fn".
 func (w *worker) write(ctx context.Context, q querier, kind, how string, scope int64, checkout bool) bool {
 	op := w.begin(kind, scope)
@@ -187,8 +187,9 @@ func (w *worker) write(ctx context.Context, q querier, kind, how string, scope i
 		op.WriteFn = true
 		err = q.QueryRowContext(cctx, text, op.Key, 0.0).Scan(&op.Port)
 	case "fn slow":
+		// Slower on a replica than hedge_after=1ms, or than an auto delay.
 		op.WriteFn = true
-		err = q.QueryRowContext(cctx, w.r.fnSQL(), op.Key, 0.003).Scan(&op.Port)
+		err = q.QueryRowContext(cctx, w.r.fnSQL(), op.Key, slowDelays[w.rng.IntN(len(slowDelays))]).Scan(&op.Port)
 	case "fn tail":
 		op.WriteFn = true
 		err = q.QueryRowContext(cctx, w.r.fnTailSQL(), op.Key, 0.003).Scan(&op.Port)
@@ -206,6 +207,9 @@ func (w *worker) write(ctx context.Context, q querier, kind, how string, scope i
 	w.end(&op, err)
 	return err == nil
 }
+
+// slowDelays are how long the slow write function sleeps before it writes.
+var slowDelays = []float64{0.003, 0.02, 0.05}
 
 func reasonOf(route *pgreplica.Route) string {
 	if route.Node() == "" {
