@@ -123,9 +123,11 @@ func (r *run) record(op check.Op) {
 }
 
 func (r *run) fault(kind, node string, start time.Duration) {
+	end := r.now()
 	r.mu.Lock()
-	r.faults = append(r.faults, check.Fault{Kind: kind, Node: node, Start: start, End: r.now()})
+	r.faults = append(r.faults, check.Fault{Kind: kind, Node: node, Start: start, End: end})
 	r.mu.Unlock()
+	r.t.Logf("t=%8.3fs–%8.3fs fault: %s %s", start.Seconds(), end.Seconds(), kind, node)
 }
 
 func TestModel(t *testing.T) {
@@ -167,6 +169,15 @@ func TestModel(t *testing.T) {
 
 	promoted := r.schedule(ctx, rng, dur)
 	close(r.stop)
+	// Nothing is left frozen or cut off, whatever failed above.
+	for _, n := range cl.Nodes {
+		if err := n.Thaw(); err != nil {
+			t.Errorf("thaw %s: %v", testcluster.Role(n.Port), err)
+		}
+		if err := n.Heal(ctx); err != nil {
+			t.Errorf("heal %s: %v", testcluster.Role(n.Port), err)
+		}
+	}
 	workers.Wait()
 	wg.Wait()
 	elapsed := r.now()
