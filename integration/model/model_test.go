@@ -11,12 +11,14 @@
 // A violation prints the seed and the ops and faults that show it.
 //
 // PGREPLICA_MODEL_BUDGET (default 50s) is the run's length,
-// PGREPLICA_MODEL_SEED replays a seed. Run with -count=1: the promotion
+// PGREPLICA_MODEL_SEED replays a seed, PGREPLICA_MODEL_HISTORY=file.json
+// writes the whole history there. Run with -count=1: the promotion
 // changes the package's cluster for good.
 package model
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -184,6 +186,14 @@ func TestModel(t *testing.T) {
 
 	h := r.history(ctx, roles, promoted)
 	r.summary(h, elapsed)
+	if path := os.Getenv("PGREPLICA_MODEL_HISTORY"); path != "" {
+		// The whole history as JSON, for a closer look at a failure.
+		if b, err := json.Marshal(h); err != nil {
+			t.Errorf("history: %v", err)
+		} else if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Errorf("history: %v", err)
+		}
+	}
 	vs := check.Check(h)
 	for _, v := range vs {
 		t.Errorf("\n%s", check.Explain(h, v))
@@ -448,6 +458,20 @@ func (r *run) summary(h *check.History, elapsed time.Duration) {
 	for i := 0; i < len(top) && i < 8; i++ {
 		r.t.Logf("error ×%d: %s", top[i].n, top[i].e)
 	}
+	// The stalest read of each kind and node, against what it was allowed.
+	stalest := map[string]check.Staleness{}
+	for i, st := range check.StalenessOf(h) {
+		k := h.Ops[i].Kind + " on " + h.Roles[h.Ops[i].Port]
+		if st.Stale > stalest[k].Stale {
+			stalest[k] = st
+		}
+	}
+	var sk []string
+	for k, st := range stalest {
+		sk = append(sk, fmt.Sprintf("%s %.2fs (allowed %.2fs)", k, st.Stale.Seconds(), st.Allowed.Seconds()))
+	}
+	sort.Strings(sk)
+	r.t.Logf("stalest reads: %s", strings.Join(sk, "; "))
 	for _, d := range r.dbs {
 		var hs []string
 		for _, n := range d.connector.Status().Nodes {

@@ -353,48 +353,83 @@ func CheckReadYourWrites(h *History) []Violation {
 // its bound (plus slack, see History) before it started; a fresh read
 // misses none acknowledged before it started.
 func CheckBoundedStale(h *History) []Violation {
-	all := make([]Heartbeat, 0, len(h.Heartbeats))
-	final := make([]Heartbeat, 0, len(h.Heartbeats))
-	for _, b := range h.Heartbeats {
-		if h.FailoverAt == 0 || h.FinalHB[b.Seq] || h.OldHB[b.Seq] {
-			all = append(all, b)
-		}
-		if h.FailoverAt == 0 || h.FinalHB[b.Seq] {
-			final = append(final, b)
-		}
-	}
 	var vs []Violation
+	st := h.newStaleness()
 	for i := range h.Ops {
+		s, ok := st.of(i)
+		if !ok || s.Stale <= s.Allowed {
+			continue
+		}
 		r := &h.Ops[i]
-		if !r.Read || r.failed() || (!r.Fresh && !r.Stale) || r.Port == 0 {
-			continue
-		}
-		hbs := all
-		if h.FailoverAt != 0 && r.Port == h.NewPrimaryPort && r.End > h.PromotedAt {
-			hbs = final // its history is the new timeline's
-		}
-		j := sort.Search(len(hbs), func(j int) bool { return hbs[j].Seq > r.HB })
-		if j == len(hbs) || hbs[j].Acked >= r.Start {
-			continue
-		}
-		missed := hbs[j]
-		stale := r.Start - missed.Acked
-		allowed := time.Duration(0)
-		why := "a fresh read"
-		if !r.Fresh {
-			age := h.probeAge(r.DB, r.Port, r.Start)
-			gap := h.historyGap(r.DB, r.Start, r.Bound)
-			allowed = r.Bound + gap + age + h.Margin
-			why = fmt.Sprintf("bound %v + primary probe gap %v + probe age %v + margin %v", r.Bound, gap.Round(time.Millisecond), age.Round(time.Millisecond), h.Margin)
-		}
-		if stale > allowed {
-			vs = append(vs, Violation{Invariant: BoundedStale, Op: i, From: missed.Acked,
-				Msg: fmt.Sprintf("read answered by %s (reason %s) saw heartbeat %d; heartbeat %d was acknowledged %.3fs before the read started (allowed: %v, %s)",
-					h.role(r.Port), orDash(r.Reason), r.HB, missed.Seq, stale.Seconds(), allowed.Round(time.Millisecond), why),
-				class: fmt.Sprintf("%v/%v/%s/%v", r.Fresh, r.Bound, h.role(r.Port), h.FailoverAt != 0 && r.Start > h.PromotedAt)})
-		}
+		vs = append(vs, Violation{Invariant: BoundedStale, Op: i, From: s.MissedAcked,
+			Msg: fmt.Sprintf("read answered by %s (reason %s) saw heartbeat %d; heartbeat %d was acknowledged %.3fs before the read started (allowed: %v, %s)",
+				h.role(r.Port), orDash(r.Reason), r.HB, s.Missed, s.Stale.Seconds(), s.Allowed.Round(time.Millisecond), s.Why),
+			class: fmt.Sprintf("%v/%v/%s/%v", r.Fresh, r.Bound, h.role(r.Port), h.FailoverAt != 0 && r.Start > h.PromotedAt)})
 	}
 	return vs
+}
+
+// Staleness is how stale one read was: how long before it started the
+// first heartbeat it missed was acknowledged, and what it was allowed.
+type Staleness struct {
+	Stale, Allowed time.Duration
+	Missed         int64
+	MissedAcked    time.Duration
+	Why            string
+}
+
+type staleness struct {
+	h          *History
+	all, final []Heartbeat
+}
+
+func (h *History) newStaleness() *staleness {
+	st := &staleness{h: h}
+	for _, b := range h.Heartbeats {
+		if h.FailoverAt == 0 || h.FinalHB[b.Seq] || h.OldHB[b.Seq] {
+			st.all = append(st.all, b)
+		}
+		if h.FailoverAt == 0 || h.FinalHB[b.Seq] {
+			st.final = append(st.final, b)
+		}
+	}
+	return st
+}
+
+// StalenessOf measures each bounded or fresh read that succeeded, by op
+// index; reads that missed nothing are left out.
+func StalenessOf(h *History) map[int]Staleness {
+	st := h.newStaleness()
+	out := map[int]Staleness{}
+	for i := range h.Ops {
+		if s, ok := st.of(i); ok {
+			out[i] = s
+		}
+	}
+	return out
+}
+
+func (st *staleness) of(i int) (Staleness, bool) {
+	h, r := st.h, &st.h.Ops[i]
+	if !r.Read || r.failed() || (!r.Fresh && !r.Stale) || r.Port == 0 {
+		return Staleness{}, false
+	}
+	hbs := st.all
+	if h.FailoverAt != 0 && r.Port == h.NewPrimaryPort && r.End > h.PromotedAt {
+		hbs = st.final // its history is the new timeline's
+	}
+	j := sort.Search(len(hbs), func(j int) bool { return hbs[j].Seq > r.HB })
+	if j == len(hbs) || hbs[j].Acked >= r.Start {
+		return Staleness{}, false
+	}
+	s := Staleness{Missed: hbs[j].Seq, MissedAcked: hbs[j].Acked, Stale: r.Start - hbs[j].Acked, Why: "a fresh read"}
+	if !r.Fresh {
+		age := h.probeAge(r.DB, r.Port, r.Start)
+		gap := h.historyGap(r.DB, r.Start, r.Bound)
+		s.Allowed = r.Bound + gap + age + h.Margin
+		s.Why = fmt.Sprintf("bound %v + primary probe gap %v + probe age %v + margin %v", r.Bound, gap.Round(time.Millisecond), age.Round(time.Millisecond), h.Margin)
+	}
+	return s, true
 }
 
 // probeAge is how long before t db's monitor last heard from port, by the
