@@ -425,11 +425,6 @@ func TestSoak(t *testing.T) {
 		}
 		t.Errorf("%d %s failures; first: %s", n, kind, strings.Join(fails.first[kind], "; "))
 	}
-	for w := writers; w < len(acked); w++ {
-		if acked[w].Load() == 0 {
-			t.Errorf("writer %d (write function or prepared Stmt) had no write acknowledged", w)
-		}
-	}
 	if plainReads.Load() == 0 || roTxs.Load() == 0 || totalAcked == 0 || sessionReads.Load() == 0 || stateChecks.Load() == 0 {
 		t.Error("a part of the workload never ran")
 	}
