@@ -241,7 +241,7 @@ func (w *worker) loop() {
 		{2, func() { w.read(ctx, d.db, "primary-hint read", "/* pgreplica:primary */ "+r.readSQL(), w.anon, fresh) }},
 		{2, func() { w.read(pgreplica.UsePrimary(ctx), d.db, "UsePrimary read", r.readSQL(), w.anon, fresh) }},
 		{4, func() { w.stmtRead(ctx, d.stmtRead, "Stmt read", w.anon, plain) }},
-		{3, func() {
+		{5, func() {
 			// [][]byte: the hedge must not read the inner slices after the
 			// call returned (the race detector watches).
 			w.read(ctx, d.db, "read with [][]byte arg", r.readSQL()+" WHERE cardinality($3::bytea[]) >= 0", w.anon, plain, w.bufs)
