@@ -48,6 +48,9 @@ func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration
 			if until := time.Now().Add(10 * time.Second); deadline.Before(until) {
 				deadline = until
 			}
+			// No fault for a while: the old-timeline replica is up and
+			// looks caught up, and reads must not go there.
+			time.Sleep(4 * time.Second)
 			continue
 		}
 		if len(bag) == 0 {
