@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pgreplica/pgreplica"
@@ -155,12 +156,15 @@ func (w *worker) read(ctx context.Context, q querier, kind, text string, scope i
 
 func (w *worker) stmtRead(ctx context.Context, s *sql.Stmt, kind string, scope int64, e expect) {
 	op := w.begin(kind, scope)
-	op.Read, op.RYW, op.Fresh, op.Stale, op.Bound = true, e.ryw, e.fresh, e.stale, e.bound
+	op.Read, op.RYW, op.Fresh, op.Stale, op.Bound, op.Stmt = true, e.ryw, e.fresh, e.stale, e.bound, true
 	rctx, route := pgreplica.WithRoute(ctx)
 	cctx, cancel := context.WithTimeout(rctx, opTimeout)
 	err := s.QueryRowContext(cctx, scope*scopeSpan, (scope+1)*scopeSpan).Scan(&op.Port, &op.ScopeMax, &op.HB)
 	cancel()
 	op.Reason = reasonOf(route)
+	// pgreplica names the primary in the errors of a statement that
+	// needed it ("pgreplica: primary host:port: …").
+	op.PrimaryErr = err != nil && strings.Contains(err.Error(), "pgreplica: primary ")
 	w.end(&op, err)
 }
 

@@ -58,6 +58,11 @@ type Op struct {
 	Fresh bool
 	Stale bool
 	Bound time.Duration
+
+	// Stmt marks a read through a prepared *sql.Stmt, PrimaryErr a
+	// failure that came from the primary (it was down, say).
+	Stmt       bool
+	PrimaryErr bool
 }
 
 func (o *Op) failed() bool { return o.Err != "" }
@@ -158,6 +163,7 @@ const (
 	BoundedStale    = "no read is staler than its bound"
 	NoHedgedWrite   = "a statement that may write is never hedged"
 	PinnedCheckout  = "a checkout that used the primary stays on it"
+	StmtLikePlain   = "a prepared Stmt read works wherever its plain read would"
 	PoolCap         = "no pool exceeds its cap"
 	maxPerInvariant = 5
 )
@@ -165,10 +171,11 @@ const (
 // Check runs every invariant and returns what broke, at most a few
 // violations per invariant (the first ones in time).
 func Check(h *History) []Violation {
+	sort.SliceStable(h.Ops, func(i, j int) bool { return h.Ops[i].Start < h.Ops[j].Start })
 	var all []Violation
 	for _, f := range []func(*History) []Violation{
 		CheckNoStandbyWrite, CheckAckedDurable, CheckNoDoubleEffect,
-		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPinnedCheckout, CheckPoolCap,
+		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPinnedCheckout, CheckStmtLikePlain, CheckPoolCap,
 	} {
 		vs := f(h)
 		sort.SliceStable(vs, func(i, j int) bool { return vs[i].From < vs[j].From })
@@ -311,12 +318,34 @@ func CheckNoDoubleEffect(h *History) []Violation {
 // promoted node never received are not asked of reads that start after
 // the crash.
 func CheckReadYourWrites(h *History) []Violation {
-	writes := map[int64][]int{}
+	// Per scope, its acknowledged writes by end time, with the index of
+	// the highest key so far among all of them and among survivors.
+	type acked struct {
+		end           time.Duration
+		best, bestSur int // -1: none
+	}
+	writes := map[int64][]acked{}
+	ends := make([]int, 0, len(h.Ops))
 	for i := range h.Ops {
-		o := &h.Ops[i]
-		if o.Scope != 0 && o.Key != 0 && o.Acked {
-			writes[o.Scope] = append(writes[o.Scope], i)
+		if o := &h.Ops[i]; o.Scope != 0 && o.Key != 0 && o.Acked {
+			ends = append(ends, i)
 		}
+	}
+	sort.SliceStable(ends, func(a, b int) bool { return h.Ops[ends[a]].End < h.Ops[ends[b]].End })
+	for _, i := range ends {
+		o := &h.Ops[i]
+		ws := writes[o.Scope]
+		a := acked{end: o.End, best: -1, bestSur: -1}
+		if len(ws) > 0 {
+			a.best, a.bestSur = ws[len(ws)-1].best, ws[len(ws)-1].bestSur
+		}
+		if a.best < 0 || o.Key > h.Ops[a.best].Key {
+			a.best = i
+		}
+		if _, ok := h.Final[o.Key]; ok && (a.bestSur < 0 || o.Key > h.Ops[a.bestSur].Key) {
+			a.bestSur = i
+		}
+		writes[o.Scope] = append(ws, a)
 	}
 	var vs []Violation
 	for i := range h.Ops {
@@ -324,20 +353,14 @@ func CheckReadYourWrites(h *History) []Violation {
 		if !r.RYW || !r.Read || r.failed() || r.Scope == 0 {
 			continue
 		}
-		need := -1
-		for _, wi := range writes[r.Scope] {
-			w := &h.Ops[wi]
-			if w.End >= r.Start || wi == i {
-				continue
-			}
-			if h.FailoverAt != 0 && r.Start >= h.FailoverAt {
-				if _, ok := h.Final[w.Key]; !ok {
-					continue // lost with the old primary (see CheckAckedDurable)
-				}
-			}
-			if need < 0 || w.Key > h.Ops[need].Key {
-				need = wi
-			}
+		ws := writes[r.Scope]
+		j := sort.Search(len(ws), func(j int) bool { return ws[j].end >= r.Start }) - 1
+		if j < 0 {
+			continue
+		}
+		need := ws[j].best
+		if h.FailoverAt != 0 && r.Start >= h.FailoverAt {
+			need = ws[j].bestSur // the rest was lost with the old primary (see CheckAckedDurable)
 		}
 		if need >= 0 && r.ScopeMax < h.Ops[need].Key {
 			vs = append(vs, Violation{Invariant: ReadYourWrites, Op: i, Related: []int{need}, From: h.Ops[need].Start,
@@ -510,6 +533,32 @@ func CheckPinnedCheckout(h *History) []Violation {
 					h.role(o.Port), orDash(o.Reason), h.Ops[first].ID, orDash(h.Ops[first].Reason)),
 				class: h.Ops[first].Reason})
 			delete(used, o.Scope) // one report per checkout
+		}
+	}
+	return vs
+}
+
+// CheckStmtLikePlain: a read through a prepared *sql.Stmt does not fail
+// for want of the primary while plain reads of the same DB, started within
+// its span (and half a second around it), were served by replicas.
+func CheckStmtLikePlain(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		f := &h.Ops[i]
+		if !f.Stmt || !f.PrimaryErr || !f.Read {
+			continue
+		}
+		from := f.Start - 500*time.Millisecond
+		for j := sort.Search(len(h.Ops), func(j int) bool { return h.Ops[j].Start >= from }); j < len(h.Ops) && h.Ops[j].Start <= f.End+500*time.Millisecond; j++ {
+			p := &h.Ops[j]
+			if p.Stmt || !p.Read || p.failed() || p.DB != f.DB || p.Port == 0 || h.isPrimaryPort(p.Port) || !p.Stale || p.Fresh || p.RYW ||
+				p.Start < f.Start-500*time.Millisecond || p.Start > f.End+500*time.Millisecond {
+				continue
+			}
+			vs = append(vs, Violation{Invariant: StmtLikePlain, Op: i, Related: []int{j}, From: f.Start,
+				Msg:   fmt.Sprintf("failed (%s) while op#%d, a plain read, was served by %s", f.Err, p.ID, h.role(p.Port)),
+				class: f.Kind})
+			break
 		}
 	}
 	return vs

@@ -117,6 +117,13 @@ func TestEachInvariantFires(t *testing.T) {
 				Op{ID: 6, DB: "d", Kind: "conn: read", Scope: 9, Checkout: true, Start: ms(6002), End: ms(6003), Port: r1Port, Reason: "read",
 					Read: true, HB: 599, Stale: true, Bound: time.Second})
 		}},
+		{"Stmt read failed on the primary while plain reads were served", StmtLikePlain, func(h *History) {
+			h.Ops = append(h.Ops,
+				Op{ID: 5, DB: "d", Kind: "Stmt read", Start: ms(7000), End: ms(7002), Read: true, Stale: true, Bound: time.Second,
+					Stmt: true, PrimaryErr: true, Err: "pgreplica: primary: connection refused"},
+				Op{ID: 6, DB: "d", Kind: "plain read", Start: ms(7001), End: ms(7002), Port: r2Port, Reason: "read",
+					Read: true, HB: 699, Stale: true, Bound: time.Second})
+		}},
 		{"pool over its cap", PoolCap, func(h *History) {
 			h.Pools = append(h.Pools, PoolSample{At: ms(600), DB: "d", Port: r1Port, Live: 9, Cap: 8})
 		}},
