@@ -172,6 +172,13 @@ func TestStatusCause(t *testing.T) {
 	if c.Status().Nodes[1].Cause != nil {
 		t.Error("cause kept after the node answered")
 	}
+	// Refused with 53300 and never let in since: full, even once the full
+	// mark has expired (a probe round can outlast it).
+	c.nodes[1].up.Store(true)
+	c.nodes[1].setCause(&pgconn.PgError{Code: "53300"})
+	if ns := c.Status().Nodes[1]; ns.State != StateFull || ns.Cause == nil || ns.Cause.String() != "too many connections (53300)" {
+		t.Errorf("refused with 53300: state %s, cause %+v; want full, too many connections", ns.State, ns.Cause)
+	}
 }
 
 func TestErrorCause(t *testing.T) {

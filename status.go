@@ -141,8 +141,12 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	if t := n.probedAt.Load(); t != 0 {
 		ns.LastProbe = time.Unix(0, t)
 	}
+	cause := n.cause.Load()
+	// Full while its full mark lasts, and while no probe got through since
+	// one was refused with 53300: a slow probe round can outlast the mark.
+	full := n.serverFull() || cause != nil && cause.SQLState == "53300"
 	switch {
-	case n.up.Load() && n.serverFull():
+	case n.up.Load() && full:
 		ns.State = StateFull
 	case n.up.Load() && n.probedAt.Load() == 0:
 		ns.State = StateUnknown
@@ -159,8 +163,8 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	case StateFull:
 		ns.Cause = &Cause{SQLState: "53300", Reason: sqlStateReasons["53300"]}
 	case StateDown, StateFrozen:
-		if c := n.cause.Load(); c != nil {
-			cc := *c
+		if cause != nil {
+			cc := *cause
 			ns.Cause = &cc
 		} else if ns.State == StateFrozen {
 			ns.Cause = &Cause{Reason: "timeout"}

@@ -214,6 +214,36 @@ func TestStoppedReplicaCause(t *testing.T) {
 	}
 }
 
+// TestFullNodeCause: a server that refuses new connections with 53300 (here
+// a role's CONNECTION LIMIT 0) is full, not down, and says why.
+func TestFullNodeCause(t *testing.T) {
+	ctx := ctxT(t, time.Minute)
+	cl := testcluster.Cluster()
+	const role, rolePassword = "obs_limited", "L1mited-pw"
+	if err := cl.Exec(ctx, 0, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s' CONNECTION LIMIT 0", role, rolePassword)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Exec(context.Background(), 0, "DROP ROLE IF EXISTS "+role) })
+	dsn := nodeDSN(t, 0, func(u *url.URL) { u.User = url.UserPassword(role, rolePassword) })
+	o := openDSN(t, dsn)
+	var s pgreplica.Status
+	testcluster.WaitUntil(t, 30*time.Second, "the node is full with a cause", func() bool {
+		s = o.c.Status()
+		return s.Nodes[0].State == pgreplica.StateFull && s.Nodes[0].Cause != nil
+	})
+	if got := s.Nodes[0].Cause.String(); got != "too many connections (53300)" {
+		t.Errorf("cause = %q", got)
+	}
+	_, out := cliDSN(t, dsn, "status")
+	t.Logf("pgreplica status:\n%s", out)
+	if !strings.Contains(out, " full ") || !strings.Contains(out, "too many connections (53300)") {
+		t.Errorf("pgreplica status does not show the node full, with its cause:\n%s", out)
+	}
+	if strings.Contains(out, rolePassword) {
+		t.Errorf("the password is shown:\n%s", out)
+	}
+}
+
 // TestConnectorOfNeedsNoConnection: with the pool at SetMaxOpenConns(1)
 // and its one connection checked out, ConnectorOf and HealthHandlerOf
 // still answer (a health check under load must not wait for a connection).
