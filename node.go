@@ -52,6 +52,10 @@ type node struct {
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
 	fullUntil  atomic.Int64 // unix nanos until which it gets no new reads: it refused a connection with 53300
 
+	// cause is why its last probe or new connection failed; nil once a
+	// probe answers (see setCause).
+	cause atomic.Pointer[Cause]
+
 	// conns are the node's sockets, from dial to close, including those
 	// still in the startup handshake; tracked at dial and close only,
 	// never on the query path.
