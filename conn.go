@@ -363,7 +363,7 @@ func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query str
 // at least minLSN replayed for a session. needPrimary is set when the
 // session's latest write is not yet known to be on any replica.
 func (c *conn) replicaBounds(o *routeOptions) (maxLag time.Duration, minLSN uint64, needPrimary bool) {
-	maxLag = c.c.cfg.MaxReplicaLag
+	maxLag = lagLimit(c.c.cfg.MaxReplicaLag)
 	if o == nil {
 		return maxLag, 0, false
 	}
