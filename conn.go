@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Compile-time checks of the interfaces database/sql looks for. conn
@@ -156,23 +154,12 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 }
 
 // PrepareContext checks the statement on the server, as pgx's driver does,
-// so that invalid SQL fails here and not at its first execution: it is
-// parsed and described as an unnamed statement on the open transaction's
-// node, else on the primary, which has the newest schema (without pinning
-// the checkout to it). Which node runs it is decided at each execution;
-// pgx prepares and caches it per connection on first use.
+// so that invalid SQL fails here and not at its first execution (see
+// describe). Which node runs it is decided at each execution; pgx prepares
+// and caches it per connection on first use.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	l := c.txLease
-	if l == nil {
-		var err error
-		if l, err = c.primaryLeaseUnpinned(ctx); err != nil {
-			return nil, err
-		}
-	}
-	if sc, ok := l.sc.(*stdlib.Conn); ok {
-		if _, err := sc.Conn().PgConn().Prepare(ctx, "", query, nil); err != nil {
-			return nil, err
-		}
+	if err := c.describe(ctx, query); err != nil {
+		return nil, err
 	}
 	return &stmt{c: c, query: query}, nil
 }
