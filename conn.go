@@ -201,16 +201,9 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	// While this acquires, conns that database/sql takes back give up the
-	// connection they hold for their session if the pool is full; when it
-	// is full already, take one from an idle conn: else this could wait
-	// for a connection that nothing will release.
-	p.acquiring.Add(1)
-	defer p.acquiring.Add(-1)
-	if p.poolFull() {
-		c.c.evictIdleSticky()
-	}
-	if err := p.acquire(ctx, &c.primary); err != nil {
+	// A full pool's connections may all be held by idle conns for their
+	// sessions: acquirePrimary takes one from them.
+	if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
 		c.c.primaryFailed(err)
 		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
 	}
