@@ -17,17 +17,17 @@ import (
 // standby can have received) and the timeline it writes, from the name of
 // its current WAL file (pg_control_checkpoint() keeps the old timeline
 // until the first checkpoint after a promotion, which may be minutes
-// away). A standby reports what it has replayed and the timeline its WAL
-// receiver streams (received_tli, visible to pg_read_all_stats, which
-// pg_monitor includes); when no receiver runs, the newest timeline its
-// control file shows it replayed. Positions on different timelines cannot
-// be compared: see updateLag.
+// away). A standby reports what it has replayed, the timeline its WAL
+// receiver streams (received_tli: NULL when none runs, or when the role
+// lacks pg_read_all_stats, which pg_monitor includes), and the newest
+// timeline its control file shows it replayed, which can lag behind (it
+// moves at restartpoints). Positions on different timelines cannot be
+// compared: see updateLag.
 const probeSQL = `SELECT pg_is_in_recovery(),
 	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
 	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint,
 	CASE WHEN pg_is_in_recovery() THEN to_hex(w.received_tli) ELSE left(pg_walfile_name(pg_current_wal_insert_lsn()), 8) END,
-	w.pid IS NOT NULL,
-	CASE WHEN pg_is_in_recovery() AND w.pid IS NULL THEN
+	CASE WHEN pg_is_in_recovery() THEN
 		(SELECT to_hex(greatest(r.min_recovery_end_timeline, c.timeline_id)) FROM pg_control_recovery() r, pg_control_checkpoint() c)
 	END
 FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
@@ -35,12 +35,11 @@ FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
 // probeNoControlSQL is probeSQL for a server where the role may not run
 // pg_control_recovery() or pg_control_checkpoint() (public by default; an
 // administrator may revoke them): a standby with no WAL receiver then
-// reports no timeline.
+// reports only the timeline its WAL receiver streams.
 const probeNoControlSQL = `SELECT pg_is_in_recovery(),
 	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
 	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint,
 	CASE WHEN pg_is_in_recovery() THEN to_hex(w.received_tli) ELSE left(pg_walfile_name(pg_current_wal_insert_lsn()), 8) END,
-	w.pid IS NOT NULL,
 	NULL::text
 FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
 
@@ -80,11 +79,10 @@ type probeResult struct {
 	lsn      uint64 // insert (primary) or replay (standby) position
 	flushLSN uint64
 	// timeline is the primary's, or the one a standby's WAL receiver
-	// streams (0: no receiver, or not visible to the role); receiving says
-	// whether a standby runs a WAL receiver; replayedTLI is, for a standby
-	// without one, the newest timeline its control file shows (0: unknown).
+	// streams (0: none runs, or the role may not see it); replayedTLI is,
+	// for a standby, the newest timeline its control file shows (0:
+	// unknown).
 	timeline    uint32
-	receiving   bool
 	replayedTLI uint32
 	started     int64 // monoNow
 	latency     time.Duration
@@ -277,19 +275,19 @@ func readProbeSQL(ctx context.Context, pc *pgx.Conn, sql string, r *probeResult)
 	if err != nil {
 		return err
 	}
-	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 6 {
+	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 5 {
 		return errors.New("pgreplica: unexpected probe result")
 	}
 	row := results[0].Rows[0]
 	lsn, err1 := strconv.ParseUint(string(row[1]), 10, 64)
 	flush, err2 := strconv.ParseUint(string(row[2]), 10, 64)
 	tli, err3 := parseTimeline(row[3])
-	replayed, err4 := parseTimeline(row[5])
+	replayed, err4 := parseTimeline(row[4])
 	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return fmt.Errorf("pgreplica: unexpected probe result: %w", err)
 	}
 	r.standby, r.lsn, r.flushLSN = string(row[0]) == "t", lsn, flush
-	r.timeline, r.receiving, r.replayedTLI = tli, string(row[4]) == "t", replayed
+	r.timeline, r.replayedTLI = tli, replayed
 	return nil
 }
 
@@ -522,23 +520,19 @@ func (m *monitor) updateLag(primary *node) {
 }
 
 // noteTimeline records which timeline the standby n follows, from a probe
-// r: the one its WAL receiver streams when the role may see it, else,
-// when no receiver runs, the newest one it replayed. A receiver that runs
-// but hides its timeline (the role lacks pg_read_all_stats) changes
-// nothing. Timelines only grow, so the newest seen stands, unless the node
-// may be another server now (back from down, or a standby again).
+// r: the newest of the one its WAL receiver streams (when the role may see
+// it), the one its control file shows it replayed, and the one noted
+// before. Timelines only grow, so the newest seen stands, unless the node
+// may be another server now (back from down, or a standby again). Without
+// pg_read_all_stats, a standby that followed a promotion is known to be on
+// the new timeline only once its control file shows it (its next
+// restartpoint): until then it serves no reads, which is safe.
 func (n *node) noteTimeline(r probeResult, forget bool) {
 	t := n.timeline.Load()
 	if forget {
 		t = 0
 	}
-	switch {
-	case r.timeline != 0:
-		t = max(t, r.timeline)
-	case !r.receiving:
-		t = max(t, r.replayedTLI)
-	}
-	n.timeline.Store(t)
+	n.timeline.Store(max(t, r.timeline, r.replayedTLI))
 }
 
 // lastRecordEnd turns pg_current_wal_insert_lsn() into the end of the last
