@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Compile-time checks of the interfaces database/sql looks for. conn
@@ -156,23 +154,12 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 }
 
 // PrepareContext checks the statement on the server, as pgx's driver does,
-// so that invalid SQL fails here and not at its first execution: it is
-// parsed and described as an unnamed statement on the open transaction's
-// node, else on the primary, which has the newest schema (without pinning
-// the checkout to it). Which node runs it is decided at each execution;
-// pgx prepares and caches it per connection on first use.
+// so that invalid SQL fails here and not at its first execution (see
+// describe). Which node runs it is decided at each execution; pgx prepares
+// and caches it per connection on first use.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	l := c.txLease
-	if l == nil {
-		var err error
-		if l, err = c.primaryLeaseUnpinned(ctx); err != nil {
-			return nil, err
-		}
-	}
-	if sc, ok := l.sc.(*stdlib.Conn); ok {
-		if _, err := sc.Conn().PgConn().Prepare(ctx, "", query, nil); err != nil {
-			return nil, err
-		}
+	if err := c.describe(ctx, query); err != nil {
+		return nil, err
 	}
 	return &stmt{c: c, query: query}, nil
 }
@@ -214,16 +201,9 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	// While this acquires, conns that database/sql takes back give up the
-	// connection they hold for their session if the pool is full; when it
-	// is full already, take one from an idle conn: else this could wait
-	// for a connection that nothing will release.
-	p.acquiring.Add(1)
-	defer p.acquiring.Add(-1)
-	if p.poolFull() {
-		c.c.evictIdleSticky()
-	}
-	if err := p.acquire(ctx, &c.primary); err != nil {
+	// A full pool's connections may all be held by idle conns for their
+	// sessions: acquirePrimary takes one from them.
+	if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
 		c.c.primaryFailed(err)
 		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
 	}
@@ -363,7 +343,7 @@ func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query str
 // at least minLSN replayed for a session. needPrimary is set when the
 // session's latest write is not yet known to be on any replica.
 func (c *conn) replicaBounds(o *routeOptions) (maxLag time.Duration, minLSN uint64, needPrimary bool) {
-	maxLag = c.c.cfg.MaxReplicaLag
+	maxLag = lagLimit(c.c.cfg.MaxReplicaLag)
 	if o == nil {
 		return maxLag, 0, false
 	}

@@ -41,6 +41,13 @@ func UsePrimary(ctx context.Context) context.Context {
 // WithMaxLag returns a context whose reads accept a replica that is at most
 // d behind the primary, overriding the DSN's max_replica_lag for calls made
 // with it. A dashboard may allow 30s; a checkout page 100ms.
+//
+// A d of 0 accepts only a replica that is caught up: one that had replayed
+// everything the primary had flushed when the monitor last probed both
+// (it can still lack what was committed since, up to a monitor interval
+// plus a probe round trip). A negative d is taken as 0. There is no "no
+// limit" value: use a long duration.
 func WithMaxLag(ctx context.Context, d time.Duration) context.Context {
+	d = max(d, 0)
 	return with(ctx, func(o *routeOptions) { o.maxLag, o.hasMaxLag = d, true })
 }

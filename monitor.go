@@ -11,13 +11,37 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// probeSQL learns a node's role and WAL position in one round trip. A
-// primary reports its insert position (it covers every acknowledged
-// commit, even with synchronous_commit off) and its flush position (what a
-// standby can have received); a standby reports what it has replayed.
+// probeSQL learns a node's role, WAL position and timeline in one round
+// trip. A primary reports its insert position (it covers every acknowledged
+// commit, even with synchronous_commit off), its flush position (what a
+// standby can have received) and the timeline it writes, from the name of
+// its current WAL file (pg_control_checkpoint() keeps the old timeline
+// until the first checkpoint after a promotion, which may be minutes
+// away). A standby reports what it has replayed, the timeline its WAL
+// receiver streams (received_tli: NULL when none runs, or when the role
+// lacks pg_read_all_stats, which pg_monitor includes), and the newest
+// timeline its control file shows it replayed, which can lag behind (it
+// moves at restartpoints). Positions on different timelines cannot be
+// compared: see updateLag.
 const probeSQL = `SELECT pg_is_in_recovery(),
 	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
-	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint`
+	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint,
+	CASE WHEN pg_is_in_recovery() THEN to_hex(w.received_tli) ELSE left(pg_walfile_name(pg_current_wal_insert_lsn()), 8) END,
+	CASE WHEN pg_is_in_recovery() THEN
+		(SELECT to_hex(greatest(r.min_recovery_end_timeline, c.timeline_id)) FROM pg_control_recovery() r, pg_control_checkpoint() c)
+	END
+FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
+
+// probeNoControlSQL is probeSQL for a server where the role may not run
+// pg_control_recovery() or pg_control_checkpoint() (public by default; an
+// administrator may revoke them): a standby with no WAL receiver then
+// reports only the timeline its WAL receiver streams.
+const probeNoControlSQL = `SELECT pg_is_in_recovery(),
+	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
+	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint,
+	CASE WHEN pg_is_in_recovery() THEN to_hex(w.received_tli) ELSE left(pg_walfile_name(pg_current_wal_insert_lsn()), 8) END,
+	NULL::text
+FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
 
 // historyLen bounds the primary positions kept to turn a standby's replay
 // position into a time lag: ten minutes at the default interval.
@@ -39,8 +63,11 @@ type monitor struct {
 
 	// Owned by the monitor goroutine.
 	probeConns []*pgx.Conn
-	history    []lsnSample // primary flush positions, oldest first
+	history    []lsnSample // the current primary's flush positions on its current timeline, oldest first
+	historyOf  *node       // the primary history was taken on
+	primaryTLI uint32      // its timeline; 0 until it answered
 	lagging    []bool
+	noControl  []bool // the node refused pg_control_*(): probe with probeNoControlSQL
 	splitBrain bool
 	roundStart int64 // unix nanos at which the current round began
 }
@@ -51,8 +78,14 @@ type probeResult struct {
 	standby  bool
 	lsn      uint64 // insert (primary) or replay (standby) position
 	flushLSN uint64
-	started  int64 // monoNow
-	latency  time.Duration
+	// timeline is the primary's, or the one a standby's WAL receiver
+	// streams (0: none runs, or the role may not see it); replayedTLI is,
+	// for a standby, the newest timeline its control file shows (0:
+	// unknown).
+	timeline    uint32
+	replayedTLI uint32
+	started     int64 // monoNow
+	latency     time.Duration
 }
 
 func startMonitor(c *Connector) *monitor {
@@ -67,6 +100,7 @@ func startMonitor(c *Connector) *monitor {
 		done:           make(chan struct{}),
 		probeConns:     make([]*pgx.Conn, len(c.nodes)),
 		lagging:        make([]bool, len(c.nodes)),
+		noControl:      make([]bool, len(c.nodes)),
 	}
 	go m.run()
 	return m
@@ -198,11 +232,11 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 		// A new backend's first query fills its catalog caches and takes
 		// milliseconds; timed, it would seed the smoothed RTT too high
 		// (replica_policy=nearest could then take a far node for near).
-		err = readProbe(ctx, pc, r)
+		err = m.readProbe(ctx, i, pc, r)
 	}
 	t0 := time.Now() // latency of the query alone, not of a reconnect
 	if err == nil {
-		err = readProbe(ctx, pc, r)
+		err = m.readProbe(ctx, i, pc, r)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -221,23 +255,49 @@ func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error
 // readProbe runs probeSQL with the simple query protocol of pgconn itself:
 // probes must work whatever the DSN's query mode (a pgbouncer that keeps
 // no prepared statements) and session settings (pgx's own simple protocol
-// refuses to run with standard_conforming_strings=off).
-func readProbe(ctx context.Context, pc *pgx.Conn, r *probeResult) error {
-	results, err := pc.PgConn().Exec(ctx, probeSQL).ReadAll()
+// refuses to run with standard_conforming_strings=off). A node whose role
+// may not read its control file (42501) is asked without it from then on.
+func (m *monitor) readProbe(ctx context.Context, i int, pc *pgx.Conn, r *probeResult) error {
+	sql := probeSQL
+	if m.noControl[i] {
+		sql = probeNoControlSQL
+	}
+	err := readProbeSQL(ctx, pc, sql, r)
+	if pgCode(err) == "42501" && !m.noControl[i] {
+		m.noControl[i] = true
+		err = readProbeSQL(ctx, pc, probeNoControlSQL, r)
+	}
+	return err
+}
+
+func readProbeSQL(ctx context.Context, pc *pgx.Conn, sql string, r *probeResult) error {
+	results, err := pc.PgConn().Exec(ctx, sql).ReadAll()
 	if err != nil {
 		return err
 	}
-	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 3 {
+	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 5 {
 		return errors.New("pgreplica: unexpected probe result")
 	}
 	row := results[0].Rows[0]
 	lsn, err1 := strconv.ParseUint(string(row[1]), 10, 64)
 	flush, err2 := strconv.ParseUint(string(row[2]), 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
+	tli, err3 := parseTimeline(row[3])
+	replayed, err4 := parseTimeline(row[4])
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return fmt.Errorf("pgreplica: unexpected probe result: %w", err)
 	}
 	r.standby, r.lsn, r.flushLSN = string(row[0]) == "t", lsn, flush
+	r.timeline, r.replayedTLI = tli, replayed
 	return nil
+}
+
+// parseTimeline reads a timeline ID in hex; NULL is 0, unknown.
+func parseTimeline(b []byte) (uint32, error) {
+	if b == nil {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(string(b), 16, 32)
+	return uint32(v), err
 }
 
 // apply turns one round of probes into node states, the primary's WAL
@@ -275,7 +335,7 @@ func (m *monitor) apply(results []probeResult) {
 			n.failures.Store(0)
 			n.setCause(nil)
 			n.frozen.Store(false)
-			n.standby.Store(r.standby)
+			wasStandby := n.standby.Swap(r.standby)
 			n.probedAt.Store(nowWall)
 			n.probeNanos.Store(int64(r.latency))
 			if r.standby {
@@ -292,6 +352,9 @@ func (m *monitor) apply(results []probeResult) {
 				old = 0
 			}
 			n.rttNanos.Store(int64(smoothRTT(old, r.latency)))
+			if r.standby {
+				n.noteTimeline(r, cameBack || !wasStandby)
+			}
 		}
 	}
 
@@ -312,8 +375,17 @@ func (m *monitor) apply(results []probeResult) {
 		}
 	}
 
+	if primary != m.historyOf {
+		// Positions of another primary say nothing about what a standby
+		// lacks now, and may be on another timeline.
+		m.history, m.historyOf, m.primaryTLI = m.history[:0], primary, 0
+	}
 	if primary != nil {
 		if r := results[primary.index]; !r.skipped && r.err == nil && !r.standby {
+			if r.timeline != m.primaryTLI {
+				// Promoted again: the same node on a new timeline.
+				m.history, m.primaryTLI = m.history[:0], r.timeline
+			}
 			c.primarySample.Store(&lsnSample{at: r.started, lsn: lastRecordEnd(r.lsn)})
 			m.history = append(m.history, lsnSample{at: r.started, lsn: r.flushLSN})
 			if len(m.history) > historyLen {
@@ -417,6 +489,26 @@ func (m *monitor) updateLag(primary *node) {
 		var lag time.Duration
 		if replay < latest.lsn {
 			bytes = int64(latest.lsn - replay)
+		}
+		if t := n.timeline.Load(); t != 0 && t != m.primaryTLI {
+			// It follows another timeline: a primary that is gone (or a
+			// second one). Its position is not comparable with the
+			// primary's, and it may never receive another write: it is
+			// behind at least everything this primary wrote since we
+			// follow it, and serves no reads until it follows the
+			// primary's timeline.
+			n.lagBytes.Store(bytes)
+			n.lagNanos.Store(now - m.history[0].at)
+			if !n.offTimeline.Swap(true) {
+				m.c.log.Warn("pgreplica: replica on another timeline than the primary", "node", n.addr,
+					"timeline", t, "primary_timeline", m.primaryTLI)
+			}
+			continue
+		}
+		if n.offTimeline.Swap(false) {
+			m.c.log.Info("pgreplica: replica follows the primary's timeline", "node", n.addr)
+		}
+		if replay < latest.lsn {
 			// The oldest sample the standby lacks tells how long ago that
 			// WAL existed on the primary.
 			since := latest.at
@@ -439,6 +531,22 @@ func (m *monitor) updateLag(primary *node) {
 			}
 		}
 	}
+}
+
+// noteTimeline records which timeline the standby n follows, from a probe
+// r: the newest of the one its WAL receiver streams (when the role may see
+// it), the one its control file shows it replayed, and the one noted
+// before. Timelines only grow, so the newest seen stands, unless the node
+// may be another server now (back from down, or a standby again). Without
+// pg_read_all_stats, a standby that followed a promotion is known to be on
+// the new timeline only once its control file shows it (its next
+// restartpoint): until then it serves no reads, which is safe.
+func (n *node) noteTimeline(r probeResult, forget bool) {
+	t := n.timeline.Load()
+	if forget {
+		t = 0
+	}
+	n.timeline.Store(max(t, r.timeline, r.replayedTLI))
 }
 
 // lastRecordEnd turns pg_current_wal_insert_lsn() into the end of the last

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -55,6 +56,12 @@ type node struct {
 	// cause is why its last probe or new connection failed; nil once a
 	// probe answers (see setCause).
 	cause atomic.Pointer[Cause]
+
+	// Timelines (see updateLag): the timeline a standby follows, 0 while
+	// unknown (see noteTimeline), and whether that is another timeline
+	// than the primary's, which makes it serve no reads.
+	timeline    atomic.Uint32
+	offTimeline atomic.Bool
 
 	// conns are the node's sockets, from dial to close, including those
 	// still in the startup handshake; tracked at dial and close only,
@@ -335,8 +342,21 @@ func (n *node) markDown() bool {
 	return n.setDown()
 }
 
+// noLagLimit is the maxLag of a read with no lag limit (max_replica_lag=off
+// and no WithMaxLag): a maxLag of 0 means caught up.
+const noLagLimit = time.Duration(math.MaxInt64)
+
+// lagLimit is the maxLag for a configured limit, where 0 means off.
+func lagLimit(d time.Duration) time.Duration {
+	if d <= 0 {
+		return noLagLimit
+	}
+	return d
+}
+
 // usableReplica says whether the node may serve a read that tolerates
-// maxLag (0: any lag) and must have replayed at least minLSN.
+// maxLag (0: caught up; noLagLimit: any lag) and must have replayed at
+// least minLSN.
 func (n *node) usableReplica(maxLag time.Duration, minLSN uint64) bool {
 	return n.skipReason(maxLag, minLSN) == usable
 }
@@ -350,7 +370,7 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 		return rerouteDown
 	case !n.standby.Load():
 		return rerouteReadOnly // writable: not a replica at all
-	case maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag,
+	case n.offTimeline.Load(), time.Duration(n.lagNanos.Load()) > maxLag,
 		minLSN != 0 && n.replayLSN.Load() < minLSN:
 		return rerouteLag
 	case n.serverFull():

@@ -312,7 +312,7 @@ func (c *Connector) insertLSN(ctx context.Context) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, min(max(c.cfg.MonitorInterval, 500*time.Millisecond), 5*time.Second))
 	defer cancel()
 	var l lease
-	if err := n.acquire(ctx, &l); err != nil {
+	if err := c.acquirePrimary(ctx, n, &l); err != nil {
 		c.primaryFailed(err)
 		return 0, fmt.Errorf("pgreplica: primary %s: %w", n.addr, err)
 	}

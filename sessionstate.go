@@ -1,6 +1,7 @@
 package pgreplica
 
 import (
+	"context"
 	"sync"
 
 	"github.com/jackc/pgx/v5/stdlib"
@@ -22,6 +23,9 @@ import (
 type stickyConns struct {
 	mu   sync.Mutex
 	idle map[*conn]struct{}
+	// parked, when set, is closed (and cleared) when a conn parks: a
+	// primary acquire waiting for a slot then tries to evict it.
+	parked chan struct{}
 }
 
 // noteSessionState records that a statement run on l changes session
@@ -65,7 +69,57 @@ func (c *conn) parkSticky() bool {
 	}
 	s.idle[c] = struct{}{}
 	c.parked = true
+	if s.parked != nil {
+		close(s.parked)
+		s.parked = nil
+	}
 	return true
+}
+
+// parkedSignal returns a channel closed when a conn next parks.
+func (s *stickyConns) parkedSignal() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.parked == nil {
+		s.parked = make(chan struct{})
+	}
+	return s.parked
+}
+
+// acquirePrimary takes a lease on the primary p into l. Idle sticky conns
+// may hold every slot, and nothing releases those but a statement that
+// needs one: while the pool is full it evicts one, and it tries again each
+// time it lost the freed slot to another acquire or a conn parked while it
+// waited, so that it never waits for connections only idle conns hold. A
+// conn that parks while it is counted in acquiring and the pool is full
+// gives its connection up itself (parkSticky).
+func (c *Connector) acquirePrimary(ctx context.Context, p *node, l *lease) error {
+	p.acquiring.Add(1)
+	defer p.acquiring.Add(-1)
+	if p.fake != nil {
+		return p.acquire(ctx, l)
+	}
+	if p.trySlot() {
+		return p.leaseConn(ctx, l) // the common case: no lock
+	}
+	for {
+		// Before the eviction: a conn that parks after it found none wakes
+		// this wait.
+		parked := c.sticky.parkedSignal()
+		if p.trySlot() {
+			return p.leaseConn(ctx, l)
+		}
+		if c.evictIdleSticky() {
+			continue // its slot may go to another waiter: look again
+		}
+		select {
+		case p.slots <- struct{}{}:
+			return p.leaseConn(ctx, l)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-parked:
+		}
+	}
 }
 
 // unparkSticky is called when database/sql hands the conn out again or

@@ -10,7 +10,7 @@ const (
 	RoleReplica = "replica"
 
 	StateHealthy = "healthy" // answers probes; a replica within max_replica_lag
-	StateLagging = "lagging" // a replica behind max_replica_lag: no reads
+	StateLagging = "lagging" // a replica behind max_replica_lag, or on another timeline than the primary: no reads
 	StateDown    = "down"    // refuses connections or broke them
 	StateFrozen  = "frozen"  // accepts connections but does not answer
 	StateFull    = "full"    // refuses new connections (53300): no new reads for now
@@ -154,7 +154,7 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.State = StateFrozen
 	case !n.up.Load():
 		ns.State = StateDown
-	case ns.Role == RoleReplica && maxLag > 0 && ns.Lag > maxLag:
+	case ns.Role == RoleReplica && (n.offTimeline.Load() || maxLag > 0 && ns.Lag > maxLag):
 		ns.State = StateLagging
 	default:
 		ns.State = StateHealthy

@@ -1,8 +1,11 @@
 package pgreplica
 
 import (
+	"cmp"
 	"context"
 	"database/sql/driver"
+
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Compile-time checks of the interfaces database/sql looks for.
@@ -40,6 +43,100 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
 
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
 	return s.c.QueryContext(context.Background(), s.query, named(args))
+}
+
+// describe parses and describes query as an unnamed statement on the node
+// its plain read would run on, so that a *sql.Stmt, which database/sql
+// prepares again on each connection it runs on, works wherever the plain
+// call does: on the open transaction's node; on a replica for a text the
+// classifier routes to one (while the primary is down too), with the same
+// lag and session bounds; else on the primary. A replica that does not know
+// an object yet, or refuses the text during recovery, hands it to the
+// primary, whose schema is the newest; when the primary cannot be reached
+// then, the replica's error stands. Any other text goes to a replica when
+// the primary cannot be reached: describing runs nothing, and invalid SQL
+// fails at Prepare while the primary is down too. Describing never pins
+// the checkout.
+func (c *conn) describe(ctx context.Context, query string) error {
+	if l := c.txLease; l != nil {
+		return describeOn(ctx, l, query)
+	}
+	o := optionsFrom(ctx)
+	onReplica := c.readsFromReplica(o, classifyCached(query))
+	var replicaErr error
+	if onReplica {
+		var done bool
+		if done, replicaErr = c.describeOnReplica(ctx, o, query); done {
+			return replicaErr
+		}
+	}
+	l, err := c.primaryLeaseUnpinned(ctx)
+	if err == nil {
+		if err = describeOn(ctx, l, query); err == nil || !isConnectionError(err) {
+			return err
+		}
+	}
+	// The primary cannot be reached.
+	if replicaErr != nil || onReplica || ctx.Err() != nil {
+		return cmp.Or(replicaErr, err)
+	}
+	if done, rerr := c.describeOnReplica(ctx, o, query); done || rerr != nil {
+		return rerr
+	}
+	return err
+}
+
+// readsFromReplica says whether QueryContext would send a text classified
+// cl to a replica in this checkout.
+func (c *conn) readsFromReplica(o *routeOptions, cl classification) bool {
+	switch {
+	case cl.hint == hintPrimary, o != nil && o.primary, c.pinned, cl.sessionState:
+		return false
+	}
+	return cl.hint == hintReplica || cl.readOnly
+}
+
+// describeOnReplica describes query on a replica its read could use. done
+// reports that this settled it, with err the text's error if any; else the
+// primary should describe it, and err is the replica's error that the
+// primary may settle (nil when no replica was usable).
+func (c *conn) describeOnReplica(ctx context.Context, o *routeOptions, query string) (done bool, err error) {
+	maxLag, minLSN, needPrimary := c.replicaBounds(o)
+	if needPrimary {
+		return false, nil
+	}
+	var tried uint64
+	var lastErr error
+	for {
+		l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+		if err != nil {
+			return true, err // ctx ended
+		}
+		if l == nil {
+			return false, nil
+		}
+		err = describeOn(ctx, l, query)
+		if err == nil {
+			return true, nil
+		}
+		if _, ok := primaryRerun(err); ok {
+			return false, err
+		}
+		if ctx.Err() != nil || !isRetryableRead(err) {
+			return true, err
+		}
+		c.dropReplica(l, err) // it failed, not the text: try another
+	}
+}
+
+// describeOn parses and describes query on l's connection.
+func describeOn(ctx context.Context, l *lease, query string) error {
+	if sc, ok := l.sc.(*stdlib.Conn); ok {
+		if _, err := sc.Conn().PgConn().Prepare(ctx, "", query, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func named(args []driver.Value) []driver.NamedValue {

@@ -307,11 +307,20 @@ func TestAfterConnectStateIsNeverLost(t *testing.T) {
 
 // Many conns holding session state: the primary pool's cap holds, and a
 // statement never waits forever for a connection that an idle conn holds
-// for its session (database/sql keeps up to SetMaxIdleConns of them).
+// for its session (database/sql keeps up to SetMaxIdleConns of them), at
+// any pool size, nor does SessionToken asking the primary for a position.
 func TestPoolCapHoldsWithManyDirtyConns(t *testing.T) {
+	// With one connection every SET waits for another conn's: fewer rounds.
+	for _, tc := range []struct{ poolCap, rounds int }{{1, 3}, {3, 8}} {
+		t.Run("primary_max_conns="+strconv.Itoa(tc.poolCap), func(t *testing.T) { testPoolCapWithDirtyConns(t, tc.poolCap, tc.rounds) })
+	}
+}
+
+func testPoolCapWithDirtyConns(t *testing.T, poolCap, rounds int) {
 	ctx := testCtx(t)
-	const poolCap = 3
-	db := openDB(t, "primary_max_conns="+strconv.Itoa(poolCap), "application_name=dirty_cap")
+	// A monitor interval beyond the test: a session's write stays pending
+	// until SessionToken asks the primary.
+	db := openDB(t, "primary_max_conns="+strconv.Itoa(poolCap), "application_name=dirty_cap", "monitor_interval=1h")
 	db.SetMaxIdleConns(20)
 	direct := testcluster.Direct(t, 0)
 	var wg sync.WaitGroup
@@ -326,7 +335,7 @@ func TestPoolCapHoldsWithManyDirtyConns(t *testing.T) {
 			case <-time.After(20 * time.Millisecond):
 			}
 			var n int64
-			if err := direct.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dirty_cap' AND query NOT LIKE 'SELECT pg_is_in_recovery()%'" /* not the monitor's probe */).Scan(&n); err == nil {
+			if err := direct.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dirty_cap' AND query NOT LIKE 'SELECT pg_is_in_recovery()%' AND query <> ''" /* not the monitor's probe, nor a probe connection being opened again */).Scan(&n); err == nil {
 				for {
 					cur := maxSeen.Load()
 					if n <= cur || maxSeen.CompareAndSwap(cur, n) {
@@ -338,8 +347,10 @@ func TestPoolCapHoldsWithManyDirtyConns(t *testing.T) {
 	}()
 	for g := range 12 {
 		wg.Go(func() {
-			for i := range 8 {
-				sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			for i := range rounds {
+				// Generous: with one connection, each SET waits for the
+				// others' on a loaded machine; a deadlock waits forever.
+				sctx, cancel := context.WithTimeout(ctx, time.Minute)
 				c, err := db.Conn(sctx)
 				if err != nil {
 					errs <- err
@@ -368,7 +379,7 @@ func TestPoolCapHoldsWithManyDirtyConns(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if m := maxSeen.Load(); m > poolCap {
+	if m := maxSeen.Load(); m > int64(poolCap) {
 		t.Fatalf("%d server connections seen on the primary, pool cap is %d", m, poolCap)
 	}
 	// Plain statements still run, while idle conns hold sessions.
@@ -376,6 +387,42 @@ func TestPoolCapHoldsWithManyDirtyConns(t *testing.T) {
 		if _, err := db.ExecContext(ctx, "SELECT 1"); err != nil {
 			t.Fatalf("exec %d: %v", i, err)
 		}
+	}
+
+	// SessionToken for a session whose write is pending asks the primary,
+	// while idle conns hold every primary connection for their sessions: it
+	// takes one of them too, instead of waiting in vain and handing out a
+	// token that sends the session's reads to the primary.
+	table := testcluster.NewTable(t, ctx, "dirty_tok", "id int")
+	sctx := pgreplica.WithSession(ctx)
+	if _, err := db.ExecContext(sctx, "INSERT INTO "+table+" VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	parkDirtyConns(t, ctx, db, poolCap)
+	tctx, cancel := context.WithTimeout(sctx, 20*time.Second)
+	defer cancel()
+	if tok := pgreplica.SessionToken(tctx); tok == "" || tok == "1.ffffffffffffffff" {
+		t.Fatalf("SessionToken with every primary connection held by idle sessions = %q, want a WAL position", tok)
+	}
+}
+
+// parkDirtyConns leaves n database/sql connections idle, each holding a
+// primary connection for its session.
+func parkDirtyConns(t *testing.T, ctx context.Context, db *sql.DB, n int) {
+	t.Helper()
+	conns := make([]*sql.Conn, n)
+	for i := range conns {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+		if _, err := c.ExecContext(ctx, "SET application_name = 'dirty_cap'"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
 	}
 }
 

@@ -68,3 +68,56 @@ func TestWithMaxLagPerCall(t *testing.T) {
 		}
 	}
 }
+
+// WithMaxLag(ctx, 0) means caught up, not "no limit": once a replica whose
+// replay is paused is behind, it serves none of those reads, even with no
+// lag limit in the DSN, and a negative bound is taken as 0. What such a
+// read gets has everything the primary had flushed at the probe that found
+// the replica behind, so it sees a row committed before that probe.
+func TestWithMaxLagZeroMeansCaughtUp(t *testing.T) {
+	ctx := testCtx(t)
+	table := testcluster.NewTable(t, ctx, "lagzero", "id int")
+	db := testcluster.Open(t, dsnParams...) // max_replica_lag=off
+	c, err := pgreplica.ConnectorOf(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paused := testcluster.Cluster().Nodes[1]
+	pauseReplay(t, ctx, 1)
+	if _, err := db.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	wrote := time.Now()
+	behind := func() bool {
+		var probed, lagging bool
+		for _, n := range c.Status().Nodes {
+			switch n.Addr {
+			case primaryAddr():
+				probed = n.LastProbe.After(wrote)
+			case paused.Addr():
+				lagging = n.LagBytes > 0
+			}
+		}
+		return probed && lagging
+	}
+	if !eventually(ctx, time.Minute, behind) {
+		t.Fatalf("replica1 never showed as behind: %+v", c.Status().Nodes)
+	}
+	// Without a bound the paused replica still serves: it is in routing.
+	if !eventually(ctx, time.Minute, func() bool { return testcluster.Port(t, ctx, db) == paused.Port }) {
+		t.Fatal("the paused replica never served a read without a lag bound")
+	}
+	for _, d := range []time.Duration{0, -time.Second} {
+		for i := range 30 {
+			rctx, route := pgreplica.WithRoute(pgreplica.WithMaxLag(ctx, d))
+			var port, n int
+			if err := db.QueryRowContext(rctx, "SELECT inet_server_port(), count(*) FROM "+table).Scan(&port, &n); err != nil {
+				t.Fatal(err)
+			}
+			if port == paused.Port || n != 1 {
+				t.Fatalf("WithMaxLag(%v) read %d: served by %s (%s) with %d rows; want a caught-up node, with the row",
+					d, i, testcluster.Role(port), route.Reason(), n)
+			}
+		}
+	}
+}

@@ -25,7 +25,7 @@
 // each container the same way under /pgreplica (docker.go).
 //
 // Faults: Stop (immediate), StopClean, Freeze, PauseReplay, Promote,
-// Rejoin and Partition (partition.go) work alike on both backends.
+// Rejoin, Follow and Partition (partition.go) work alike on both backends.
 // LatencyProxy (latencyproxy.go) puts a node at a distance: list its
 // address in a DSN (Cluster.DSNVia) in place of the node's.
 //
@@ -721,6 +721,31 @@ func (n *Node) Rejoin(ctx context.Context, primary *Node) error {
 	}
 	n.standby = true
 	n.paused = false
+	return nil
+}
+
+// Follow points a running standby at primary without restarting it, as a
+// control plane does after a failover: ALTER SYSTEM sets primary_conninfo
+// (and drops primary_slot_name: the new primary has no slot for it), and a
+// reload restarts its WAL receiver, which follows the newest timeline. The
+// standby must not have replayed WAL past primary's promotion point.
+func (n *Node) Follow(ctx context.Context, primary *Node) error {
+	host, port, err := net.SplitHostPort(primary.Addr())
+	if err != nil {
+		return fmt.Errorf("sandbox: follow: %w", err)
+	}
+	conninfo := fmt.Sprintf("host=%s port=%s user=%s password=%s application_name=%s",
+		host, port, superuser, n.c.superPassword, n.name())
+	n.c.logf("point %s at %s", n.name(), primary.Addr())
+	for _, sql := range []string{
+		"ALTER SYSTEM SET primary_conninfo = " + quoteLiteral(conninfo),
+		"ALTER SYSTEM RESET primary_slot_name",
+		"SELECT pg_reload_conf()",
+	} {
+		if err := n.c.execOn(ctx, n.Index, n.c.database, sql); err != nil {
+			return fmt.Errorf("sandbox: follow %s: %w", primary.name(), err)
+		}
+	}
 	return nil
 }
 

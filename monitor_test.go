@@ -1,0 +1,74 @@
+package pgreplica
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// A standby's position is comparable with the primary's only on the same
+// timeline: after a promotion, the standby left on the old one gets no
+// reads, whatever the bound, until it streams the new timeline.
+func TestReplicaOnAnotherTimelineGetsNoReads(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	c := fc.c
+	m := &monitor{c: c, interval: time.Second, lagging: make([]bool, 3), noControl: make([]bool, 3)}
+	ok := func(standby bool, lsn uint64, tli, replayed uint32) probeResult {
+		return probeResult{standby: standby, lsn: lsn, flushLSN: lsn, timeline: tli, replayedTLI: replayed, started: monoNow()}
+	}
+	m.apply([]probeResult{ok(false, 100, 1, 0), ok(true, 100, 1, 1), ok(true, 100, 1, 1)})
+	for _, n := range c.nodes[1:] {
+		if why := n.skipReason(noLagLimit, 0); why != usable {
+			t.Fatalf("%s before the failover: %s", n.addr, why)
+		}
+	}
+	// node0 stops, node2 is promoted to timeline 2; node1 has no WAL
+	// receiver any more and replayed timeline 1 only.
+	m.apply([]probeResult{{err: errors.New("refused")}, ok(true, 100, 0, 1), ok(false, 120, 2, 0)})
+	if p := c.topo.Load().primary; p != c.nodes[2] {
+		t.Fatalf("primary %s, want node2", p.addr)
+	}
+	if why := c.nodes[1].skipReason(noLagLimit, 0); why != rerouteLag {
+		t.Fatalf("node1 on the old timeline: %s, want lag", why)
+	}
+	if st := c.nodes[1].status(false, 0); st.State != StateLagging {
+		t.Fatalf("node1 on the old timeline: state %s", st.State)
+	}
+	if len(m.history) != 1 {
+		t.Fatalf("history has %d samples after the primary changed, want 1", len(m.history))
+	}
+	// Pointed at node2, it streams timeline 2.
+	m.apply([]probeResult{{err: errors.New("refused")}, ok(true, 120, 2, 1), ok(false, 120, 2, 0)})
+	if why := c.nodes[1].skipReason(noLagLimit, 0); why != usable {
+		t.Fatalf("node1 on the new timeline: %s", why)
+	}
+	// A bound of 0 means caught up.
+	if why := c.nodes[1].skipReason(0, 0); why != usable {
+		t.Fatalf("caught-up node1 with a bound of 0: %s", why)
+	}
+	c.nodes[1].lagNanos.Store(int64(time.Millisecond))
+	if why := c.nodes[1].skipReason(0, 0); why != rerouteLag {
+		t.Fatalf("node1 1ms behind with a bound of 0: %s", why)
+	}
+}
+
+func TestNoteTimeline(t *testing.T) {
+	var n node
+	for _, tc := range []struct {
+		r      probeResult
+		forget bool
+		want   uint32
+	}{
+		{probeResult{timeline: 1, replayedTLI: 1}, false, 1},
+		{probeResult{timeline: 0, replayedTLI: 1}, false, 1}, // receiver gone or hidden
+		{probeResult{timeline: 2, replayedTLI: 1}, false, 2}, // streams the new timeline
+		{probeResult{timeline: 0, replayedTLI: 1}, false, 2}, // the newest seen stands
+		{probeResult{timeline: 0, replayedTLI: 1}, true, 1},  // another server now
+		{probeResult{}, true, 0},
+	} {
+		n.noteTimeline(tc.r, tc.forget)
+		if got := n.timeline.Load(); got != tc.want {
+			t.Fatalf("after %+v (forget %v): timeline %d, want %d", tc.r, tc.forget, got, tc.want)
+		}
+	}
+}
