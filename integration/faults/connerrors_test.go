@@ -387,19 +387,32 @@ func TestTerminatedProbeConnectionIsNotNodeDown(t *testing.T) {
 }
 
 // fillConnections opens connections as the application user to node i
-// until the server refuses one with 53300, and keeps it full until
-// release: backends of connections closed before (an earlier test's pool,
-// a probe) exit a little later and free slots that a read could take, so
-// fillers keep taking every slot that frees up. It returns once no slot
-// has freed up for 300 ms. The connections are closed when t ends.
+// until the server is full, and keeps it full until release: backends of
+// connections closed before (an earlier test's pool, a probe) exit a little
+// later and free slots that a read could take, so fillers keep taking every
+// slot that frees up. It returns once being full is a fact, not a pause in
+// the fillers' progress (a busy machine pauses them for longer than any
+// quiet period): the node's client backends, counted by a superuser, fill
+// every slot an ordinary user may take (max_connections less the reserved
+// ones), and a connect begun after that count was refused with 53300. The
+// connections are closed when t ends.
 func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int, release func()) {
 	t.Helper()
+	admin := adminConn(t, ctx, i)
+	// reserved_connections is PostgreSQL 16's; current_setting(…, true)
+	// is NULL on the versions without it.
+	var limit int
+	if err := admin.QueryRow(ctx, `SELECT current_setting('max_connections')::int
+		- current_setting('superuser_reserved_connections')::int
+		- coalesce(current_setting('reserved_connections', true)::int, 0)`).Scan(&limit); err != nil {
+		t.Fatalf("node %d's connection limit: %v", i, err)
+	}
 	var (
-		mu       sync.Mutex
-		conns    []*pgconn.PgConn
-		lastTook = time.Now()
-		wg       sync.WaitGroup
-		other    atomic.Value
+		mu          sync.Mutex
+		conns       []*pgconn.PgConn
+		wg          sync.WaitGroup
+		other       atomic.Value
+		lastRefused atomic.Int64 // UnixNano when the last refused connect began
 	)
 	stop := make(chan struct{})
 	for range 8 {
@@ -410,6 +423,7 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 					return
 				default:
 				}
+				began := time.Now()
 				pc, err := pgconn.Connect(ctx, testcluster.Cluster().NodeDSN(i))
 				if err != nil {
 					var pe *pgconn.PgError
@@ -417,6 +431,7 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 						other.Store(err)
 						return
 					}
+					lastRefused.Store(began.UnixNano())
 					select {
 					case <-stop:
 						return
@@ -426,7 +441,6 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 				}
 				mu.Lock()
 				conns = append(conns, pc)
-				lastTook = time.Now()
 				mu.Unlock()
 			}
 		})
@@ -447,21 +461,33 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 		}
 	}
 	t.Cleanup(release)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	// fullSince: when the count last showed every slot taken; zero while
+	// it did not.
+	var fullSince time.Time
+	backends := 0
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		if err, ok := other.Load().(error); ok {
 			t.Fatalf("filling node %d: %v, want 53300", i, err)
 		}
-		mu.Lock()
-		settled := len(conns) > 0 && time.Since(lastTook) > 300*time.Millisecond
-		mu.Unlock()
-		if settled {
-			break
+		counted := time.Now()
+		if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'`).Scan(&backends); err != nil {
+			t.Fatalf("counting node %d's backends: %v", i, err)
+		}
+		switch {
+		case backends < limit:
+			fullSince = time.Time{}
+		case fullSince.IsZero():
+			fullSince = counted
+		case lastRefused.Load() > fullSince.UnixNano():
+			return func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }, release
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node %d still accepting connections after 30 s", i)
+			mu.Lock()
+			n := len(conns)
+			mu.Unlock()
+			t.Fatalf("node %d not full after 2 minutes: %d client backends of %d an ordinary user may have (%d of them ours)", i, backends, limit, n)
 		}
 	}
-	return func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }, release
 }
 
 // A replica at max_connections refuses new connections with 53300. With a

@@ -98,6 +98,25 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	// CI runs the suites once per PostgreSQL image and names the major
+	// version each image must hold: a mislabelled image (or a backend
+	// that silently used other programs) would pass for a version it is
+	// not.
+	t.Run("server version", func(t *testing.T) {
+		want := os.Getenv("PGREPLICA_EXPECT_PG_MAJOR")
+		for i, n := range c.Nodes {
+			num, err := c.QueryInt(ctx, i, "SELECT current_setting('server_version_num')::int")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("node %d (%s): server_version_num %d", i, n.Addr(), num)
+			if want != "" && fmt.Sprint(num/10000) != want {
+				t.Errorf("node %d (%s) runs PostgreSQL %d (server_version_num %d); PGREPLICA_EXPECT_PG_MAJOR=%s",
+					i, n.Addr(), num/10000, num, want)
+			}
+		}
+	})
+
 	t.Run("app user", func(t *testing.T) {
 		// The app user logs in with the URL-escaped password, creates a
 		// table in public and takes an advisory lock.
