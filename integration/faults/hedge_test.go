@@ -46,8 +46,9 @@ func medianRead(t *testing.T, db *sql.DB) time.Duration {
 }
 
 // A read whose replica stalls (every process stopped, as under an I/O
-// stall) is answered by the other replica by a hedge while the replica is
-// still stalled, not after the stall; the stalled replica's connections
+// stall) is answered by the other replica while the replica is still
+// stalled, not after the stall: by a hedge, or as a plain read once a hedge
+// has beaten the stalled replica; the stalled replica's connections
 // are never handed to a later statement mid-flight: after the stall every
 // pooled connection serves reads with the right rows, and no backend is
 // left running a read.
@@ -145,14 +146,21 @@ func TestHedgeStalledReplica(t *testing.T) {
 	thawBegan := thawedAt
 	thawMu.Unlock()
 
+	hedged := 0
 	for i, r := range results {
 		t.Logf("read %d: port %d, reason %s, %v", i, r.port, r.reason, r.took.Round(100*time.Microsecond))
 		if r.err != nil {
 			t.Errorf("read %d during the stall: %v", i, r.err)
 			continue
 		}
-		if r.port != other.Port || r.reason != pgreplica.ReasonHedge {
-			t.Errorf("read %d during the stall: served by %d (%s); want replica 2 (%d) by a hedge", i, r.port, r.reason, other.Port)
+		// A read that starts once a hedge has beaten replica 1 goes to
+		// replica 2 at once (a node a hedge beat lately is skipped for a
+		// while): on a busy machine some of the 8 start that late.
+		if r.port != other.Port || (r.reason != pgreplica.ReasonHedge && r.reason != pgreplica.ReasonRead) {
+			t.Errorf("read %d during the stall: served by %d (%s); want replica 2 (%d) by a hedge, or as a plain read once a hedge beat replica 1", i, r.port, r.reason, other.Port)
+		}
+		if r.reason == pgreplica.ReasonHedge {
+			hedged++
 		}
 		if !r.end.Before(thawBegan) {
 			t.Errorf("read %d ended %v after the stall began, once the %v stall was over; want it answered during the stall",
@@ -162,8 +170,8 @@ func TestHedgeStalledReplica(t *testing.T) {
 	sent, won := hedgeStats(c)
 	t.Logf("median read %v; hedge delay %v; hedges sent %d, won %d; the 8 reads done %v into the %v stall",
 		rtt, delay, sent, won, readsDone.Round(time.Millisecond), stall)
-	if won < uint64(len(results)) {
-		t.Errorf("hedges won %d; want ≥ %d", won, len(results))
+	if hedged == 0 || won < uint64(hedged) {
+		t.Errorf("%d of the reads answered by a hedge, hedges won %d; want at least one, and as many won", hedged, won)
 	}
 
 	// After the stall: wait until replica 1 is a candidate again, then
