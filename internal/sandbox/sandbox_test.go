@@ -25,7 +25,9 @@ func startCluster(t *testing.T, opts Options) *Cluster {
 	if opts.Logf == nil {
 		opts.Logf = t.Logf
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Room for a loaded machine (see testcluster.Run): 2 minutes were
+	// not always enough for the Docker backend there.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	begin := time.Now()
 	c, err := Start(ctx, opts)
@@ -73,7 +75,7 @@ func countRows(t *testing.T, ctx context.Context, c *Cluster, i int, where strin
 func TestCluster(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, Options{Replicas: 2})
-	ctx := ctxT(t, 3*time.Minute)
+	ctx := ctxT(t, 6*time.Minute)
 	if len(c.Nodes) != 3 {
 		t.Fatalf("got %d nodes, want 3", len(c.Nodes))
 	}
