@@ -259,7 +259,8 @@ func TestHedgeBudgetWhenEveryReplicaIsSlow(t *testing.T) {
 }
 
 // On a healthy cluster with hedge_after=auto, hedging sends few extra
-// statements: at most 2% of reads.
+// statements: at most 2% of reads. A fixed number of reads, not a time
+// window: on a busy machine 3 s gave 9 reads, where one hedge is 11%.
 func TestHedgeAutoHealthyCluster(t *testing.T) {
 	ctx := context.Background()
 	db := testcluster.Open(t, monitorParams)
@@ -267,10 +268,9 @@ func TestHedgeAutoHealthyCluster(t *testing.T) {
 	c := connector(t, db)
 	var wg sync.WaitGroup
 	var reads atomic.Int64
-	deadline := time.Now().Add(3 * time.Second)
 	for range 8 {
 		wg.Go(func() {
-			for time.Now().Before(deadline) {
+			for range 40 {
 				var port int
 				if err := db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
 					t.Errorf("read: %v", err)

@@ -142,7 +142,9 @@ func portsBefore(reads []readResult, before time.Time) map[int]int {
 // waitServed waits until each of ports has answered at least one read.
 func (l *load) waitServed(t *testing.T, ports ...int) {
 	t.Helper()
-	testcluster.WaitUntil(t, 10*time.Second, "the load reaches every replica", func() bool {
+	// A liveness bound: 10 s was not always enough on a machine whose
+	// other test runs kept the replicas' probes waiting.
+	testcluster.WaitUntil(t, time.Minute, "the load reaches every replica", func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		seen := map[int]bool{}
