@@ -613,7 +613,9 @@ func TestReplicaAtMaxConnections(t *testing.T) {
 		n++
 	}
 	if err := inflight.Err(); err != nil || n != 200000 {
-		t.Fatalf("the read in flight on replica1: %d rows, err %v; want 200000 rows", n, err)
+		// States too: a replica reported frozen has its sockets closed
+		// (node.abortConns), the read in flight with them.
+		t.Fatalf("the read in flight on replica1: %d rows, err %v; want 200000 rows (replica1 states seen %v, by a fresh DB %v)", n, err, states, statesFresh)
 	}
 	t.Logf("200 reads while full: %d failed, %d on replica1, %d on replica2; replica1 states seen by the DB with a read in flight %v, by a fresh DB %v",
 		failed.Load(), onVictim.Load(), onOther.Load(), states, statesFresh)
