@@ -387,19 +387,41 @@ func TestTerminatedProbeConnectionIsNotNodeDown(t *testing.T) {
 }
 
 // fillConnections opens connections as the application user to node i
-// until the server refuses one with 53300, and keeps it full until
-// release: backends of connections closed before (an earlier test's pool,
-// a probe) exit a little later and free slots that a read could take, so
-// fillers keep taking every slot that frees up. It returns once no slot
-// has freed up for 300 ms. The connections are closed when t ends.
+// until the server is full, and keeps it full until release: backends of
+// connections closed before (an earlier test's pool, a probe) exit a little
+// later and free slots that a read could take, so fillers keep taking every
+// slot that frees up. It returns once being full is a fact, not a pause in
+// the fillers' progress (a busy machine pauses them for longer than any
+// quiet period): the node's client backends, counted by a superuser, fill
+// every slot an ordinary user may take (max_connections less the reserved
+// ones), and a connect begun after that count was refused with 53300. The
+// connections are closed when t ends.
+//
+// A refused connect holds a slot too, while its backend starts and exits,
+// and on a busy machine that lasts long enough for the fillers' own refused
+// attempts to keep a dozen slots taken: ordinary connects are refused
+// although fewer backends than the limit are established, and those slots
+// would be free for a read as soon as the fillers paused. So when a refusal
+// comes with fewer backends than the limit, the gap is topped up with
+// superuser connections (which may take any slot), until the count is
+// reached by established connections alone.
 func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int, release func()) {
 	t.Helper()
+	admin := adminConn(t, ctx, i)
+	// reserved_connections is PostgreSQL 16's; current_setting(…, true)
+	// is NULL on the versions without it.
+	var limit int
+	if err := admin.QueryRow(ctx, `SELECT current_setting('max_connections')::int
+		- current_setting('superuser_reserved_connections')::int
+		- coalesce(current_setting('reserved_connections', true)::int, 0)`).Scan(&limit); err != nil {
+		t.Fatalf("node %d's connection limit: %v", i, err)
+	}
 	var (
-		mu       sync.Mutex
-		conns    []*pgconn.PgConn
-		lastTook = time.Now()
-		wg       sync.WaitGroup
-		other    atomic.Value
+		mu          sync.Mutex
+		conns       []*pgconn.PgConn
+		wg          sync.WaitGroup
+		other       atomic.Value
+		lastRefused atomic.Int64 // UnixNano when the last refused connect began
 	)
 	stop := make(chan struct{})
 	for range 8 {
@@ -410,6 +432,7 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 					return
 				default:
 				}
+				began := time.Now()
 				pc, err := pgconn.Connect(ctx, testcluster.Cluster().NodeDSN(i))
 				if err != nil {
 					var pe *pgconn.PgError
@@ -417,16 +440,18 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 						other.Store(err)
 						return
 					}
+					lastRefused.Store(began.UnixNano())
+					// Not at once: each refused attempt holds a slot
+					// until its backend has exited.
 					select {
 					case <-stop:
 						return
-					case <-time.After(5 * time.Millisecond):
+					case <-time.After(20 * time.Millisecond):
 					}
 					continue
 				}
 				mu.Lock()
 				conns = append(conns, pc)
-				lastTook = time.Now()
 				mu.Unlock()
 			}
 		})
@@ -447,21 +472,55 @@ func fillConnections(t *testing.T, ctx context.Context, i int) (held func() int,
 		}
 	}
 	t.Cleanup(release)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	// fullSince: when the count last showed every slot taken; zero while
+	// it did not.
+	var fullSince time.Time
+	backends, topUps := 0, 0
+	var lastTopUp int64 // UnixNano of the last top-up
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		if err, ok := other.Load().(error); ok {
 			t.Fatalf("filling node %d: %v, want 53300", i, err)
 		}
-		mu.Lock()
-		settled := len(conns) > 0 && time.Since(lastTook) > 300*time.Millisecond
-		mu.Unlock()
-		if settled {
-			break
+		counted := time.Now()
+		if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'`).Scan(&backends); err != nil {
+			t.Fatalf("counting node %d's backends: %v", i, err)
+		}
+		switch {
+		case backends < limit:
+			fullSince = time.Time{}
+			if refused := lastRefused.Load(); refused != 0 && refused > lastTopUp {
+				// Refused below the limit: slots held by refused
+				// attempts. Take them for good, one superuser
+				// connection each.
+				lastTopUp = time.Now().UnixNano()
+				for range limit - backends {
+					pc, err := pgconn.Connect(ctx, testcluster.Cluster().AdminDSN(i))
+					if err != nil {
+						var pe *pgconn.PgError
+						if errors.As(err, &pe) && pe.Code == "53300" {
+							break
+						}
+						t.Fatalf("topping up node %d as a superuser: %v", i, err)
+					}
+					mu.Lock()
+					conns = append(conns, pc)
+					topUps++
+					mu.Unlock()
+				}
+			}
+		case fullSince.IsZero():
+			fullSince = counted
+		case lastRefused.Load() > fullSince.UnixNano():
+			t.Logf("node %d full: %d client backends of %d an ordinary user may have; %d superuser connections topped up", i, backends, limit, topUps)
+			return func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }, release
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node %d still accepting connections after 30 s", i)
+			mu.Lock()
+			n := len(conns)
+			mu.Unlock()
+			t.Fatalf("node %d not full after 5 minutes: %d client backends of %d an ordinary user may have (%d of them ours, %d as a superuser)", i, backends, limit, n, topUps)
 		}
 	}
-	return func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }, release
 }
 
 // A replica at max_connections refuses new connections with 53300. With a
@@ -554,7 +613,9 @@ func TestReplicaAtMaxConnections(t *testing.T) {
 		n++
 	}
 	if err := inflight.Err(); err != nil || n != 200000 {
-		t.Fatalf("the read in flight on replica1: %d rows, err %v; want 200000 rows", n, err)
+		// States too: a replica reported frozen has its sockets closed
+		// (node.abortConns), the read in flight with them.
+		t.Fatalf("the read in flight on replica1: %d rows, err %v; want 200000 rows (replica1 states seen %v, by a fresh DB %v)", n, err, states, statesFresh)
 	}
 	t.Logf("200 reads while full: %d failed, %d on replica1, %d on replica2; replica1 states seen by the DB with a read in flight %v, by a fresh DB %v",
 		failed.Load(), onVictim.Load(), onOther.Load(), states, statesFresh)

@@ -43,6 +43,7 @@ type load struct {
 type readResult struct {
 	start, end time.Time
 	port       int
+	reason     pgreplica.Reason // the route's reason (WithRoute)
 }
 
 func startLoad(t *testing.T, db *sql.DB, workers int, timeout time.Duration) *load {
@@ -62,6 +63,7 @@ func (l *load) worker() {
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		ctx, route := pgreplica.WithRoute(ctx)
 		start := time.Now()
 		var port int
 		err := l.db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port)
@@ -73,7 +75,7 @@ func (l *load) worker() {
 			l.failed = append(l.failed, err)
 			l.failedAt = append(l.failedAt, readResult{start: start, end: end})
 		} else {
-			l.reads = append(l.reads, readResult{start: start, end: end, port: port})
+			l.reads = append(l.reads, readResult{start: start, end: end, port: port, reason: route.Reason()})
 		}
 		l.mu.Unlock()
 		time.Sleep(2 * time.Millisecond)
@@ -140,7 +142,9 @@ func portsBefore(reads []readResult, before time.Time) map[int]int {
 // waitServed waits until each of ports has answered at least one read.
 func (l *load) waitServed(t *testing.T, ports ...int) {
 	t.Helper()
-	testcluster.WaitUntil(t, 10*time.Second, "the load reaches every replica", func() bool {
+	// A liveness bound: 10 s was not always enough on a machine whose
+	// other test runs kept the replicas' probes waiting.
+	testcluster.WaitUntil(t, time.Minute, "the load reaches every replica", func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		seen := map[int]bool{}

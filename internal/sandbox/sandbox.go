@@ -365,9 +365,12 @@ func (c *Cluster) waitNodeReplayed(ctx context.Context, i int, lsn string) error
 		return fmt.Errorf("sandbox: WaitReplayed: %w", err)
 	}
 	defer conn.Close(context.Background())
+	// pg_is_wal_replay_paused() is true once a pause is requested, on
+	// every version the sandbox runs (13 to 17):
+	// pg_get_wal_replay_pause_state() is 14's.
 	const q = `SELECT NOT pg_is_in_recovery()
 		OR coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)
-		OR pg_get_wal_replay_pause_state() <> 'not paused'`
+		OR pg_is_wal_replay_paused()`
 	for {
 		var done bool
 		if err := conn.QueryRow(ctx, q, lsn).Scan(&done); err != nil {
@@ -663,7 +666,7 @@ func (n *Node) isFrozen() bool {
 // WAL keeps arriving but is not applied until ResumeReplay, so new rows on
 // the primary stay invisible on this replica; WaitReplayed skips it. (In
 // PostgreSQL 15 the pause takes effect before the next WAL record is
-// applied, so pg_get_wal_replay_pause_state() may still say "pause
+// applied, so pg_get_wal_replay_pause_state(), 14's, may still say "pause
 // requested" while the replica is idle.)
 func (n *Node) PauseReplay(ctx context.Context) error {
 	n.c.logf("pause WAL replay on %s", n.name())

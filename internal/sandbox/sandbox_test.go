@@ -25,7 +25,9 @@ func startCluster(t *testing.T, opts Options) *Cluster {
 	if opts.Logf == nil {
 		opts.Logf = t.Logf
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Room for a loaded machine (see testcluster.Run): 2 minutes were
+	// not always enough for the Docker backend there.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	begin := time.Now()
 	c, err := Start(ctx, opts)
@@ -73,7 +75,7 @@ func countRows(t *testing.T, ctx context.Context, c *Cluster, i int, where strin
 func TestCluster(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, Options{Replicas: 2})
-	ctx := ctxT(t, 3*time.Minute)
+	ctx := ctxT(t, 6*time.Minute)
 	if len(c.Nodes) != 3 {
 		t.Fatalf("got %d nodes, want 3", len(c.Nodes))
 	}
@@ -95,6 +97,25 @@ func TestCluster(t *testing.T) {
 			WHERE state = 'streaming' AND application_name IN ('replica1', 'replica2')`)
 		if err != nil || names != 2 {
 			t.Fatalf("streaming replicas named replica1/replica2: %d, %v", names, err)
+		}
+	})
+
+	// CI runs the suites once per PostgreSQL image and names the major
+	// version each image must hold: a mislabelled image (or a backend
+	// that silently used other programs) would pass for a version it is
+	// not.
+	t.Run("server version", func(t *testing.T) {
+		want := os.Getenv("PGREPLICA_EXPECT_PG_MAJOR")
+		for i, n := range c.Nodes {
+			num, err := c.QueryInt(ctx, i, "SELECT current_setting('server_version_num')::int")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("node %d (%s): server_version_num %d", i, n.Addr(), num)
+			if want != "" && fmt.Sprint(num/10000) != want {
+				t.Errorf("node %d (%s) runs PostgreSQL %d (server_version_num %d); PGREPLICA_EXPECT_PG_MAJOR=%s",
+					i, n.Addr(), num/10000, num, want)
+			}
 		}
 	})
 

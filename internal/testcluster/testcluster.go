@@ -36,7 +36,10 @@ func Required() bool { return os.Getenv("PGREPLICA_INTEGRATION") == "require" }
 
 // Run starts the cluster, runs the tests and tears the cluster down.
 func Run(m *testing.M, opts sandbox.Options) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// A liveness bound, not a speed one: on two cores shared with other
+	// test runs, the Docker backend's docker execs took over 2 minutes to
+	// start a cluster that starts in 20 s on an idle machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	c, err := sandbox.Start(ctx, opts)
 	if err != nil {
