@@ -290,20 +290,23 @@ func TestWonHedgeLeavesNothingOnContext(t *testing.T) {
 	primary := testcluster.Cluster().Nodes[0]
 	db, _ := openPrimaryAndReplica1(t, "hedge_after=1ms", "max_replica_lag=off")
 	warm(t, context.Background(), db)
-	cctx := &countingCtx{Context: context.Background(), done: make(chan struct{})}
 	const reads = 4
+	var cctx *countingCtx
 	for range reads {
-		rctx, route := pgreplica.WithRoute(cctx)
+		rctx, route := pgreplica.WithRoute(context.Background())
+		// Outermost, so that registrations reach its AfterFunc (a value
+		// context in front of it would make them goroutines).
+		cctx = &countingCtx{Context: rctx, done: make(chan struct{})}
 		var port int
-		if err := db.QueryRowContext(rctx, slowOnStandby).Scan(&port); err != nil {
+		if err := db.QueryRowContext(cctx, slowOnStandby).Scan(&port); err != nil {
 			t.Fatal(err)
 		}
 		if port != primary.Port || route.Reason() != pgreplica.ReasonHedge {
 			t.Fatalf("read: %s (%s); want the primary by a hedge", testcluster.Role(port), route.Reason())
 		}
 		time.Sleep(200 * time.Millisecond) // past replica1's slow mark
+		testcluster.WaitUntil(t, 5*time.Second, "nothing left registered on the caller's context", func() bool {
+			return cctx.live.Load() == 0
+		})
 	}
-	testcluster.WaitUntil(t, 5*time.Second, "nothing left registered on the caller's context", func() bool {
-		return cctx.live.Load() == 0
-	})
 }
