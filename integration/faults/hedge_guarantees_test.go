@@ -50,7 +50,7 @@ func openPrimaryAndReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica
 
 // slowOnStandby is a read without effect that sleeps on a standby and
 // answers at once on the primary: a hedge to the primary wins it.
-const slowOnStandby = "SELECT inet_server_port() FROM pg_sleep(CASE WHEN pg_is_in_recovery() THEN 2 ELSE 0 END)"
+const slowOnStandby = "SELECT inet_server_port() FROM pg_sleep(CASE WHEN pg_is_in_recovery() THEN 20 ELSE 0 END)"
 
 // warm opens a connection of db's to replica1, so that the next read is
 // hedged (a read that must open one is not).
@@ -174,7 +174,7 @@ func TestPrimaryHedgeLostConnectionIsReported(t *testing.T) {
 	// Two rows large enough to be sent at once, then a third that waits:
 	// the first row reaches the caller while the statement still runs.
 	const query = "SELECT inet_server_port(), repeat('x', 100000) FROM generate_series(1, 3) g, " +
-		"pg_sleep(CASE WHEN pg_is_in_recovery() OR g = 3 THEN 3 ELSE 0 END)"
+		"pg_sleep(CASE WHEN pg_is_in_recovery() OR g = 3 THEN 20 ELSE 0 END)"
 	rctx, route := pgreplica.WithRoute(ctx)
 	rows, err := db.QueryContext(rctx, query)
 	if err != nil {
