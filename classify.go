@@ -6,6 +6,7 @@ import "github.com/pgreplica/pgreplica/internal/sqlclass"
 // internal/sqlclass, which reads the text.
 type classification struct {
 	readOnly     bool // provably read-only: may run on a hot standby
+	pure         bool // read-only and without effect wherever it runs: it calls only known built-ins
 	sessionState bool // leaves state on the connection after the statement
 	hint         routeHint
 }
@@ -22,5 +23,5 @@ const (
 // classify reads one SQL text; it never allocates.
 func classify(query string) classification {
 	c := sqlclass.Classify(query)
-	return classification{readOnly: c.ReadOnly, sessionState: c.SessionState, hint: c.Hint}
+	return classification{readOnly: c.ReadOnly, pure: c.Pure, sessionState: c.SessionState, hint: c.Hint}
 }

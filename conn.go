@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Compile-time checks of the interfaces database/sql looks for. conn
@@ -70,6 +72,9 @@ type conn struct {
 	// hedge is the state of this conn's hedged reads, reused until a hedge
 	// fires (hedge.go).
 	hedge *hedge
+	// hedgeRowsDone, set while a won hedge's rows may be open, ends what
+	// ties them to the caller's context (see takeB).
+	hedgeRowsDone func()
 
 	// Scratch space for pickReplica, reused to keep routing allocation-free.
 	cands     []Candidate
@@ -99,10 +104,19 @@ func (c *conn) endCheckout() (lost bool) {
 		c.primary.release()
 	}
 	c.replica.release()
+	c.endHedgeRows()
 	c.closeOpenWrite()
 	c.pinned = c.sticky
 	c.statements = 0
 	return lost
+}
+
+// endHedgeRows stops tying a won hedge's rows to the caller's context.
+func (c *conn) endHedgeRows() {
+	if f := c.hedgeRowsDone; f != nil {
+		c.hedgeRowsDone = nil
+		f()
+	}
 }
 
 // IsValid ends the checkout. A conn whose session state was lost (its
@@ -201,6 +215,12 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.replica.held() && c.replica.node == p {
+		// The replica it holds was promoted: that connection is the
+		// primary's now, and its pool may have no other slot.
+		c.primary, c.replica = c.replica, lease{}
+		return &c.primary, nil
+	}
 	// A full pool's connections may all be held by idle conns for their
 	// sessions: acquirePrimary takes one from them.
 	if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
@@ -233,15 +253,13 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		c.c.primaryFailed(err)
 		return nil, err
 	}
-	if o != nil && o.session != nil && c.txLease == nil {
-		o.session.noteWrite(c.c)
-	}
 	return res, nil
 }
 
 // execOn runs one statement through Exec on a held lease.
 func (c *conn) execOn(ctx context.Context, o *routeOptions, l *lease, query string, args []driver.NamedValue, reason Reason) (driver.Result, error) {
-	if classifyCached(query).sessionState {
+	cl := classifyCached(query)
+	if cl.sessionState {
 		c.noteSessionState(l)
 	}
 	c.statements++
@@ -250,12 +268,9 @@ func (c *conn) execOn(ctx context.Context, o *routeOptions, l *lease, query stri
 	res, err := l.sc.ExecContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
-		return nil, err
 	}
-	if o != nil && o.report != nil {
-		o.report.set(n, reason)
-	}
-	return res, nil
+	c.record(o, outcome{node: n, reason: reason, cl: cl, err: err})
+	return res, err
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -271,42 +286,143 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return rows, err
 	}
 	cl := classifyCached(query)
-	var reason Reason
+	p := c.decide(o, cl)
+	if p.replica {
+		return c.queryReplica(ctx, o, query, args, p, cl)
+	}
+	return c.queryPrimary(ctx, o, query, args, p.reason, cl)
+}
+
+// hedgeScope is where a read's hedge may go.
+type hedgeScope uint8
+
+const (
+	hedgeNever    hedgeScope = iota
+	hedgeStandbys            // another replica only
+	hedgeAny                 // another replica, else the primary when fallback allows
+)
+
+// plan is where a query outside a transaction goes, and whether it may be
+// hedged: decide makes it, the paths carry it out.
+type plan struct {
+	reason  Reason
+	replica bool // a replica serves it (then perhaps the primary: see queryReplica); else the primary
+	hedge   hedgeScope
+}
+
+// decide is the one place that says where a query outside a transaction
+// may go and whether it may be hedged.
+func (c *conn) decide(o *routeOptions, cl classification) plan {
 	switch {
 	case cl.hint == hintPrimary:
-		reason = ReasonHint
+		return plan{reason: ReasonHint}
 	case o != nil && o.primary:
-		reason = ReasonUsePrimary
+		return plan{reason: ReasonUsePrimary}
 	case c.pinned:
-		reason = ReasonPinned
+		return plan{reason: ReasonPinned}
 	case cl.sessionState:
 		// Session state belongs with the conn's primary connection, even
 		// when a hint asks for a replica.
-		reason = ReasonClassifier
+		return plan{reason: ReasonClassifier}
 	case cl.hint == hintReplica:
-		return c.queryReplica(ctx, o, query, args, ReasonHint, cl)
+		return plan{reason: ReasonHint, replica: true, hedge: c.hedgeScope(cl)}
 	case !cl.readOnly:
-		reason = ReasonClassifier
-	default:
-		return c.queryReplica(ctx, o, query, args, ReasonRead, cl)
+		return plan{reason: ReasonClassifier}
 	}
-	return c.queryPrimary(ctx, o, query, args, reason, cl)
+	return plan{reason: ReasonRead, replica: true, hedge: c.hedgeScope(cl)}
+}
+
+// hedgeScope says whether a replica read may be hedged, and where to. Only
+// a checkout's first read is, with no replica connection held: a later one
+// may follow data its caller has seen from that replica. A text that may
+// have an effect (a replica hint on one the classifier knows is not
+// read-only: pg_wal_replay_pause(), pg_stat_reset()) is never hedged: it
+// would run twice. A text without effect wherever it runs (it calls only
+// known built-ins) may be hedged to the primary, unless the conn already
+// holds a primary connection (it would hold two). Any other read-only text
+// may call a user function, which a standby refuses if it writes and a
+// primary runs: it is hedged only among standbys.
+func (c *conn) hedgeScope(cl classification) hedgeScope {
+	switch {
+	case c.statements != 0 || c.c.cfg.HedgeAfter == 0 || c.replica.held() || !cl.readOnly:
+		return hedgeNever
+	case cl.pure && !c.primary.held():
+		return hedgeAny
+	}
+	return hedgeStandbys
+}
+
+// outcome is what one statement did, as facts: the node that answered or
+// refused it, why it went there, what the classifier knows of its text,
+// and its error.
+type outcome struct {
+	node   *node
+	reason Reason
+	cl     classification
+	err    error
+	// query: it ran through Query, whose write is acknowledged only once
+	// its rows are read (when the checkout ends).
+	query bool
+	// unsent: it never reached the node (no connection could be had).
+	unsent bool
+}
+
+// record books the outcome of every statement, whatever path led to it
+// (plain, UsePrimary, a hint, a pinned conn, a hedge's win, a re-run on the
+// primary after a standby refused it): which node WithRoute reports, on
+// failure too; whether the checkout is now pinned to the primary; and
+// whether the session must count a write. Only the primary changes data,
+// and on it any text that is not pure may have written, a SELECT of a
+// user function included.
+func (c *conn) record(o *routeOptions, out outcome) {
+	n := out.node
+	if o != nil && o.report != nil {
+		o.report.set(n, out.reason)
+	}
+	if n.standby.Load() || c.txLease != nil {
+		// A standby changed nothing; a transaction's writes count at its
+		// commit (tx.Commit), and its checkout is pinned already.
+		return
+	}
+	// Once the primary answered, it serves the rest of the checkout: a
+	// replica may not have what the caller just saw.
+	c.pinned = true
+	if out.cl.pure || out.unsent || !mayHaveRun(out.err) || o == nil || o.session == nil {
+		return
+	}
+	if out.query && out.err == nil {
+		c.closeOpenWrite()
+		o.session.beginWrite(c.c)
+		c.openWrite = o.session
+		return
+	}
+	o.session.noteWrite(c.c)
+}
+
+// mayHaveRun says whether a statement that returned err may have changed
+// data: not when the server refused it (in autocommit it rolled back) or
+// when database/sql is told nothing was sent; a lost connection leaves it
+// unknown.
+func mayHaveRun(err error) bool {
+	if err == nil {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr) && !errors.Is(err, driver.ErrBadConn)
 }
 
 func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
 	l, err := c.primaryLease(ctx)
 	if err != nil {
+		if p, perr := c.c.primary(); perr == nil {
+			c.record(o, outcome{node: p, reason: reason, cl: cl, err: err, query: true, unsent: true})
+		}
 		return nil, err
 	}
 	rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
 	if err != nil {
 		c.c.primaryFailed(err)
 		return nil, err
-	}
-	if !cl.readOnly && o != nil && o.session != nil && c.txLease == nil {
-		c.closeOpenWrite()
-		o.session.beginWrite(c.c)
-		c.openWrite = o.session
 	}
 	return rows, nil
 }
@@ -331,10 +447,10 @@ func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query str
 	rows, err := l.sc.QueryContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
-		return nil, err
 	}
-	if o != nil && o.report != nil {
-		o.report.set(n, reason)
+	c.record(o, outcome{node: n, reason: reason, cl: cl, err: err, query: true})
+	if err != nil {
+		return nil, err
 	}
 	return rows, nil
 }
@@ -362,15 +478,14 @@ func (c *conn) replicaBounds(o *routeOptions) (maxLag time.Duration, minLSN uint
 // fallback on, on the primary: each node at most once, within the caller's
 // context. A read the replica refused as one only the primary can serve
 // (see primaryRerun) is re-run on the primary.
-func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
+func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o)
 	if needPrimary {
 		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 	}
 	first := c.statements == 0
-	// Only a checkout's first read is hedged: a later one may follow data
-	// its caller has seen from this replica.
-	hedgeable := first && c.c.cfg.HedgeAfter != 0 && !c.replica.held()
+	reason := p.reason
+	hedgeable := p.hedge != hedgeNever
 	var tried uint64
 	var lastErr error
 	for {
@@ -383,9 +498,9 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		if hedgeable {
 			hedgeable = false
 			var won bool
-			l, rows, err, won = c.queryHedged(ctx, o, query, args, reason, cl, maxLag, minLSN, &tried)
+			l, rows, err, won = c.queryHedged(ctx, o, query, args, reason, cl, p.hedge, maxLag, minLSN, &tried)
 			if won {
-				return c.replicaResult(rows), nil
+				return c.result(l.node, rows), nil
 			}
 			if l == nil {
 				if err != nil {
@@ -418,7 +533,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 			rows, err = c.queryOn(ctx, o, l, query, args, reason, cl)
 		}
 		if err == nil {
-			return c.replicaResult(rows), nil
+			return c.result(n, rows), nil
 		}
 		if why, ok := primaryRerun(err); ok {
 			if why == ReasonReadOnly {
@@ -428,12 +543,10 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 				n.reroutes[rerouteReadOnly].Add(1)
 				return c.queryPrimary(ctx, o, query, args, why, classification{})
 			}
-			// Still a read: it need not pin the checkout to the primary.
+			// Still a read; once the primary answered it, the primary
+			// serves the rest of the checkout (record).
 			n.reroutes[rerouteStandbyError].Add(1)
-			pinned := c.pinned
-			rows, err := c.queryPrimary(ctx, o, query, args, why, cl)
-			c.pinned = pinned
-			return rows, err
+			return c.queryPrimary(ctx, o, query, args, why, cl)
 		}
 		if ctx.Err() != nil || !isRetryableRead(err) {
 			return nil, err
@@ -474,13 +587,13 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 // attempt's outcome; won reports that the hedge answered first instead:
 // rows are then the hedge's, on c.replica. A nil lease means no replica
 // was usable (err is set only if the policy failed).
-func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, maxLag time.Duration, minLSN uint64, tried *uint64) (l *lease, rows driver.Rows, err error, won bool) {
+func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, scope hedgeScope, maxLag time.Duration, minLSN uint64, tried *uint64) (l *lease, rows driver.Rows, err error, won bool) {
 	n, err := c.c.pickReplica(c, maxLag, minLSN, *tried)
 	if n == nil || err != nil {
 		return nil, nil, err, false
 	}
 	l = &c.replica
-	h := c.armHedge(ctx, n, query, args, cl.readOnly, maxLag, minLSN, *tried)
+	h := c.armHedge(ctx, n, query, args, scope == hedgeAny, maxLag, minLSN, *tried)
 	*tried |= 1 << n.index
 	if h == nil {
 		err = n.acquire(ctx, l)
@@ -498,9 +611,14 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 	rows, err, won = h.finishA(ctx, l, rows, err)
 	if won {
 		c.statements++
-		if o != nil && o.report != nil {
-			o.report.set(l.node, ReasonHedge)
+		if !l.node.standby.Load() {
+			// The primary answered: its connection is the checkout's
+			// primary one. Left in the replica slot, the conn's next Exec
+			// would wait for a slot it holds itself.
+			c.primary, c.replica = c.replica, lease{}
+			l = &c.primary
 		}
+		c.record(o, outcome{node: l.node, reason: ReasonHedge, cl: cl, query: true})
 		return l, rows, nil, true
 	}
 	if err != nil && !l.held() {
@@ -619,9 +737,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		if err == nil {
 			c.txLease = l
 			n.statements.Add(1)
-			if o != nil && o.report != nil {
-				o.report.set(n, ReasonTransaction)
-			}
+			c.record(o, outcome{node: n, reason: ReasonTransaction})
 			return itx, nil
 		}
 		if ctx.Err() != nil || !isRetryableRead(err) {

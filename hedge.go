@@ -240,8 +240,8 @@ type hedge struct {
 	minLSN uint64
 	tried  uint64
 	aNode  *node
-	// primaryOK: the text is proven read-only, so the primary may take the
-	// hedge (a replica hint on a text that writes must never reach it twice).
+	// primaryOK: the text has no effect wherever it runs (see
+	// conn.hedgeScope), so the primary may take the hedge.
 	primaryOK bool
 
 	// The first attempt, for aborting it.
@@ -266,7 +266,7 @@ type hedge struct {
 
 // armHedge prepares the conn's hedge for a read about to run on n and arms
 // it with hedgeWatch; nil when reads on n are not hedged (n.hedgeDelay 0).
-func (c *conn) armHedge(ctx context.Context, n *node, query string, args []driver.NamedValue, readOnly bool, maxLag time.Duration, minLSN, tried uint64) *hedge {
+func (c *conn) armHedge(ctx context.Context, n *node, query string, args []driver.NamedValue, primaryOK bool, maxLag time.Duration, minLSN, tried uint64) *hedge {
 	d := time.Duration(n.hedgeDelay.Load())
 	if d <= 0 || n.fake != nil {
 		return nil
@@ -284,7 +284,7 @@ func (c *conn) armHedge(ctx context.Context, n *node, query string, args []drive
 	h.mu.Lock()
 	h.phase, h.armedAt, h.delay = hedgeArmed, now, d
 	h.ctx, h.query, h.args, h.maxLag, h.minLSN, h.tried, h.aNode = ctx, query, args, maxLag, minLSN, tried, n
-	h.primaryOK = readOnly
+	h.primaryOK = primaryOK
 	// A hedge is reused only while none fired, so only the first
 	// attempt's fields need resetting.
 	h.aConn, h.aReturned, h.aCut, h.dialed, h.unhedged = nil, false, false, false, false
@@ -425,6 +425,14 @@ func (h *hedge) fire() {
 		return
 	}
 	c := h.c
+	// The caller waits in its call while h.mu is held in hedgeArmed: its
+	// arguments cannot change now. Once it returns they may, and a losing
+	// hedge may still be encoding them: it gets copies of its own.
+	args, ok := snapshotArgs(h.args)
+	if !ok {
+		h.mu.Unlock()
+		return // an argument that cannot be copied: no hedge
+	}
 	b := h.pickTarget()
 	if b == nil || !c.c.takeHedge() {
 		h.mu.Unlock()
@@ -437,7 +445,7 @@ func (h *hedge) fire() {
 	defer context.AfterFunc(b.closed, stop)()
 	h.phase, h.bNode, h.bStop, h.bAt = hedgeFiring, b, stop, time.Now()
 	h.bDone = make(chan struct{})
-	query, args := h.query, copyArgs(h.args)
+	query := h.query
 	h.mu.Unlock()
 	b.hedgesSent.Add(1)
 
@@ -552,29 +560,166 @@ func (h *hedge) abortA() {
 	})
 }
 
-// copyArgs copies what the hedge's goroutine reads after the caller may
-// have returned: database/sql's argument slice and the slices in it (a
-// []byte, json.RawMessage, []string…), which the caller may reuse.
-func copyArgs(args []driver.NamedValue) []driver.NamedValue {
+// snapshotArgs copies what the hedge's goroutine reads after the caller
+// may have returned: database/sql's argument slice and every value the
+// arguments reach that the caller could change (slices, maps, pointers,
+// interfaces, arrays and structs of them, deeply). pgx encodes the hedge's
+// arguments only once it has a connection, perhaps long after the caller
+// returned and reused its map or its [][]byte. It reports false for an
+// argument it cannot copy whole (a channel, a function, an unexported
+// field that refers to memory, a cycle): that read is not hedged.
+func snapshotArgs(args []driver.NamedValue) ([]driver.NamedValue, bool) {
 	if args == nil {
-		return nil
+		return nil, true
 	}
 	out := make([]driver.NamedValue, len(args))
 	copy(out, args)
 	for i := range out {
 		switch v := out[i].Value.(type) {
-		case nil, string, int64, float64, bool, time.Time:
+		case nil, string, int64, int, int32, float64, bool, time.Time:
 		case []byte:
-			out[i].Value = append([]byte(nil), v...)
-		default:
-			if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && !rv.IsNil() {
-				cp := reflect.MakeSlice(rv.Type(), rv.Len(), rv.Len())
-				reflect.Copy(cp, rv)
-				out[i].Value = cp.Interface()
+			if v != nil {
+				out[i].Value = append([]byte(nil), v...)
 			}
+		default:
+			cp, ok := deepCopy(reflect.ValueOf(v), 0)
+			if !ok {
+				return nil, false
+			}
+			out[i].Value = cp.Interface()
 		}
 	}
-	return out
+	return out, true
+}
+
+// maxCopyDepth bounds deepCopy: deeper values (or a cycle) are not copied.
+const maxCopyDepth = 32
+
+var (
+	timeType     = reflect.TypeFor[time.Time]()
+	locationType = reflect.TypeFor[*time.Location]()
+)
+
+// deepCopy returns a copy of v that shares no memory the caller can change.
+func deepCopy(v reflect.Value, depth int) (reflect.Value, bool) {
+	if depth > maxCopyDepth {
+		return reflect.Value{}, false
+	}
+	t := v.Type()
+	switch v.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128, reflect.String:
+		return v, true
+	case reflect.Slice:
+		if v.IsNil() {
+			return v, true
+		}
+		cp := reflect.MakeSlice(t, v.Len(), v.Len())
+		for i := range v.Len() {
+			e, ok := deepCopy(v.Index(i), depth+1)
+			if !ok {
+				return reflect.Value{}, false
+			}
+			cp.Index(i).Set(e)
+		}
+		return cp, true
+	case reflect.Array:
+		cp := reflect.New(t).Elem()
+		for i := range v.Len() {
+			e, ok := deepCopy(v.Index(i), depth+1)
+			if !ok {
+				return reflect.Value{}, false
+			}
+			cp.Index(i).Set(e)
+		}
+		return cp, true
+	case reflect.Map:
+		if v.IsNil() {
+			return v, true
+		}
+		cp := reflect.MakeMapWithSize(t, v.Len())
+		for it := v.MapRange(); it.Next(); {
+			k, ok := deepCopy(it.Key(), depth+1)
+			if !ok {
+				return reflect.Value{}, false
+			}
+			e, ok := deepCopy(it.Value(), depth+1)
+			if !ok {
+				return reflect.Value{}, false
+			}
+			cp.SetMapIndex(k, e)
+		}
+		return cp, true
+	case reflect.Pointer:
+		if v.IsNil() || t == locationType { // a *time.Location never changes
+			return v, true
+		}
+		e, ok := deepCopy(v.Elem(), depth+1)
+		if !ok {
+			return reflect.Value{}, false
+		}
+		cp := reflect.New(t.Elem())
+		cp.Elem().Set(e)
+		return cp, true
+	case reflect.Interface:
+		if v.IsNil() {
+			return v, true
+		}
+		e, ok := deepCopy(v.Elem(), depth+1)
+		if !ok {
+			return reflect.Value{}, false
+		}
+		cp := reflect.New(t).Elem()
+		cp.Set(e)
+		return cp, true
+	case reflect.Struct:
+		if t == timeType {
+			return v, true
+		}
+		cp := reflect.New(t).Elem()
+		cp.Set(v) // every field, unexported ones included
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() {
+				if !refFree(f.Type) {
+					return reflect.Value{}, false
+				}
+				continue
+			}
+			e, ok := deepCopy(v.Field(i), depth+1)
+			if !ok {
+				return reflect.Value{}, false
+			}
+			cp.Field(i).Set(e)
+		}
+		return cp, true
+	}
+	return reflect.Value{}, false // a channel, a function, an unsafe.Pointer
+}
+
+// refFree says whether a value of type t refers to no other memory, so
+// that copying it copies all of it.
+func refFree(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128, reflect.String:
+		return true
+	case reflect.Array:
+		return refFree(t.Elem())
+	case reflect.Struct:
+		if t == timeType {
+			return true
+		}
+		for i := range t.NumField() {
+			if !refFree(t.Field(i).Type) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // finishA settles a hedged read once the first attempt's statement
@@ -680,8 +825,15 @@ func (h *hedge) takeB(l *lease) driver.Rows {
 	*l = h.bLease
 	h.bLease = lease{}
 	// From now on the caller's context governs the hedge's rows, as it
-	// would the first attempt's.
-	context.AfterFunc(h.ctx, h.bStop)
+	// would the first attempt's, until the checkout ends: then the conn
+	// stops the AfterFunc, which would otherwise stay registered on a
+	// long-lived context for each won hedge.
+	stopAfter, cancel := context.AfterFunc(h.ctx, h.bStop), h.bStop
+	h.c.endHedgeRows()
+	h.c.hedgeRowsDone = func() {
+		stopAfter()
+		cancel()
+	}
 	b := l.node
 	b.hedgesWon.Add(1)
 	b.latency.record(time.Since(h.bAt))

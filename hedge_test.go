@@ -163,18 +163,60 @@ func TestWithoutSlow(t *testing.T) {
 }
 
 // The hedge's copy of the arguments does not change when the caller reuses
-// its slices.
-func TestCopyArgs(t *testing.T) {
+// its slices, maps or pointers, however deep.
+func TestSnapshotArgs(t *testing.T) {
 	b := []byte("abc")
 	raw := json.RawMessage(`{"a":1}`)
 	strs := []string{"x"}
-	args := []driver.NamedValue{{Ordinal: 1, Value: b}, {Ordinal: 2, Value: raw}, {Ordinal: 3, Value: strs}, {Ordinal: 4, Value: int64(7)}}
-	cp := copyArgs(args)
+	m := map[string]any{"k": []any{"v", map[string]int{"n": 1}}}
+	bb := [][]byte{[]byte("p"), nil}
+	s := "s"
+	type rec struct {
+		Tags  []string
+		Inner *struct{ N int }
+		t     time.Time
+	}
+	r := rec{Tags: []string{"t"}, Inner: &struct{ N int }{1}, t: time.Unix(1, 0)}
+	args := []driver.NamedValue{{Ordinal: 1, Value: b}, {Ordinal: 2, Value: raw}, {Ordinal: 3, Value: strs},
+		{Ordinal: 4, Value: int64(7)}, {Ordinal: 5, Value: m}, {Ordinal: 6, Value: bb}, {Ordinal: 7, Value: &s},
+		{Ordinal: 8, Value: r}, {Ordinal: 9, Value: nil}}
+	cp, ok := snapshotArgs(args)
+	if !ok {
+		t.Fatal("snapshotArgs refused plain values")
+	}
 	b[0], raw[2], strs[0] = 'z', 'z', "y"
 	args[3].Value = int64(8)
+	m["k"].([]any)[1].(map[string]int)["n"] = 2
+	m["new"] = 1
+	bb[0][0] = 'q'
+	s = "changed"
+	r.Tags[0], r.Inner.N = "u", 2
 	if string(cp[0].Value.([]byte)) != "abc" || string(cp[1].Value.(json.RawMessage)) != `{"a":1}` ||
 		cp[2].Value.([]string)[0] != "x" || cp[3].Value.(int64) != 7 {
 		t.Fatalf("copy changed with the caller's arguments: %+v", cp)
+	}
+	cm := cp[4].Value.(map[string]any)
+	if len(cm) != 1 || cm["k"].([]any)[1].(map[string]int)["n"] != 1 {
+		t.Fatalf("map copy changed: %v", cm)
+	}
+	if string(cp[5].Value.([][]byte)[0]) != "p" || cp[5].Value.([][]byte)[1] != nil {
+		t.Fatalf("[][]byte copy changed: %q", cp[5].Value)
+	}
+	if *cp[6].Value.(*string) != "s" {
+		t.Fatalf("pointer copy changed: %q", *cp[6].Value.(*string))
+	}
+	if cr := cp[7].Value.(rec); cr.Tags[0] != "t" || cr.Inner.N != 1 || !cr.t.Equal(time.Unix(1, 0)) {
+		t.Fatalf("struct copy changed: %+v", cr)
+	}
+
+	// What cannot be copied whole is not hedged.
+	type opaque struct{ p *int }
+	cyc := map[string]any{}
+	cyc["self"] = cyc
+	for _, v := range []any{make(chan int), func() {}, opaque{new(int)}, cyc} {
+		if _, ok := snapshotArgs([]driver.NamedValue{{Ordinal: 1, Value: v}}); ok {
+			t.Errorf("snapshotArgs(%T) = ok; want refused", v)
+		}
 	}
 }
 

@@ -34,13 +34,15 @@ func (r *replicaRows) Close() error {
 	return err
 }
 
-// replicaResult wraps rows a replica returned; the conn reuses one wrapper,
-// as it has at most one replica connection and so at most one open result
-// from it.
-func (c *conn) replicaResult(rows driver.Rows) driver.Rows {
+// result wraps rows a standby returned; the conn reuses one wrapper, as it
+// has at most one replica connection and so at most one open result from
+// it. Rows the primary answered (a hedge, a fallback) are returned as they
+// are: there a lost connection may have lost a write, and the caller must
+// hear of it.
+func (c *conn) result(n *node, rows driver.Rows) driver.Rows {
 	sr, ok := rows.(*stdlib.Rows)
-	if !ok {
-		return rows // a fake in the routing unit tests
+	if !ok || !n.standby.Load() {
+		return rows // the primary's, or a fake in the routing unit tests
 	}
 	c.rrows.Rows = sr
 	return &c.rrows

@@ -78,7 +78,7 @@ func walk(m protoreflect.Message, v *Verdict) {
 			last := name[len(name)-1].GetString_().GetSval()
 			if listed, session := sqlclass.SideEffectFunc(last); listed {
 				v.notRead("call of " + last)
-				v.SessionState = v.SessionState || session
+				v.SessionState = v.SessionState || session && !setConfigLocal(n, last)
 			}
 		}
 	}
@@ -104,4 +104,18 @@ func walk(m protoreflect.Message, v *Verdict) {
 		}
 		return true
 	})
+}
+
+// setConfigLocal reports a set_config call whose third argument is the
+// constant true (is_local): it lasts for the transaction, as SET LOCAL.
+func setConfigLocal(call *pg_query.FuncCall, name string) bool {
+	if !strings.EqualFold(name, "set_config") {
+		return false
+	}
+	args := call.GetArgs()
+	if len(args) != 3 {
+		return false
+	}
+	c := args[2].GetAConst()
+	return c != nil && c.GetBoolval() != nil && c.GetBoolval().GetBoolval()
 }

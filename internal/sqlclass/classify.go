@@ -13,7 +13,15 @@ type Classification struct {
 	// DECLARE ... WITH HOLD, CREATE TEMP objects, LOAD, DISCARD, DO,
 	// session advisory locks, set_config, dblink.
 	SessionState bool
-	Hint         Hint // from a comment hint
+	// Pure: read-only, and without effect wherever it runs: every name it
+	// calls is a built-in that only computes, reads or waits (PureFunc),
+	// so a primary may run it as well as a standby. A read-only text may
+	// still call a user function (SELECT my_write_fn()), which a standby
+	// refuses if it writes, but a primary runs. The text cannot show what
+	// a view, a rule, a user-defined operator or cast, or a function called
+	// in attribute notation (t.f) runs: those count as what they look like.
+	Pure bool
+	Hint Hint // from a comment hint
 }
 
 // Hint is a routing request written into the SQL text as a comment.
@@ -47,6 +55,7 @@ func Classify(query string) Classification {
 		on = Classification{
 			ReadOnly:     on.ReadOnly && off.ReadOnly,
 			SessionState: on.SessionState || off.SessionState,
+			Pure:         on.Pure && off.Pure,
 			Hint:         bothHints(on.Hint, off.Hint),
 		}
 	}
@@ -77,15 +86,17 @@ func bothHints(a, b Hint) Hint {
 // whether a plain string held a backslash, that is, whether the other
 // reading could split the text differently.
 func classifyReading(query string, backslashStrings bool) (Classification, bool) {
-	c := classifier{lx: sqlLexer{src: query, backslashStrings: backslashStrings}, ro: true}
+	c := classifier{lx: sqlLexer{src: query, backslashStrings: backslashStrings}, ro: true, pure: true}
 	for {
 		t := c.lx.next()
 		switch t.kind {
 		case tokEOF:
 			c.endStatement()
+			ro := c.ro && c.statements > 0 && c.depth == 0
 			return Classification{
-				ReadOnly:     c.ro && c.statements > 0 && c.depth == 0,
+				ReadOnly:     ro,
 				SessionState: c.session,
+				Pure:         ro && c.pure && !c.session,
 				Hint:         c.lx.hint,
 			}, c.lx.plainBackslash
 		case tokError:
@@ -99,7 +110,7 @@ func classifyReading(query string, backslashStrings bool) (Classification, bool)
 				c.depth = 0
 			}
 			c.endStatement()
-			c.prev, c.prevKw = sqlToken{}, kwNone
+			c.prev, c.prev2, c.prev3, c.prevKw = sqlToken{}, sqlToken{}, sqlToken{}, kwNone
 			continue
 		}
 		c.feed(t)
@@ -135,14 +146,41 @@ type classifier struct {
 	uesc       uescape // the last UESCAPE clause after a U&"..." name
 	st         stmtState
 	prev       sqlToken   // previous token of this statement
+	prev2      sqlToken   // the token before prev
+	prev3      sqlToken   // the token before prev2
 	prevKw     sqlKeyword // keyword of prev
 	depth      int        // parenthesis depth
 	statements int        // non-empty statements seen
 	ro         bool       // nothing seen so far rules out a standby
+	pure       bool       // every call so far is of a PureFunc
 	session    bool
+	setLocal   setConfigCall
 }
 
+// setConfigCall follows the arguments of a set_config call: with a third
+// argument of literally true (is_local) it lasts only for the current
+// transaction, as SET LOCAL does, and outside one only for the statement;
+// any other third argument (false, a parameter, an expression) may change
+// the session.
+type setConfigCall struct {
+	active bool
+	depth  int // paren depth inside the call's parentheses
+	commas int // top-level commas seen in its arguments
+	third  uint8
+}
+
+// States of setConfigCall.third.
+const (
+	thirdNone  = iota // no token of the third argument yet
+	thirdTrue         // the single token true
+	thirdOther        // anything else
+)
+
 func (c *classifier) endStatement() {
+	if c.setLocal.active {
+		c.setLocal.active = false
+		c.session = true // unclosed: conservative
+	}
 	if !c.st.started {
 		return // empty statements are ignored
 	}
@@ -160,6 +198,9 @@ func (c *classifier) endStatement() {
 func (c *classifier) feed(t sqlToken) {
 	st := &c.st
 	st.started = true
+	if c.setLocal.active {
+		c.followSetConfig(t)
+	}
 	kw := kwNone
 	switch t.kind {
 	case tokIdent:
@@ -223,7 +264,39 @@ func (c *classifier) feed(t sqlToken) {
 			st.phase = phExplain
 		}
 	}
+	c.prev3, c.prev2 = c.prev2, c.prev
 	c.prev, c.prevKw = t, kw
+}
+
+// followSetConfig reads token t inside the parentheses of a set_config
+// call (c.depth is still the depth before t).
+func (c *classifier) followSetConfig(t sqlToken) {
+	s := &c.setLocal
+	if c.depth < s.depth {
+		s.active = false
+		c.session = true // cannot happen: the call's ')' ends it
+		return
+	}
+	if c.depth > s.depth {
+		if s.commas == 2 {
+			s.third = thirdOther // inside a parenthesis of the third argument
+		}
+		return
+	}
+	switch {
+	case t.kind == tokRParen:
+		s.active = false
+		if s.commas != 2 || s.third != thirdTrue {
+			c.session = true
+		}
+	case t.kind == tokOther && c.lx.src[t.start] == ',':
+		s.commas++
+	case s.commas == 2 && s.third == thirdNone && t.kind == tokIdent &&
+		t.end-t.start == 4 && sqlHasPrefixFold(c.lx.src[t.start:t.end], "true"):
+		s.third = thirdTrue
+	case s.commas == 2:
+		s.third = thirdOther
+	}
 }
 
 // head handles a token where a statement (or an EXPLAIN target) begins.
@@ -298,11 +371,18 @@ func (c *classifier) tempSchema(name string) {
 	}
 }
 
-// call applies sideEffectFuncs to a call of the named function.
+// call applies sideEffectFuncs to a call of the named function. A call of
+// set_config leaves session state unless its arguments say is_local (see
+// followSetConfig).
 func (c *classifier) call(name string) {
 	if listed, session := SideEffectFunc(name); listed {
 		c.ro = false
-		if session {
+		c.pure = false
+		switch {
+		case !session:
+		case len(name) == 10 && sqlHasPrefixFold(name, "set_config") && !c.setLocal.active:
+			c.setLocal = setConfigCall{active: true, depth: c.depth}
+		default:
 			c.session = true
 		}
 	}

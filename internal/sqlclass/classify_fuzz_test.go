@@ -26,9 +26,15 @@ func FuzzClassify(f *testing.F) {
 		f.Add(tc.Query, "note")
 	}
 	f.Add(longClassifyQuery(), "pgreplica:primary")
+	f.Add("SELECT set_config('a', 'b', true)", "SELECT my_write_fn()")
+	f.Add("SELECT pg_catalog.lower('x')", "SELECT public.lower('x')")
+	f.Add("SELECT count(*) FROM t WHERE id IN (1, 2)", "SELECT inet_server_port(), pg_sleep(0.1)")
 	f.Fuzz(func(t *testing.T, q, other string) {
 		got := Classify(q) // must not panic
 		clean := lexesCleanly(q)
+		if got.Pure && (!got.ReadOnly || got.SessionState) {
+			t.Fatalf("Classify(%q) = %+v: pure but not a read without session state", q, got)
+		}
 		if got.ReadOnly && !lexesCleanly(q+"\n") {
 			t.Fatalf("Classify(%q) is read-only but does not lex cleanly", q)
 		}
@@ -53,6 +59,13 @@ func FuzzClassify(f *testing.F) {
 		if g := Classify(q + "; DELETE FROM t"); g.ReadOnly {
 			t.Fatalf("Classify(%q + DELETE) = %+v", q, g)
 		}
+		if got.Pure {
+			// A call of a name the classifier does not know may be a user
+			// function that writes.
+			if g := Classify(q + "; SELECT my_write_fn()"); g.Pure {
+				t.Fatalf("Classify(%q + my_write_fn()) = %+v", q, g)
+			}
+		}
 		if got.ReadOnly {
 			if g := Classify(q + " FOR UPDATE"); g.ReadOnly {
 				t.Fatalf("Classify(%q + FOR UPDATE) = %+v", q, g)
@@ -66,6 +79,9 @@ func FuzzClassify(f *testing.F) {
 			j := Classify(q + ";" + other)
 			if o.ReadOnly && !j.ReadOnly {
 				t.Fatalf("Classify(%q ; %q) = %+v, but both are read-only", q, other, j)
+			}
+			if o.ReadOnly && j.ReadOnly && j.Pure != (got.Pure && o.Pure) {
+				t.Fatalf("Classify(%q ; %q) = %+v, parts %+v and %+v: pure only if both are", q, other, j, got, o)
 			}
 			if j.SessionState != o.SessionState || j.Hint != combineHints(got.Hint, o.Hint) {
 				t.Fatalf("Classify(%q ; %q) = %+v, parts %+v and %+v", q, other, j, got, o)

@@ -39,11 +39,17 @@ func isUescape(s string) bool { return len(s) == 7 && sqlHasPrefixFold(s, "uesca
 func (c *classifier) callPrev() {
 	switch c.prev.kind {
 	case tokIdent, tokQuotedIdent:
-		c.call(c.lx.src[c.prev.start:c.prev.end])
+		name := c.lx.src[c.prev.start:c.prev.end]
+		if c.pure && !(PureFunc(name, c.prev.kind == tokQuotedIdent) && c.catalogQualified()) {
+			c.pure = false // perhaps the user's function
+		}
+		c.call(name)
 	case tokUnicodeIdent:
+		c.pure = false
 		c.callUnicode(c.prev, '\\')
 	case tokString:
 		if c.uesc.name.kind == tokUnicodeIdent && c.uesc.str == c.prev.end {
+			c.pure = false
 			if c.uesc.esc == 0 {
 				// An escape string we do not read: the server rejects
 				// it or we cannot tell the name. Claim nothing.
@@ -54,6 +60,24 @@ func (c *classifier) callPrev() {
 			c.callUnicode(c.uesc.name, c.uesc.esc)
 		}
 	}
+}
+
+// catalogQualified reports whether the name before a '(' (c.prev) is
+// unqualified or qualified with pg_catalog: only then does it name the
+// built-in of that name (pg_catalog comes first on a search_path that does
+// not place it).
+func (c *classifier) catalogQualified() bool {
+	if c.prev2.kind != tokOther || c.lx.src[c.prev2.start] != '.' {
+		return true
+	}
+	schema := c.lx.src[c.prev3.start:c.prev3.end]
+	switch c.prev3.kind {
+	case tokIdent:
+		return len(schema) == 10 && sqlHasPrefixFold(schema, "pg_catalog")
+	case tokQuotedIdent:
+		return schema == "pg_catalog"
+	}
+	return false
 }
 
 // callUnicode applies sideEffectFuncs to a call of the U&"..." name t,

@@ -13,8 +13,12 @@ const (
 
 // Case is one row of the table: a text and the verdict it must get.
 type Case struct {
-	Query   string
-	RO, SS  bool
+	Query  string
+	RO, SS bool
+	// Impure: read-only, but it calls a name that may be a user function
+	// (or one the classifier cannot tell from one): not Pure. Every other
+	// read-only text must be Pure.
+	Impure  bool
 	Hint    Hint
 	Comment string
 }
@@ -44,7 +48,7 @@ var Cases = []Case{
 	{Query: "values (1), (2)", RO: wantRO},
 	{Query: "TABLE t", RO: wantRO},
 	{Query: "WITH x AS (SELECT 1) SELECT * FROM x", RO: wantRO, Comment: "plain CTE"},
-	{Query: "WITH RECURSIVE r(n) AS (VALUES (1) UNION ALL SELECT n+1 FROM r WHERE n < 10) SELECT * FROM r", RO: wantRO},
+	{Query: "WITH RECURSIVE r(n) AS (VALUES (1) UNION ALL SELECT n+1 FROM r WHERE n < 10) SELECT * FROM r", RO: wantRO, Impure: true, Comment: "r(n) reads like a call"},
 	{Query: "with x as materialized (select 1) select * from x", RO: wantRO},
 	{Query: "((select 1))", RO: wantRO},
 	{Query: "(values (1))", RO: wantRO},
@@ -137,7 +141,20 @@ var Cases = []Case{
 	{Query: "SELECT pg_advisory_unlock(1)", RO: wantRW, SS: wantNS},
 	{Query: "SELECT pg_advisory_unlock_all()", RO: wantRW, SS: wantNS},
 	{Query: "select set_config('a','b',false)", RO: wantRW, SS: wantSS},
-	{Query: `SELECT "set_config"('a', 'b', true)`, RO: wantRW, SS: wantSS},
+	{Query: `SELECT "set_config"('a', 'b', true)`, RO: wantRW, SS: wantNS, Comment: "is_local: lasts for the transaction (outside one, the statement)"},
+	{Query: "SELECT set_config('a', 'b', TRUE)", RO: wantRW, SS: wantNS},
+	{Query: "SELECT lower(set_config('a', lower('b'), true)) FROM t", RO: wantRW, SS: wantNS},
+	{Query: "SELECT set_config('a', 'b', $1)", RO: wantRW, SS: wantSS, Comment: "is_local unknown"},
+	{Query: "SELECT set_config('a', 'b', 'true')", RO: wantRW, SS: wantSS, Comment: "only the literal true is read"},
+	{Query: "SELECT set_config('a', 'b', (true))", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config('a', 'b', true OR x)", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config('a', 'b', true, 1)", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config('a', 'b')", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config('a', 'b', true), set_config('c', 'd', false)", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config('a', set_config('b', 'c', false), true)", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config(is_local => true, setting_name => 'a', new_value => 'b')", RO: wantRW, SS: wantSS, Comment: "named arguments: not read"},
+	{Query: "SELECT set_config('a', 'b', true); SELECT set_config('a', 'b', false)", RO: wantRW, SS: wantSS},
+	{Query: "SELECT set_config('a', 'b', true", RO: wantRW, SS: wantSS, Comment: "unclosed"},
 	{Query: "SELECT setseed(0.5)", RO: wantRW, SS: wantSS},
 	{Query: "SELECT pg_notify('c', 'x')", RO: wantRW},
 	{Query: "SELECT txid_current()", RO: wantRW},
@@ -237,8 +254,8 @@ var Cases = []Case{
 	{Query: `SELECT U&"pg_\+000061dvisory_lock" /* c */ (2)`, RO: wantRW, SS: wantSS},
 	{Query: `SELECT pg_catalog.U&"set_config" uescape '#' ('search_path', 'evil', false)`, RO: wantRW, SS: wantSS},
 	{Query: `SELECT U&"set#005Fconfig" UESCAPE '#' ('search_path', 'evil', false)`, RO: wantRW, SS: wantSS},
-	{Query: `SELECT U&"lower" UESCAPE '!' ('X')`, RO: wantRO},
-	{Query: `SELECT U&"\0063ount"(*) FROM t`, RO: wantRO},
+	{Query: `SELECT U&"lower" UESCAPE '!' ('X')`, RO: wantRO, Impure: true, Comment: "U& names are not looked up"},
+	{Query: `SELECT U&"\0063ount"(*) FROM t`, RO: wantRO, Impure: true, Comment: "U& names are not looked up"},
 	{Query: `SELECT U&"lower" UESCAPE E'!' ('X')`, RO: wantRW, SS: wantSS, Comment: "an escape we do not read: claim nothing"},
 	{Query: `SELECT U&"a\00" (1)`, RO: wantRW, SS: wantSS},
 	{Query: "SELECT '\x95\\', pg_advisory_lock(1) --'", RO: wantRW, SS: wantSS, Comment: "not UTF-8: under SJIS the backslash would be part of a character"},
@@ -366,4 +383,25 @@ var Cases = []Case{
 	{Query: "select (1; select 2)", RO: wantRW},
 	{Query: "select 1); select (2", RO: wantRW},
 	{Query: `"select" 1`, RO: wantRW},
+
+	// Purity: read-only texts that may or may not call a user function.
+	{Query: "SELECT my_write_fn()", RO: wantRO, Impure: true, Comment: "a user function may write (a standby refuses it; a primary runs it)"},
+	{Query: "SELECT * FROM my_srf(1)", RO: wantRO, Impure: true},
+	{Query: "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = my_fn(t.id))", RO: wantRO, Impure: true},
+	{Query: "SELECT public.lower('x')", RO: wantRO, Impure: true, Comment: "another schema's function of a built-in's name"},
+	{Query: `SELECT "Lower"('x')`, RO: wantRO, Impure: true, Comment: "a quoted name does not fold"},
+	{Query: "SELECT app.count(*) FROM t", RO: wantRO, Impure: true},
+	{Query: `SELECT pg_catalog.lower('x'), "pg_catalog".upper('y'), PG_CATALOG.length('z')`, RO: wantRO},
+	{Query: `SELECT "lower"('x')`, RO: wantRO},
+	{Query: "SELECT count(*) FROM t WHERE id IN (1, 2) AND coalesce(x, 0) > 0", RO: wantRO},
+	{Query: "SELECT inet_server_port(), pg_sleep(0.1)", RO: wantRO},
+	{Query: "SELECT inet_server_port() FROM generate_series(1, 2) g, pg_sleep((g - 1) * 3)", RO: wantRO},
+	{Query: "SELECT $1::varchar(10), cast($2 AS numeric(10, 2)), array_agg(x) FILTER (WHERE x > 0) OVER (PARTITION BY y) FROM t", RO: wantRO},
+	{Query: "SELECT my_fn(); SELECT 1", RO: wantRO, Impure: true},
+	{Query: "SELECT 1; SELECT my_fn()", RO: wantRO, Impure: true},
+	{Query: "/* pgreplica:primary */ SELECT my_write_fn()", RO: wantRO, Impure: true, Hint: HintPrimary},
+	{Query: "/* pgreplica:replica */ SELECT pg_wal_replay_pause()", RO: wantRW, Hint: HintReplica, Comment: "known not read-only: never hedged"},
+	{Query: "/* pgreplica:replica */ SELECT pg_terminate_backend(1)", RO: wantRW, Hint: HintReplica},
+	{Query: "/* pgreplica:replica */ SELECT pg_stat_reset()", RO: wantRW, Hint: HintReplica},
+	{Query: "SELECT random()", RO: wantRO, Impure: true, Comment: "the seed is session state (setseed)"},
 }
