@@ -252,7 +252,7 @@ type row struct {
 // snapshot is one node's counters at one instant.
 type snapshot struct {
 	mon, work int64
-	cpuTicks        int64
+	cpuTicks  int64
 }
 
 func takeSnapshot(ctx context.Context, c *sandbox.Cluster, admin *pgx.Conn, i int) (snapshot, error) {
