@@ -50,7 +50,8 @@ type node struct {
 	failures   atomic.Int32 // consecutive failed probes, for backoff
 	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
-	fullUntil  atomic.Int64 // unix nanos until which it gets no new reads: it refused a connection with 53300
+	fullUntil  atomic.Int64 // backoff after a connection refused with 53300; see refused.go
+	fullStreak atomic.Int32 // refusals in a row since the last new connection
 
 	// conns are the node's sockets, from dial to close, including those
 	// still in the startup handshake; tracked at dial and close only,
@@ -108,6 +109,7 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
 	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
+	cfg.ConnConfig.AfterConnect = n.afterConnect(cfg.ConnConfig.AfterConnect)
 	n.probeConfig = cfg.ConnConfig.Copy()
 	n.probeConfig.Tracer = nil // probes are not the application's statements
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
@@ -349,7 +351,7 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 	case maxLag > 0 && time.Duration(n.lagNanos.Load()) > maxLag,
 		minLSN != 0 && n.replayLSN.Load() < minLSN:
 		return rerouteLag
-	case n.serverFull():
+	case n.fullBlocks(fullProbation):
 		return rerouteFull
 	}
 	return usable
@@ -361,9 +363,10 @@ func (n *node) poolFull() bool {
 	return cap(n.slots) > 0 && len(n.slots) == cap(n.slots)
 }
 
-// serverFull says whether the node refused a new connection for want of a free
-// slot less than a monitor interval ago.
-func (n *node) serverFull() bool { return stillBefore(&n.fullUntil) }
+// fullProbation bounds how long the first attempt on a node whose backoff
+// after a refused connection passed keeps the others away (see fullBlocks):
+// an attempt that opens a connection or is refused ends it sooner.
+const fullProbation = time.Second
 
 // stillBefore says whether now is before the unix-nanos time in until (0:
 // none), clearing it once past so that later calls skip the clock.
