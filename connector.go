@@ -38,6 +38,7 @@ type Connector struct {
 	sticky        stickyConns               // idle conns holding session state
 	hedges        hedgeBudgetState          // how many reads may still be hedged
 	hedgeWatch    hedgeWatch                // fires the hedges that are due
+	fallback      fallbackShare             // the primary's share of fallback reads
 
 	// traced is set when a node has a pgx tracer: statements then carry
 	// their route reason in the context (RouteReason).
