@@ -183,6 +183,8 @@ pg_stat_statements.max = 10000
 				return fmt.Errorf("%s N=%d: %w", mode, n, err)
 			}
 			rows = append(rows, r)
+			fmt.Fprintf(os.Stderr, "  %s N=%d: backends %v, monitoring stmts/s %.2f, workload stmts/s %.2f, server CPU ms/s %.1f, client CPU ms/s %.1f, reads %d, errors %d\n",
+				mode, n, r.backendsAvg, r.monStmts, r.workStmts, r.cpuMs, r.clientCPUms, r.reads, r.readErrs)
 		}
 	}
 	report(rows, refused, pgVersion, started)
@@ -304,7 +306,13 @@ func measure(ctx context.Context, c *sandbox.Cluster, admins []*pgx.Conn, mode s
 				defer t.Stop()
 				for {
 					var port int
-					err := in.db.QueryRowContext(ctx, workloadSQL).Scan(&port)
+					// Bounded: with no deadline a read falling back to a
+					// primary that does not answer its connection attempt
+					// would wait for ever (pgreplica sets no connect
+					// timeout for the primary).
+					rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+					err := in.db.QueryRowContext(rctx, workloadSQL).Scan(&port)
+					cancel()
 					if measuring.Load() {
 						if err != nil {
 							if readErrs.Add(1) <= 3 {
@@ -438,7 +446,10 @@ func measureRefused(ctx context.Context, c *sandbox.Cluster, admins []*pgx.Conn,
 			defer t.Stop()
 			for {
 				var port int
-				if err := in.db.QueryRowContext(ctx, workloadSQL).Scan(&port); err != nil {
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := in.db.QueryRowContext(rctx, workloadSQL).Scan(&port)
+				cancel()
+				if err != nil {
 					readErrs.Add(1)
 				} else {
 					for i, nd := range c.Nodes {
