@@ -34,8 +34,11 @@ func TestFallbackShareWhenEveryReplicaLags(t *testing.T) {
 	ticks := testcluster.NewTable(t, ctx, "share_ticks", "id bigserial PRIMARY KEY, at timestamptz DEFAULT now()")
 	testcluster.WaitReplayed(t, ctx)
 
-	// Hedging off: a hedge is a second copy of a read, not the read.
-	db := testcluster.Open(t, monitorParams, "max_replica_lag=1s", "fallback_max_share=0.2", "hedge_after=off")
+	// Hedging off: a hedge is a second copy of a read, not the read. The
+	// default monitor interval: how fast lag is noticed is not the point,
+	// and a replica that a loaded machine's slow probe took down would
+	// leave the reads over the share nowhere to go.
+	db := testcluster.Open(t, "max_replica_lag=1s", "fallback_max_share=0.2", "hedge_after=off")
 	c := connector(t, db)
 	for _, r := range cl.Nodes[1:] {
 		testcluster.WaitUntil(t, 10*time.Second, r.Addr()+" probed", func() bool { return nodeState(c, r.Addr()) == pgreplica.StateHealthy })
@@ -84,7 +87,10 @@ func TestFallbackShareWhenEveryReplicaLags(t *testing.T) {
 	scansBefore := scans()
 
 	query := "SELECT inet_server_port() FROM " + table
-	type tally struct{ primary, replica, shareErr, otherErr atomic.Int64 }
+	type tally struct {
+		primary, replica, shareErr, otherErr atomic.Int64
+		firstShareErr                        atomic.Value
+	}
 	read := func(ctx context.Context, n int) *tally {
 		var tl tally
 		var wg sync.WaitGroup
@@ -100,6 +106,7 @@ func TestFallbackShareWhenEveryReplicaLags(t *testing.T) {
 						tl.replica.Add(1)
 					case errors.Is(err, pgreplica.ErrFallbackShare) && errors.Is(err, pgreplica.ErrNoReplica):
 						tl.shareErr.Add(1)
+						tl.firstShareErr.CompareAndSwap(nil, err.Error())
 					default:
 						if tl.otherErr.Add(1) <= 3 {
 							t.Errorf("read: %v", err)
@@ -119,8 +126,9 @@ func TestFallbackShareWhenEveryReplicaLags(t *testing.T) {
 	t.Logf("plain reads: %d on the primary, %d on a lagging replica, %d ErrFallbackShare, %d other errors",
 		plain.primary.Load(), plain.replica.Load(), plain.shareErr.Load(), plain.otherErr.Load())
 	if plain.primary.Load() > bound || plain.shareErr.Load() != 0 || plain.otherErr.Load() != 0 {
-		t.Fatalf("plain reads: %d of %d on the primary (want at most %d) and %d failed (want 0)",
-			plain.primary.Load(), total, bound, plain.shareErr.Load()+plain.otherErr.Load())
+		t.Fatalf("plain reads: %d of %d on the primary (want at most %d) and %d failed (want 0; first: %v); replica states %v",
+			plain.primary.Load(), total, bound, plain.shareErr.Load()+plain.otherErr.Load(), plain.firstShareErr.Load(),
+			[]string{nodeState(c, cl.Nodes[1].Addr()), nodeState(c, cl.Nodes[2].Addr())})
 	}
 
 	bounded := read(pgreplica.WithMaxLag(ctx, time.Second), perGoroutine)
