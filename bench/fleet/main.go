@@ -74,7 +74,7 @@ var (
 	flagModes    = flag.String("modes", "idle,light", "comma-separated modes: idle, light, refused")
 	flagDuration = flag.Duration("duration", 30*time.Second, "measured window per run")
 	flagSettle   = flag.Duration("settle", 10*time.Second, "time between opening the instances and measuring (refused: none)")
-	flagRamp     = flag.Duration("ramp", 0, "spread the instances' opening over this long (0: 20 ms per instance, at most 10 s; refused: at once)")
+	flagRamp     = flag.Duration("ramp", 0, "spread the instances' opening over this long (0: 20 ms per instance, at most 10 s; refused: at once, and its 5 s grace counts from the first)")
 	flagLimit    = flag.Int("limit", 0, "refused mode: CONNECTION LIMIT of the role the instances use on replica1")
 	flagParams   = flag.String("dsn-params", "", "extra DSN query parameters for every instance, e.g. monitor_interval=2s")
 	flagVerbose  = flag.Bool("v", false, "log the sandbox's steps")
@@ -430,7 +430,7 @@ func measureRefused(ctx context.Context, c *sandbox.Cluster, admins []*pgx.Conn,
 		return r, err
 	}
 	t0 := time.Now()
-	fleet, err := openFleet(c, n, 0, true)
+	fleet, err := openFleet(c, n, *flagRamp, true)
 	if err != nil {
 		return r, err
 	}
