@@ -60,12 +60,13 @@ func TestFallbackShareWhenEveryReplicaLags(t *testing.T) {
 			}
 		}
 	}()
-	defer func() {
+	stopWrites := sync.OnceFunc(func() {
 		close(stopWriter)
 		if err := <-writerDone; err != nil {
 			t.Errorf("writer: %v", err)
 		}
-	}()
+	})
+	defer stopWrites()
 	for _, r := range cl.Nodes[1:] {
 		t.Cleanup(func() { _ = r.ResumeReplay(ctx) })
 		if err := r.PauseReplay(ctx); err != nil {
@@ -148,6 +149,7 @@ func TestFallbackShareWhenEveryReplicaLags(t *testing.T) {
 	// The primary's own count: its backends report their scans when they
 	// exit (or within a second or so of going idle); close the DB and wait
 	// for the count to settle.
+	stopWrites()
 	db.Close()
 	var scansAfter int64
 	last, lastChange := scans(), time.Now()
