@@ -476,7 +476,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		// yet. That is not a fallback: the session needs the primary.
 		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 	}
-	if !c.c.cfg.FallbackToPrimary {
+	if !c.c.cfg.FallbackToPrimary && !c.c.primaryOnly() {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w (last replica error: %v)", ErrNoReplica, lastErr)
 		}
@@ -491,7 +491,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		return c.queryStale(ctx, o, n, query, args, cl)
 	}
 	if reason != ReasonRetry {
-		reason = ReasonFallback
+		reason = c.c.fallbackReason()
 	}
 	return c.queryPrimary(ctx, o, query, args, reason, cl)
 }
@@ -657,7 +657,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		}
 		c.dropReplica(l, err)
 	}
-	if !c.c.cfg.FallbackToPrimary && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
+	if !c.c.cfg.FallbackToPrimary && !c.c.primaryOnly() && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
 		return nil, ErrNoReplica
 	}
 	return nil, nil

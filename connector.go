@@ -71,12 +71,13 @@ func newConnector(cfg Config) (*Connector, error) {
 	if cfg.MonitorInterval <= 0 {
 		cfg.MonitorInterval = DefaultMonitorInterval
 	}
-	c := &Connector{driver: &Driver{}, cfg: cfg, policy: cfg.Policy, log: cfg.Logger}
+	c := &Connector{cfg: cfg, policy: cfg.Policy, log: cfg.Logger}
+	c.driver = &Driver{c: c}
 	if c.policy == nil {
 		c.policy = Random()
 	}
 	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
+		c.log = slog.New(defaultLogHandler{})
 	}
 	for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
 		if cfg.Tracer != nil && pc.ConnConfig.Tracer == nil {
@@ -109,7 +110,8 @@ func (c *Connector) Connect(context.Context) (driver.Conn, error) {
 	return &conn{c: c}, nil
 }
 
-// Driver returns the pgreplica driver.
+// Driver returns the pgreplica driver; db.Driver() returns it too. It is
+// this Connector's own, which is how ConnectorOf finds the Connector.
 func (c *Connector) Driver() driver.Driver { return c.driver }
 
 // Close stops the monitor and closes every pool; database/sql calls it from
@@ -138,6 +140,58 @@ func (c *Connector) primary() (*node, error) {
 		return p, nil
 	}
 	return nil, ErrNoPrimary
+}
+
+// logDown logs that n stopped answering, and why, in words and SQLSTATE:
+// never the error's text, which may name the user or the DSN.
+func (c *Connector) logDown(n *node, err error) {
+	cause := errorCause(err)
+	msg := "pgreplica: node down"
+	if n.frozen.Load() {
+		msg = "pgreplica: node frozen" // it accepts connections and does not answer
+	}
+	attrs := []any{"node", n.addr, "cause", cause.Reason}
+	if cause.SQLState != "" {
+		attrs = append(attrs, "sqlstate", cause.SQLState)
+	}
+	c.log.Warn(msg, attrs...)
+}
+
+// defaultLogHandler sends the connector's records to slog.Default() as it
+// is when each is logged: an application that sets its default logger after
+// sql.Open (or never, and reads the log package's output) hears of state
+// changes all the same.
+type defaultLogHandler struct{}
+
+func (defaultLogHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return slog.Default().Handler().Enabled(ctx, l)
+}
+
+func (defaultLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	return slog.Default().Handler().Handle(ctx, r)
+}
+
+func (defaultLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return slog.Default().Handler().WithAttrs(as)
+}
+
+func (defaultLogHandler) WithGroup(name string) slog.Handler {
+	return slog.Default().Handler().WithGroup(name)
+}
+
+// primaryOnly says whether the DSN names one node: a single-node
+// deployment, whose primary serves every read by design. Its reads are
+// not a fallback, fallback_to_primary does not apply to them, and its
+// health is not degraded.
+func (c *Connector) primaryOnly() bool { return len(c.nodes) == 1 }
+
+// fallbackReason is the route reason of a read the primary serves because
+// no replica is usable.
+func (c *Connector) fallbackReason() Reason {
+	if c.primaryOnly() {
+		return ReasonPrimaryOnly
+	}
+	return ReasonFallback
 }
 
 // pickReplica asks the policy to choose among the replicas that may serve
@@ -247,8 +301,9 @@ func (c *Connector) connectFailed(n *node, err error) {
 		return
 	}
 	n.reroutes[rerouteDown].Add(1)
+	n.setCause(err)
 	if n.markDown() {
-		c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(err))
+		c.logDown(n, err)
 		if n.standby.Load() {
 			n.abortConns()
 		}

@@ -52,7 +52,9 @@ type Config struct {
 	// once; see fallback.go for where the rest go. 0 or 1 means no bound.
 	FallbackMaxShare float64
 	// Logger receives state changes (a node goes down or comes back, starts
-	// or stops lagging, a promotion is followed); nil is silent.
+	// or stops lagging, a promotion is followed, no node is writable, two
+	// are); nil logs through slog.Default(), as it is when each record is
+	// written. slog.New(slog.DiscardHandler) silences it.
 	Logger *slog.Logger
 	// HedgeAfter is how long a plain read waits for its replica's first
 	// response before pgreplica sends it to a second node as well (see the

@@ -1,10 +1,15 @@
 package pgreplica
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"database/sql/driver"
 	"errors"
 	"io"
 	"net"
+	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -95,29 +100,112 @@ func primaryRerun(err error) (Reason, bool) {
 	return ReasonNone, false
 }
 
-// errorClass is a short description of err for logs and status: raw
-// messages can carry host names and, from some layers, connection strings.
-func errorClass(err error) string {
-	if code := pgCode(err); code != "" {
-		return "sqlstate " + code
-	}
-	var ce *pgconn.ConnectError
-	switch {
-	case err == nil:
-		return ""
-	case pgconn.Timeout(err) || errors.Is(err, errProbeTimeout):
-		return "timeout"
-	case errors.As(err, &ce):
-		return "connect failed"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection closed by server"
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return "network error"
-	}
-	return "error"
+// Cause is why a node is not serving: the SQLSTATE of the server's
+// refusal, when it sent one, and a short reason. It never holds a raw
+// error message: those can carry host names, user names and, from some
+// layers, connection strings.
+type Cause struct {
+	// SQLState is the server's error code (28P01, 3D000, 53300, 57P03…),
+	// "" when the server sent none (refused, timed out, TLS).
+	SQLState string `json:"sqlstate,omitempty"`
+	// Reason is one of: authentication failed, database does not exist,
+	// too many connections, server starting up or shutting down,
+	// terminated, server error, connection refused, timeout, TLS error,
+	// host not found, connection closed by server, network error, error.
+	Reason string `json:"reason"`
 }
+
+// String is "reason (SQLSTATE)", or the reason alone; "" for no cause.
+func (c Cause) String() string {
+	if c.SQLState == "" {
+		return c.Reason
+	}
+	return c.Reason + " (" + c.SQLState + ")"
+}
+
+// sqlStateReasons name the SQLSTATEs a server answers a new connection
+// with; any other code is "server error".
+var sqlStateReasons = map[string]string{
+	"28P01": "authentication failed", // invalid_password
+	"28000": "authentication failed", // invalid_authorization_specification: pg_hba.conf, no such role
+	"3D000": "database does not exist",
+	"53300": "too many connections",
+	"57P03": "server starting up or shutting down", // cannot_connect_now
+	"57P01": "terminated",                          // admin_shutdown, pg_terminate_backend
+	"57P02": "terminated",                          // crash_shutdown
+	"42501": "permission denied",
+}
+
+// errorCause classifies err for logs and status, never quoting it.
+func errorCause(err error) Cause {
+	if err == nil {
+		return Cause{}
+	}
+	if code := pgCode(err); code != "" {
+		reason, ok := sqlStateReasons[code]
+		if !ok {
+			reason = "server error"
+			if len(code) == 5 && code[:2] == "08" {
+				reason = "connection failure"
+			}
+		}
+		return Cause{SQLState: code, Reason: reason}
+	}
+	var (
+		dnsErr  *net.DNSError
+		certErr *tls.CertificateVerificationError
+		recErr  tls.RecordHeaderError
+		alert   tls.AlertError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		invalid x509.CertificateInvalidError
+		ne      net.Error
+	)
+	switch {
+	case pgconn.Timeout(err) || errors.Is(err, errProbeTimeout) || errors.Is(err, context.DeadlineExceeded):
+		return Cause{Reason: "timeout"}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Cause{Reason: "connection refused"}
+	case errors.As(err, &certErr), errors.As(err, &recErr), errors.As(err, &alert),
+		errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid),
+		// pgconn's refusal is a plain error: "server refused TLS
+		// connection" (sslmode=require on a server without TLS). The text
+		// is matched, never shown.
+		hasLeaf(err, "server refused TLS"):
+		return Cause{Reason: "TLS error"}
+	case errors.As(err, &dnsErr):
+		return Cause{Reason: "host not found"}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
+		return Cause{Reason: "connection closed by server"}
+	case errors.As(err, &ne):
+		return Cause{Reason: "network error"}
+	}
+	return Cause{Reason: "error"}
+}
+
+// hasLeaf says whether an error at the end of err's chain (one that wraps
+// nothing) has text in its message. Only leaves are read: a wrapper's
+// Error() may format fields a half-built error lacks.
+func hasLeaf(err error, text string) bool {
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		if inner := u.Unwrap(); inner != nil {
+			return hasLeaf(inner, text)
+		}
+		return false // a wrapper of nothing: nothing to read
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if e != nil && hasLeaf(e, text) {
+				return true
+			}
+		}
+		return false
+	}
+	return strings.Contains(err.Error(), text)
+}
+
+// errorClass is errorCause as one string, for logs.
+func errorClass(err error) string { return errorCause(err).String() }
 
 var errProbeTimeout = errors.New("probe timed out")
 

@@ -18,9 +18,13 @@ var ErrNoReplica = errors.New("pgreplica: no usable replica")
 // *sql.DB) was closed.
 var ErrClosed = errors.New("pgreplica: connector closed")
 
-// ErrNoPrimary is returned by writes when no node is known to be the
-// writable primary (it is down, or the cluster reports two writable nodes
-// and pgreplica refuses to guess).
+// ErrNoPrimary is returned by writes (and by reads that would fall back to
+// the primary) when no node is known to be the writable primary: the node
+// writes went to answers as a standby and no other node is writable, as
+// with a one-host DSN naming a standby, or a primary demoted before another
+// is promoted. Status then has Primary "" and the health report
+// HealthNoPrimary. A primary that is merely unreachable stays the primary:
+// writes to it fail with its connection error.
 var ErrNoPrimary = errors.New("pgreplica: no usable primary")
 
 // ErrPolicy is returned by reads when the replica Policy panicked while

@@ -10,16 +10,18 @@ import (
 
 // Values of HealthReport.Status.
 const (
-	HealthHealthy  = "healthy"  // the primary is up and at least one replica serves reads
-	HealthDegraded = "degraded" // the primary is up but no replica is usable: reads go to the primary
-	HealthDown     = "down"     // no writable primary answers: writes fail
+	HealthHealthy   = "healthy"    // the primary is up and a replica serves reads, or the DSN names no replica
+	HealthDegraded  = "degraded"   // the primary is up but no replica named in the DSN is usable: reads go to the primary
+	HealthDown      = "down"       // the primary does not answer: writes fail
+	HealthNoPrimary = "no_primary" // no node answers as writable (every node that answers is a standby): writes fail with ErrNoPrimary
 )
 
 // HealthReport is the JSON document HealthHandler serves and that
 // `pgreplica status --json` prints. Durations are seconds, as floats.
 // Like Status it holds no credentials and no raw error messages.
 type HealthReport struct {
-	// Status is HealthHealthy, HealthDegraded or HealthDown.
+	// Status is HealthHealthy, HealthDegraded, HealthDown or
+	// HealthNoPrimary.
 	Status    string       `json:"status"`
 	Primary   string       `json:"primary"`
 	PrimaryUp bool         `json:"primary_up"`
@@ -29,9 +31,11 @@ type HealthReport struct {
 
 // NodeHealth is one node of a HealthReport; see NodeStatus for the fields.
 type NodeHealth struct {
-	Addr       string  `json:"addr"`
-	Role       string  `json:"role"`
-	State      string  `json:"state"`
+	Addr  string `json:"addr"`
+	Role  string `json:"role"`
+	State string `json:"state"`
+	// Cause is why the node is down, frozen or full; null otherwise.
+	Cause      *Cause  `json:"cause"`
 	LagSeconds float64 `json:"lag_seconds"`
 	LagBytes   int64   `json:"lag_bytes"`
 	// LastProbe is when the node last answered a probe, in UTC; null when
@@ -59,6 +63,8 @@ func NewHealthReport(s Status) HealthReport {
 		Nodes:     make([]NodeHealth, 0, len(s.Nodes)),
 	}
 	switch {
+	case s.Primary == "":
+		r.Status = HealthNoPrimary
 	case !s.PrimaryUp:
 		r.Status = HealthDown
 	case s.Degraded:
@@ -69,6 +75,7 @@ func NewHealthReport(s Status) HealthReport {
 			Addr:                n.Addr,
 			Role:                n.Role,
 			State:               n.State,
+			Cause:               n.Cause,
 			LagSeconds:          n.Lag.Seconds(),
 			LagBytes:            n.LagBytes,
 			ProbeLatencySeconds: n.ProbeLatency.Seconds(),
@@ -92,9 +99,10 @@ func NewHealthReport(s Status) HealthReport {
 }
 
 // HTTPStatus is the status code HealthHandler answers with: 200 while the
-// primary is up (healthy or degraded), 503 when it is not.
+// primary is up (healthy or degraded), 503 when it is down or there is no
+// primary.
 func (r HealthReport) HTTPStatus() int {
-	if r.Status == HealthDown {
+	if r.Status == HealthDown || r.Status == HealthNoPrimary {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusOK
@@ -103,16 +111,18 @@ func (r HealthReport) HTTPStatus() int {
 // HealthHandler returns a handler for load balancers and health checks. It
 // answers GET and HEAD with c's Status as a JSON HealthReport:
 //
-//	200 {"status":"healthy",…}   the primary is up and replicas serve reads
-//	200 {"status":"degraded",…}  the primary is up, no replica is usable (Status.Degraded)
-//	503 {"status":"down",…}      the primary is unreachable
+//	200 {"status":"healthy",…}     the primary is up and replicas serve reads (or the DSN names none)
+//	200 {"status":"degraded",…}    the primary is up, no replica is usable (Status.Degraded)
+//	503 {"status":"down",…}        the primary is unreachable
+//	503 {"status":"no_primary",…}  no node answers as writable: every node that answers is a standby
 //
 // The handler never talks to the database: it reads the snapshot the
 // monitor keeps up to date, so it answers at once whatever state the
 // servers are in and needs no timeout of its own; it is bounded by the
 // request's context only in that it writes nothing once that is done. The
 // document names nodes by host:port and holds no credentials and no raw
-// error messages, so it may be exposed where the DSN may not.
+// error messages (a down node's cause is a SQLSTATE and a short reason), so
+// it may be exposed where the DSN may not.
 func HealthHandler(c *Connector) http.Handler {
 	return healthHandler{c: c}
 }

@@ -2,17 +2,23 @@ package pgreplica
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // healthConnector is a Connector with nodes but no pools or monitor: only
@@ -64,7 +70,7 @@ func TestHealthHandlerStates(t *testing.T) {
 		{"no primary known", func(c *Connector) {
 			c.topo.Store(&topology{replicas: c.nodes})
 			c.nodes[0].up.Store(false)
-		}, 503, HealthDown, []string{StateDown, StateHealthy, StateHealthy}},
+		}, 503, HealthNoPrimary, []string{StateDown, StateHealthy, StateHealthy}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := healthConnector(2)
@@ -87,7 +93,7 @@ func TestHealthHandlerStates(t *testing.T) {
 					t.Errorf("node %d state = %q, want %q", i, got, want)
 				}
 			}
-			if rep.Degraded != (tc.wantStatus == HealthDegraded) && tc.wantStatus != HealthDown {
+			if rep.Degraded != (tc.wantStatus == HealthDegraded) && tc.wantStatus != HealthDown && tc.wantStatus != HealthNoPrimary {
 				t.Errorf("degraded = %v with status %q", rep.Degraded, rep.Status)
 			}
 			head, _ := serveHealth(t, HealthHandler(c), http.MethodHead)
@@ -95,6 +101,108 @@ func TestHealthHandlerStates(t *testing.T) {
 				t.Errorf("HEAD status = %d, want %d", head.StatusCode, tc.wantCode)
 			}
 		})
+	}
+}
+
+// TestHealthOneNode: a one-host DSN is a single-node deployment. Its
+// primary serving every read is the design, not a fallback: healthy, 200.
+// When that one node answers as a standby there is no primary: 503, and
+// the node is shown as the replica it is.
+func TestHealthOneNode(t *testing.T) {
+	c := healthConnector(0)
+	s := c.Status()
+	if s.Degraded || s.Primary != c.nodes[0].addr || !s.PrimaryUp {
+		t.Errorf("one primary: status %+v, want not degraded, primary up", s)
+	}
+	res, rep := serveHealth(t, HealthHandler(c), http.MethodGet)
+	if res.StatusCode != 200 || rep.Status != HealthHealthy || rep.Degraded {
+		t.Errorf("one primary: %d %+v, want 200 healthy", res.StatusCode, rep)
+	}
+	if c.fallbackReason() != ReasonPrimaryOnly || ReasonPrimaryOnly.String() != "primary_only" {
+		t.Errorf("one node: a read's reason is %s, want primary_only", c.fallbackReason())
+	}
+
+	// The monitor found it is a standby and no node writable: no primary.
+	c.nodes[0].standby.Store(true)
+	c.topo.Store(&topology{replicas: c.nodes})
+	s = c.Status()
+	if s.Primary != "" || s.PrimaryUp || s.Degraded || s.Nodes[0].Role != RoleReplica {
+		t.Errorf("one standby: status %+v, want no primary, the node a replica", s)
+	}
+	res, rep = serveHealth(t, HealthHandler(c), http.MethodGet)
+	if res.StatusCode != 503 || rep.Status != HealthNoPrimary {
+		t.Errorf("one standby: %d %q, want 503 no_primary", res.StatusCode, rep.Status)
+	}
+	if _, err := c.primary(); !errors.Is(err, ErrNoPrimary) {
+		t.Errorf("one standby: writes get %v, want ErrNoPrimary", err)
+	}
+
+	two := healthConnector(1)
+	two.nodes[1].up.Store(false)
+	if two.fallbackReason() != ReasonFallback || !two.Status().Degraded {
+		t.Errorf("a named replica down: reason %s, degraded %v; want fallback, degraded", two.fallbackReason(), two.Status().Degraded)
+	}
+}
+
+// TestStatusCause: a down node's cause is a SQLSTATE and a short reason,
+// shown only while it is down, frozen or full, and never the error's text.
+func TestStatusCause(t *testing.T) {
+	c := healthConnector(2)
+	secret := &pgconn.PgError{Code: "28P01", Message: `password authentication failed for user "app" (Secr3t)`}
+	c.nodes[1].setCause(fmt.Errorf("connect to postgres://app:Secr3t@h/db: %w", secret))
+	c.nodes[1].up.Store(false)
+	c.nodes[2].up.Store(false)
+	c.nodes[2].frozen.Store(true)
+	c.nodes[0].setCause(errors.New("stale")) // up: not shown
+	s := c.Status()
+	if got := s.Nodes[1].Cause; got == nil || *got != (Cause{SQLState: "28P01", Reason: "authentication failed"}) {
+		t.Errorf("down node's cause = %+v", got)
+	}
+	if got := s.Nodes[2].Cause; got == nil || got.Reason != "timeout" {
+		t.Errorf("frozen node's cause = %+v, want timeout", got)
+	}
+	if s.Nodes[0].Cause != nil {
+		t.Errorf("a healthy node has a cause: %+v", s.Nodes[0].Cause)
+	}
+	body, _ := json.Marshal(NewHealthReport(s))
+	if strings.Contains(string(body), "Secr3t") || !strings.Contains(string(body), `"cause":{"sqlstate":"28P01","reason":"authentication failed"}`) {
+		t.Errorf("health JSON: %s", body)
+	}
+	c.nodes[1].setCause(nil)
+	if c.Status().Nodes[1].Cause != nil {
+		t.Error("cause kept after the node answered")
+	}
+	// Refused with 53300 and never let in since: full, even once the full
+	// mark has expired (a probe round can outlast it).
+	c.nodes[1].up.Store(true)
+	c.nodes[1].setCause(&pgconn.PgError{Code: "53300"})
+	if ns := c.Status().Nodes[1]; ns.State != StateFull || ns.Cause == nil || ns.Cause.String() != "too many connections (53300)" {
+		t.Errorf("refused with 53300: state %s, cause %+v; want full, too many connections", ns.State, ns.Cause)
+	}
+}
+
+func TestErrorCause(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{&pgconn.PgError{Code: "28000"}, "authentication failed (28000)"},
+		{&pgconn.PgError{Code: "3D000"}, "database does not exist (3D000)"},
+		{&pgconn.PgError{Code: "53300"}, "too many connections (53300)"},
+		{&pgconn.PgError{Code: "57P03"}, "server starting up or shutting down (57P03)"},
+		{&pgconn.PgError{Code: "XX000"}, "server error (XX000)"},
+		{fmt.Errorf("dial: %w", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}), "connection refused"},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), "timeout"},
+		{errProbeTimeout, "timeout"},
+		{fmt.Errorf("tls error: %w", errors.New("server refused TLS connection")), "TLS error"},
+		{&tls.CertificateVerificationError{Err: errors.New("bad")}, "TLS error"},
+		{&net.DNSError{Err: "no such host", Name: "nope", IsNotFound: true}, "host not found"},
+		{io.ErrUnexpectedEOF, "connection closed by server"},
+		{&pgconn.ConnectError{}, "error"}, // a wrapper of nothing: its Error() would panic
+	} {
+		if got := errorClass(tc.err); got != tc.want {
+			t.Errorf("errorClass(%T) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }
 

@@ -261,14 +261,16 @@ func (m *monitor) apply(results []probeResult) {
 			// a free slot: full, not down. Until its backoff passes it
 			// gets no new connection attempt (see refused.go).
 			n.refused(r.err, m.interval)
+			n.setCause(r.err)
 		case r.err != nil:
 			n.failures.Add(1)
 			// Counted from the round's start, less half an interval, so that
 			// a backoff of k intervals means k ticks despite scheduling jitter.
 			n.nextProbe.Store(m.roundStart + int64(m.backoff(n.failures.Load())-m.interval/2))
 			n.frozen.Store(errors.Is(r.err, errProbeTimeout))
+			n.setCause(r.err)
 			if n.setDown() {
-				c.log.Warn("pgreplica: node down", "node", n.addr, "cause", errorClass(r.err))
+				c.logDown(n, r.err)
 				n.resetPool()
 			}
 			if n.standby.Load() {
@@ -278,6 +280,7 @@ func (m *monitor) apply(results []probeResult) {
 			}
 		default:
 			n.failures.Store(0)
+			n.setCause(nil)
 			n.frozen.Store(false)
 			n.standby.Store(r.standby)
 			n.probedAt.Store(nowWall)
@@ -309,7 +312,11 @@ func (m *monitor) apply(results []probeResult) {
 			}
 		}
 		c.topo.Store(&topology{primary: primary, replicas: replicas})
-		c.log.Warn("pgreplica: following a new primary", "node", primary.addr)
+		if primary != nil {
+			c.log.Warn("pgreplica: following a new primary", "node", primary.addr)
+		} else {
+			c.log.Error("pgreplica: no primary: the primary answers as a standby and no node is writable; writes fail with ErrNoPrimary", "node", topo.primary.addr)
+		}
 	}
 
 	if primary != nil {
@@ -383,6 +390,13 @@ func (m *monitor) choosePrimary(cur *node, results []probeResult) *node {
 		}
 		if !answered && len(writable) != 1 {
 			return cur // it may come back; there is nothing unambiguous to follow
+		}
+		if answered && len(writable) == 0 {
+			// It says it is a standby and no node is writable (a one-host
+			// DSN naming a standby, a demotion): there is no primary. Writes
+			// fail with ErrNoPrimary instead of 25006, status says so, and
+			// the node serves reads as the standby it is.
+			return nil
 		}
 	}
 	if len(writable) == 1 {

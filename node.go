@@ -53,6 +53,10 @@ type node struct {
 	fullUntil  atomic.Int64 // backoff after a connection refused with 53300; see refused.go
 	fullStreak atomic.Int32 // refusals in a row since the last new connection
 
+	// cause is why its last probe or new connection failed; nil once a
+	// probe answers (see setCause).
+	cause atomic.Pointer[Cause]
+
 	// conns are the node's sockets, from dial to close, including those
 	// still in the startup handshake; tracked at dial and close only,
 	// never on the query path.

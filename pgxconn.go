@@ -112,13 +112,13 @@ func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 	if minLSN != 0 && c.c.anyUsableReplica(maxLag, tried) {
 		return c.rawPrimary(ctx, o, ReasonSession)
 	}
-	if !c.c.cfg.FallbackToPrimary {
+	if !c.c.cfg.FallbackToPrimary && !c.c.primaryOnly() {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w (last replica error: %v)", ErrNoReplica, lastErr)
 		}
 		return nil, ErrNoReplica
 	}
-	return c.rawPrimary(ctx, o, ReasonFallback)
+	return c.rawPrimary(ctx, o, c.c.fallbackReason())
 }
 
 func (c *conn) rawPrimary(ctx context.Context, o *routeOptions, reason Reason) (*pgx.Conn, error) {

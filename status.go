@@ -20,12 +20,16 @@ const (
 // Status is a snapshot of the cluster behind a Connector.
 type Status struct {
 	// Primary is the address writes go to, or "" when no node is known to
-	// be the writable primary.
+	// be the writable primary: every node that answers is a standby (a
+	// one-host DSN naming a standby, say), and writes fail with
+	// ErrNoPrimary.
 	Primary string `json:"primary"`
 	// PrimaryUp says whether the primary answered its latest probe.
 	PrimaryUp bool `json:"primary_up"`
-	// Degraded is set when no replica can serve reads, so they go to the
-	// primary (or fail with ErrNoReplica when fallback is off).
+	// Degraded is set when the DSN names replicas and none can serve reads,
+	// so they go to the primary (or fail with ErrNoReplica when fallback is
+	// off). A one-host DSN is never degraded: its primary serves every read
+	// by design (ReasonPrimaryOnly).
 	Degraded bool         `json:"degraded"`
 	Nodes    []NodeStatus `json:"nodes"`
 }
@@ -33,9 +37,16 @@ type Status struct {
 // NodeStatus is one node's part of a Status. It never holds credentials
 // or raw error messages.
 type NodeStatus struct {
-	Addr  string `json:"addr"`
+	Addr string `json:"addr"`
+	// Role is RolePrimary for the node writes go to and for any other node
+	// that answers as writable, RoleReplica for a standby.
 	Role  string `json:"role"`
 	State string `json:"state"`
+	// Cause says why a node is down, frozen or full: the SQLSTATE the
+	// server refused with, if any, and a short reason (authentication
+	// failed, database does not exist, connection refused, timeout, TLS
+	// error…). It is nil in the other states.
+	Cause *Cause `json:"cause"`
 	// LagBytes and Lag measure a replica against the primary.
 	LagBytes int64         `json:"lag_bytes"`
 	Lag      time.Duration `json:"lag_ns"`
@@ -91,8 +102,20 @@ func (c *Connector) Status() Status {
 		}
 		s.Nodes = append(s.Nodes, ns)
 	}
-	s.Degraded = !usable
+	s.Degraded = !usable && !(c.primaryOnly() && topo.primary != nil)
 	return s
+}
+
+// setCause records why the node failed (nil: it answered).
+func (n *node) setCause(err error) {
+	if err == nil {
+		if n.cause.Load() != nil {
+			n.cause.Store(nil)
+		}
+		return
+	}
+	c := errorCause(err)
+	n.cause.Store(&c)
 }
 
 func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
@@ -118,8 +141,12 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	if t := n.probedAt.Load(); t != 0 {
 		ns.LastProbe = time.Unix(0, t)
 	}
+	cause := n.cause.Load()
+	// Full while its full mark lasts, and while no probe got through since
+	// one was refused with 53300: a slow probe round can outlast the mark.
+	full := n.serverFull() || cause != nil && cause.SQLState == "53300"
 	switch {
-	case n.up.Load() && n.serverFull():
+	case n.up.Load() && full:
 		ns.State = StateFull
 	case n.up.Load() && n.probedAt.Load() == 0:
 		ns.State = StateUnknown
@@ -131,6 +158,17 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.State = StateLagging
 	default:
 		ns.State = StateHealthy
+	}
+	switch ns.State {
+	case StateFull:
+		ns.Cause = &Cause{SQLState: "53300", Reason: sqlStateReasons["53300"]}
+	case StateDown, StateFrozen:
+		if cause != nil {
+			cc := *cause
+			ns.Cause = &cc
+		} else if ns.State == StateFrozen {
+			ns.Cause = &Cause{Reason: "timeout"}
+		}
 	}
 	for r := range numRerouteReasons {
 		ns.Reroutes[r.String()] = n.reroutes[r].Load()

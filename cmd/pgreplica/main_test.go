@@ -93,7 +93,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	}
 }
 
-var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS +HEDGES_WON/SENT$`)
+var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS +HEDGES_WON/SENT +CAUSE$`)
 
 // tableRows returns the rows of a status table by node address.
 func tableRows(t *testing.T, out string) map[string][]string {
@@ -105,10 +105,11 @@ func tableRows(t *testing.T, out string) map[string][]string {
 	rows := map[string][]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out[loc[1]:]), "\n") {
 		f := strings.Fields(line)
-		if len(f) != 11 {
-			t.Fatalf("row %q has %d columns, want 11", line, len(f))
+		if len(f) < 12 {
+			t.Fatalf("row %q has %d columns, want 12", line, len(f))
 		}
-		rows[f[0]] = f
+		// CAUSE, the last column, may have spaces: "authentication failed (28P01)".
+		rows[f[0]] = append(f[:11:11], strings.Join(f[11:], " "))
 	}
 	return rows
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strconv"
@@ -18,9 +19,18 @@ import (
 
 const statusAbout = `
 Prints each node of the cluster as pgreplica sees it: role, state (healthy,
-lagging, down, frozen), replication lag, the latest probe's round trip and
-the smoothed one (RTT, what replica_policy=nearest compares), and the traffic
-counters of the connector that reports them.
+lagging, down, frozen, full), replication lag, the latest probe's round trip
+and the smoothed one (RTT, what replica_policy=nearest compares), the traffic
+counters of the connector that reports them, and why a node is down, frozen
+or full (CAUSE: a short reason and the SQLSTATE, e.g. "authentication failed
+(28P01)", "database does not exist (3D000)", "connection refused",
+"timeout", "TLS error"; never the error's text, so never a password).
+
+The first line sums the cluster up: healthy (the primary is up and replicas
+serve reads, or the DSN names only the primary), degraded (the primary is up
+and serves the reads: no replica is usable), down (the primary does not
+answer) or no_primary (no node answers as writable: every node that answers
+is a standby, so writes fail).
 
 SOURCE is either
   - a pgreplica DSN (primary first, e.g. postgres://user:pass@h1:5432,h2:5432/db):
@@ -33,9 +43,9 @@ SOURCE is either
 Without SOURCE, $PGREPLICA_DSN is used, which keeps the password off the
 command line (and out of ps).
 
-Exit status: 0 when the primary is up (also when reads have fallen back to
-it), 1 when the primary is unreachable or SOURCE cannot be read, 2 for a
-usage error.`
+Exit status: 0 when the primary is up (healthy, or degraded: reads have
+fallen back to it), 1 when the primary is unreachable (down), when there is
+no primary (no_primary) or SOURCE cannot be read, 2 for a usage error.`
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("status", "[--json] [--watch [--interval D]] [SOURCE]", statusAbout)
@@ -73,6 +83,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		// come quickly, whatever monitor_interval the DSN asks of the
 		// application.
 		cfg.MonitorInterval = min(cfg.MonitorInterval, 200*time.Millisecond)
+		// What it finds is the report, not log lines on stderr.
+		cfg.Logger = slog.New(slog.DiscardHandler)
 		c, err := pgreplica.NewConnector(*cfg)
 		if err != nil {
 			fmt.Fprintln(stderr, "pgreplica status:", err)
@@ -114,7 +126,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		if err == nil {
 			code = 0
-			if rep.Status == pgreplica.HealthDown {
+			if rep.Status == pgreplica.HealthDown || rep.Status == pgreplica.HealthNoPrimary {
 				code = 1
 			}
 		}
@@ -224,17 +236,22 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 	primary := rep.Primary
 	switch {
 	case primary == "":
-		primary = "none known"
+		primary = "none (no node answers as writable: writes fail)"
 	case !rep.PrimaryUp:
 		primary += " (unreachable)"
 	}
 	reads := "replicas"
-	if rep.Degraded {
+	switch {
+	case rep.Degraded && rep.Primary == "":
+		reads = "no node (none is usable)"
+	case rep.Degraded:
 		reads = "primary (no usable replica)"
+	case len(rep.Nodes) == 1 && rep.Primary != "":
+		reads = "primary (the DSN names no replica)"
 	}
 	fmt.Fprintf(w, "cluster %s   primary %s   reads go to %s\n", rep.Status, primary, reads)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS\tHEDGES_WON/SENT")
+	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS\tHEDGES_WON/SENT\tCAUSE")
 	for _, n := range rep.Nodes {
 		state := n.State
 		if n.LastProbe == nil && (state == pgreplica.StateHealthy || state == pgreplica.StateLagging) {
@@ -248,8 +265,12 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 		if n.LastProbe != nil {
 			probe, rtt = seconds(n.ProbeLatencySeconds), seconds(n.RTTSeconds)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d/%d\n",
-			n.Addr, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors, n.HedgesWon, n.HedgesSent)
+		cause := "-"
+		if n.Cause != nil && n.Cause.Reason != "" {
+			cause = n.Cause.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d/%d\t%s\n",
+			n.Addr, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors, n.HedgesWon, n.HedgesSent, cause)
 	}
 	tw.Flush()
 }

@@ -151,6 +151,12 @@ func wantMetric(t *testing.T, text, sample string) {
 // $PGREPLICA_DSN (so it is on no command line).
 func cli(t *testing.T, args ...string) (code int, stdout string) {
 	t.Helper()
+	return cliDSN(t, testcluster.DSN(dsnParams...), args...)
+}
+
+// cliDSN is cli with dsn in $PGREPLICA_DSN.
+func cliDSN(t *testing.T, dsn string, args ...string) (code int, stdout string) {
+	t.Helper()
 	bin := filepath.Join(cliDir, "pgreplica")
 	if cliDir == "" {
 		goBin, err := exec.LookPath("go")
@@ -167,7 +173,7 @@ func cli(t *testing.T, args ...string) (code int, stdout string) {
 		}
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "PGREPLICA_DSN="+testcluster.DSN(dsnParams...))
+	cmd.Env = append(os.Environ(), "PGREPLICA_DSN="+dsn)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -3,7 +3,11 @@
 // terminated or is partitioned (where the sandbox can), and checks what the application saw: every plain read
 // served, read-only transactions that fail only after returning data, no
 // stale read in a read-your-writes session, every acknowledged write on the
-// primary, no goroutine left and no pool over its size.
+// primary, no goroutine left and no pool over its size. Statements come in
+// every form: plain and prepared (*sql.Stmt) reads, Exec, prepared Exec and
+// write functions called with SELECT, session writes through a write
+// function under UsePrimary read back plainly, with UsePrimary and through
+// a *sql.Stmt, and session state (set_config) on a sql.Conn.
 //
 // It runs for 30 s by default; PGREPLICA_SOAK=10m runs longer. The fault
 // schedule comes from a seed that the log prints; PGREPLICA_SOAK_SEED=N
@@ -13,6 +17,7 @@ package soak
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,7 +40,7 @@ func TestMain(m *testing.M) { os.Exit(testcluster.Run(m, sandbox.Options{})) }
 
 const (
 	readers    = 10
-	writers    = 3
+	writers    = 3 // Exec; then one writer calls a write function with SELECT, one a prepared Exec
 	sessions   = 4
 	roTxUsers  = 2
 	primaryMax = 6
@@ -123,6 +128,14 @@ func TestSoak(t *testing.T) {
 
 	kv := testcluster.NewTable(t, ctx, "soak_kv", "k int PRIMARY KEY, v bigint NOT NULL")
 	writes := testcluster.NewTable(t, ctx, "soak_writes", "id bigserial PRIMARY KEY, writer int NOT NULL, seq int NOT NULL")
+	// Write functions called with SELECT: what the classifier cannot see.
+	insertFn, setFn := writes+"_insert", kv+"_set"
+	if err := cl.Exec(ctx, 0, fmt.Sprintf(`
+		CREATE FUNCTION %[1]s(w int, s int) RETURNS int LANGUAGE sql AS $$ INSERT INTO %[2]s (writer, seq) VALUES (w, s) RETURNING seq $$;
+		CREATE FUNCTION %[3]s(key int, val bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+		BEGIN UPDATE %[4]s SET v = val WHERE k = key; RETURN val; END $$`, insertFn, writes, setFn, kv)); err != nil {
+		t.Fatal(err)
+	}
 	primary := testcluster.Direct(t, 0)
 	for k := range sessions + 1 {
 		if _, err := primary.ExecContext(ctx, "INSERT INTO "+kv+" VALUES ($1, 0)", k); err != nil {
@@ -176,14 +189,24 @@ func TestSoak(t *testing.T) {
 		v.(*atomic.Int64).Add(1)
 	}
 
-	// Plain reads.
-	for range readers {
+	// Plain reads; every other reader through a prepared *sql.Stmt.
+	readSQL := "SELECT inet_server_port(), v FROM " + kv + " WHERE k = 0"
+	readStmt, err := db.PrepareContext(ctx, readSQL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range readers {
 		wg.Go(func() {
 			for !stopped() {
 				rctx, cancel := context.WithTimeout(ctx, opTimeout)
 				var port int
 				var v int64
-				err := db.QueryRowContext(rctx, "SELECT inet_server_port(), v FROM "+kv+" WHERE k = 0").Scan(&port, &v)
+				var err error
+				if i%2 == 0 {
+					err = db.QueryRowContext(rctx, readSQL).Scan(&port, &v)
+				} else {
+					err = readStmt.QueryRowContext(rctx).Scan(&port, &v)
+				}
 				cancel()
 				plainReads.Add(1)
 				if err != nil {
@@ -196,12 +219,26 @@ func TestSoak(t *testing.T) {
 	}
 
 	// Writers: every acknowledged insert must be on the primary at the end.
-	acked := make([]atomic.Int64, writers)
-	for w := range writers {
+	insertSQL := "INSERT INTO " + writes + " (writer, seq) VALUES ($1, $2)"
+	insertStmt, err := db.PrepareContext(ctx, insertSQL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := make([]atomic.Int64, writers+2)
+	for w := range writers + 2 {
 		wg.Go(func() {
 			for seq := 1; !stopped(); seq++ {
 				wctx, cancel := context.WithTimeout(ctx, opTimeout)
-				_, err := db.ExecContext(wctx, "INSERT INTO "+writes+" (writer, seq) VALUES ($1, $2)", w, seq)
+				var err error
+				switch w {
+				case writers: // a write function called with SELECT
+					var got int
+					err = db.QueryRowContext(wctx, "SELECT "+insertFn+"($1, $2)", w, seq).Scan(&got)
+				case writers + 1: // a prepared *sql.Stmt
+					_, err = insertStmt.ExecContext(wctx, w, seq)
+				default:
+					_, err = db.ExecContext(wctx, insertSQL, w, seq)
+				}
 				cancel()
 				if err != nil {
 					fails.add("write", err)
@@ -214,22 +251,43 @@ func TestSoak(t *testing.T) {
 	}
 
 	// Read-your-writes sessions: each owns one key, bumps it and reads it
-	// back in the same session.
+	// back in the same session. Every other write goes through a write
+	// function called with SELECT under UsePrimary; the reads are plain
+	// session reads, UsePrimary session reads and prepared *sql.Stmt ones.
+	sessionReadSQL := "SELECT v FROM " + kv + " WHERE k = $1"
+	sessionStmt, err := db.PrepareContext(ctx, sessionReadSQL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for s := 1; s <= sessions; s++ {
 		wg.Go(func() {
 			sctx := pgreplica.WithSession(ctx)
 			for v := int64(1); !stopped(); v++ {
 				wctx, cancel := context.WithTimeout(sctx, opTimeout)
-				_, err := db.ExecContext(wctx, "UPDATE "+kv+" SET v = $2 WHERE k = $1", s, v)
+				var err error
+				if v%2 == 0 {
+					var got int64
+					err = db.QueryRowContext(pgreplica.UsePrimary(wctx), "SELECT "+setFn+"($1, $2)", s, v).Scan(&got)
+				} else {
+					_, err = db.ExecContext(wctx, "UPDATE "+kv+" SET v = $2 WHERE k = $1", s, v)
+				}
 				cancel()
 				if err != nil {
 					fails.add("session write", err)
 					return
 				}
-				for range 3 {
+				for i := range 3 {
 					rctx, cancel := context.WithTimeout(sctx, opTimeout)
 					var got int64
-					err := db.QueryRowContext(rctx, "SELECT v FROM "+kv+" WHERE k = $1", s).Scan(&got)
+					var err error
+					switch i {
+					case 0:
+						err = db.QueryRowContext(rctx, sessionReadSQL, s).Scan(&got)
+					case 1:
+						err = db.QueryRowContext(pgreplica.UsePrimary(rctx), sessionReadSQL, s).Scan(&got)
+					default:
+						err = sessionStmt.QueryRowContext(rctx, s).Scan(&got)
+					}
 					cancel()
 					sessionReads.Add(1)
 					switch {
@@ -242,6 +300,19 @@ func TestSoak(t *testing.T) {
 			}
 		})
 	}
+
+	// Session state: set_config(…, false) on a sql.Conn stays with that
+	// connection (read back from it), set_config(…, true) outside a
+	// transaction lasts one statement; then the connection is discarded,
+	// as README advises, so that it does not keep its primary connection.
+	var stateChecks atomic.Int64
+	wg.Go(func() {
+		for n := 1; !stopped(); n++ {
+			sessionState(ctx, db, n, fails)
+			stateChecks.Add(1)
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
 
 	// Read-only transactions: two reads and a commit.
 	for range roTxUsers {
@@ -309,7 +380,7 @@ func TestSoak(t *testing.T) {
 	elapsed := time.Since(start)
 
 	// Every acknowledged write is on the primary.
-	for w := range writers {
+	for w := range acked {
 		n, err := cl.QueryInt(ctx, 0, fmt.Sprintf("SELECT count(DISTINCT seq) FROM %s WHERE writer = %d AND seq <= %d", writes, w, acked[w].Load()))
 		if err != nil {
 			t.Fatal(err)
@@ -354,7 +425,7 @@ func TestSoak(t *testing.T) {
 		}
 		t.Errorf("%d %s failures; first: %s", n, kind, strings.Join(fails.first[kind], "; "))
 	}
-	if plainReads.Load() == 0 || roTxs.Load() == 0 || totalAcked == 0 || sessionReads.Load() == 0 {
+	if plainReads.Load() == 0 || roTxs.Load() == 0 || totalAcked == 0 || sessionReads.Load() == 0 || stateChecks.Load() == 0 {
 		t.Error("a part of the workload never ran")
 	}
 	if len(faultCounts) == 0 {
@@ -365,30 +436,14 @@ func TestSoak(t *testing.T) {
 	}
 }
 
-// establishedClientPorts lists, comma-separated, the local ports of this
-// machine's established IPv4 TCP connections to port (the test's cluster
-// runs on 127.0.0.1 with ports of its own).
+// establishedClientPorts is testcluster.EstablishedClientPorts, failing
+// t (and counting nothing) when /proc/net/tcp cannot be read.
 func establishedClientPorts(t *testing.T, port int) string {
-	data, err := os.ReadFile("/proc/net/tcp")
+	ports, err := testcluster.EstablishedClientPorts(port)
 	if err != nil {
 		t.Errorf("reading /proc/net/tcp: %v", err)
-		return ""
 	}
-	var ports []string
-	for _, line := range strings.Split(string(data), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 4 || f[3] != "01" { // 01: ESTABLISHED
-			continue
-		}
-		_, remote, _ := strings.Cut(f[2], ":")
-		_, local, _ := strings.Cut(f[1], ":")
-		if rp, err := strconv.ParseUint(remote, 16, 16); err == nil && int(rp) == port {
-			if lp, err := strconv.ParseUint(local, 16, 16); err == nil {
-				ports = append(ports, strconv.FormatUint(lp, 10))
-			}
-		}
-	}
-	return strings.Join(ports, ",")
+	return ports
 }
 
 func orNone(s string) string {
@@ -396,6 +451,38 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// sessionState sets a setting on a sql.Conn with set_config(…, false) and
+// reads it back on that connection; set_config(…, true) outside a
+// transaction must leave it as it was.
+func sessionState(ctx context.Context, db *sql.DB, n int, fails *failures) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	c, err := db.Conn(ctx)
+	if err != nil {
+		fails.add("session state", err)
+		return
+	}
+	defer c.Close()
+	defer c.Raw(func(any) error { return driver.ErrBadConn }) //nolint:errcheck // discards the connection
+	want := strconv.Itoa(n)
+	var got string
+	if err := c.QueryRowContext(ctx, "SELECT set_config('soak.n', $1, false)", want).Scan(&got); err != nil {
+		fails.add("session state", err)
+		return
+	}
+	if err := c.QueryRowContext(ctx, "SELECT set_config('soak.n', 'local', true)").Scan(&got); err != nil {
+		fails.add("session state", err)
+		return
+	}
+	if err := c.QueryRowContext(ctx, "SELECT current_setting('soak.n')").Scan(&got); err != nil {
+		fails.add("session state", err)
+		return
+	}
+	if got != want {
+		fails.add("session state lost", fmt.Errorf("set soak.n to %s on a sql.Conn, read back %q", want, got))
+	}
 }
 
 // roTx runs one read-only transaction and files any failure under where it

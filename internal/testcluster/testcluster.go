@@ -243,3 +243,32 @@ func Role(port int) string {
 	}
 	return fmt.Sprintf("unknown port %d", port)
 }
+
+// EstablishedClientPorts lists, comma-separated, the local ports of this
+// machine's established IPv4 TCP connections to port: with a
+// pg_stat_activity count filtered by client_port, it counts only the
+// backends whose client still holds its socket (a backend whose client
+// closed during a partition lives on until the FIN gets through). Both
+// sandbox backends qualify: a Docker node's clients are this machine's
+// sockets too, to the container's address and the node's port.
+func EstablishedClientPorts(port int) (string, error) {
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return "", err
+	}
+	var ports []string
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != "01" { // 01: ESTABLISHED
+			continue
+		}
+		_, remote, _ := strings.Cut(f[2], ":")
+		_, local, _ := strings.Cut(f[1], ":")
+		if rp, err := strconv.ParseUint(remote, 16, 16); err == nil && int(rp) == port {
+			if lp, err := strconv.ParseUint(local, 16, 16); err == nil {
+				ports = append(ports, strconv.FormatUint(lp, 10))
+			}
+		}
+	}
+	return strings.Join(ports, ","), nil
+}
