@@ -488,7 +488,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		}
 		return nil, err
 	} else if n != nil {
-		return c.queryStale(ctx, o, n, query, args, cl)
+		return c.queryStale(ctx, o, n, query, args, cl, tried)
 	}
 	if reason != ReasonRetry {
 		reason = c.c.fallbackReason()

@@ -60,6 +60,15 @@ func (c *Connector) fallbackTarget(ownBound bool, minLSN, tried uint64) (*node, 
 	if ownBound {
 		return nil, ErrFallbackShare
 	}
+	if best := c.leastLagged(tried); best != nil {
+		return best, nil
+	}
+	return nil, ErrFallbackShare
+}
+
+// leastLagged is the least-lagged replica that is up, not full and not in
+// tried, or nil.
+func (c *Connector) leastLagged(tried uint64) *node {
 	var best *node
 	for _, n := range c.topo.Load().replicas {
 		if tried&(1<<n.index) != 0 || !n.up.Load() || !n.standby.Load() || n.serverFull() {
@@ -69,32 +78,44 @@ func (c *Connector) fallbackTarget(ownBound bool, minLSN, tried uint64) (*node, 
 			best = n
 		}
 	}
-	if best == nil {
-		return nil, ErrFallbackShare
-	}
-	return best, nil
+	return best
 }
 
-// queryStale runs a read on n, the replica fallbackTarget chose, once: a
-// failure is the read's error (the primary's share is used up, and every
-// other replica was tried or unusable).
-func (c *conn) queryStale(ctx context.Context, o *routeOptions, n *node, query string, args []driver.NamedValue, cl classification) (driver.Rows, error) {
+// queryStale runs a read on n, the replica fallbackTarget chose. A read
+// that fails before its first row because the replica could not be reached
+// or its connection broke moves to the next least-lagged replica, each at
+// most once; when none is left it fails with ErrFallbackShare (the
+// primary's share is used up).
+func (c *conn) queryStale(ctx context.Context, o *routeOptions, n *node, query string, args []driver.NamedValue, cl classification, tried uint64) (driver.Rows, error) {
 	l := &c.replica
 	if l.held() && l.node != n {
 		l.release()
 	}
-	if !l.held() {
-		if err := n.acquire(ctx, l); err != nil {
-			if ctx.Err() == nil {
+	for {
+		tried |= 1 << n.index
+		var err error
+		if !l.held() {
+			if err = n.acquire(ctx, l); err != nil && ctx.Err() == nil {
 				c.c.connectFailed(n, err)
 			}
+		}
+		if err == nil {
+			var rows driver.Rows
+			if rows, err = c.queryOn(ctx, o, l, query, args, ReasonStale, cl); err == nil {
+				return c.replicaResult(rows), nil
+			}
+			c.dropReplica(l, err)
+			if !isRetryableRead(err) {
+				return nil, err
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		next := c.c.leastLagged(tried)
+		if next == nil {
 			return nil, fmt.Errorf("%w (replica %s: %v)", ErrFallbackShare, n.addr, err)
 		}
+		n = next
 	}
-	rows, err := c.queryOn(ctx, o, l, query, args, ReasonStale, cl)
-	if err != nil {
-		c.dropReplica(l, err)
-		return nil, err
-	}
-	return c.replicaResult(rows), nil
 }
