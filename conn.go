@@ -575,6 +575,14 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		}
 		return nil, ErrNoReplica
 	}
+	if n, err := c.c.fallbackTarget(o != nil && o.hasMaxLag, minLSN, tried); err != nil {
+		if lastErr != nil {
+			return nil, fmt.Errorf("%w (last replica error: %v)", err, lastErr)
+		}
+		return nil, err
+	} else if n != nil {
+		return c.queryStale(ctx, o, n, query, args, cl, tried)
+	}
 	if reason != ReasonRetry {
 		reason = c.c.fallbackReason()
 	}

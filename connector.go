@@ -38,6 +38,7 @@ type Connector struct {
 	sticky        stickyConns               // idle conns holding session state
 	hedges        hedgeBudgetState          // how many reads may still be hedged
 	hedgeWatch    hedgeWatch                // fires the hedges that are due
+	fallback      fallbackShare             // the primary's share of fallback reads
 
 	// traced is set when a node has a pgx tracer: statements then carry
 	// their route reason in the context (RouteReason).
@@ -282,12 +283,12 @@ func (c *Connector) anyUsableReplica(maxLag time.Duration, tried uint64) bool {
 // connectFailed records that a new connection to n could not be opened.
 // A node that cannot be reached leaves routing at once, and the monitor
 // re-probes it; one that refused only for want of a free slot (53300) is
-// full: it gets no new reads for a monitor interval, its connections keep
-// serving, and it is not reported down. One terminated while it started up
+// full: it gets no new reads until its backoff passes (see refused.go), and
+// it is not reported down. One terminated while it started up
 // (57P01) is only that connection's failure.
 func (c *Connector) connectFailed(n *node, err error) {
 	if isTooManyConnections(err) {
-		n.fullUntil.Store(time.Now().Add(c.cfg.MonitorInterval).UnixNano())
+		n.refused(err, c.cfg.MonitorInterval)
 		n.reroutes[rerouteFull].Add(1)
 		return
 	}

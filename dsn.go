@@ -46,6 +46,11 @@ type Config struct {
 	// FallbackToPrimary sends reads to the primary when no replica is usable;
 	// when false such reads fail with ErrNoReplica.
 	FallbackToPrimary bool
+	// FallbackMaxShare bounds the share of plain reads finding no usable
+	// replica that FallbackToPrimary may send to the primary, so that
+	// replicas all lagging or down do not move their whole load onto it at
+	// once; see fallback.go for where the rest go. 0 or 1 means no bound.
+	FallbackMaxShare float64
 	// Logger receives state changes (a node goes down or comes back, starts
 	// or stops lagging, a promotion is followed, no node is writable, two
 	// are); nil logs through slog.Default(), as it is when each record is
@@ -75,6 +80,7 @@ var ownKeys = map[string]bool{
 	"monitor_interval":    true,
 	"max_replica_lag":     true,
 	"fallback_to_primary": true,
+	"fallback_max_share":  true,
 	"hedge_after":         true,
 }
 
@@ -180,6 +186,12 @@ func ParseConfig(dsn string) (*Config, error) {
 				return nil, dsnError("fallback_to_primary must be true or false")
 			}
 			cfg.FallbackToPrimary = b
+		case "fallback_max_share":
+			f, err := strconv.ParseFloat(val, 64)
+			if err != nil || !(f > 0 && f <= 1) {
+				return nil, dsnError("fallback_max_share must be a number above 0 and at most 1, such as 0.2")
+			}
+			cfg.FallbackMaxShare = f
 		}
 	}
 

@@ -1,6 +1,9 @@
 package pgreplica
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // ErrInvalidDSN is returned by ParseConfig, sql.Open and the first use of a
 // *sql.DB when the DSN is malformed or carries a bad pgreplica option. The
@@ -31,3 +34,9 @@ var ErrPolicy = errors.New("pgreplica: replica policy failed")
 // ErrRawReplicaTx is returned by RawConn.PrimaryConn when the sql.Conn has a
 // read-only transaction open on a replica: the primary cannot join it.
 var ErrRawReplicaTx = errors.New("pgreplica: PrimaryConn inside a read-only transaction on a replica")
+
+// ErrFallbackShare is returned by plain reads when no replica is usable, the
+// primary already took its share of such reads (fallback_max_share), and no
+// replica may serve it instead: every replica is down, or the call set its
+// own lag bound with WithMaxLag. errors.Is(err, ErrNoReplica) holds too.
+var ErrFallbackShare = fmt.Errorf("%w: the primary's share of fallback reads (fallback_max_share) is used up", ErrNoReplica)

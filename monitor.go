@@ -176,7 +176,8 @@ func (m *monitor) round() {
 	m.roundStart = now
 	var wg sync.WaitGroup
 	for i, n := range m.c.nodes {
-		if !n.up.Load() && now < n.nextProbe.Load() {
+		if !n.up.Load() && now < n.nextProbe.Load() ||
+			m.needsConnect(i) && n.fullBlocks(fullProbation) {
 			results[i].skipped = true
 			continue
 		}
@@ -187,6 +188,12 @@ func (m *monitor) round() {
 		return // stopping
 	}
 	m.apply(results)
+}
+
+// needsConnect says whether probing node i must open a connection first:
+// a node backed off after refusing one is then not probed (see refused.go).
+func (m *monitor) needsConnect(i int) bool {
+	return m.probeConns[i] == nil || m.probeConns[i].IsClosed()
 }
 
 func (m *monitor) probe(parent context.Context, i int) probeResult {
@@ -311,9 +318,9 @@ func (m *monitor) apply(results []probeResult) {
 		case r.skipped:
 		case isTooManyConnections(r.err):
 			// It answered, refusing the probe's new connection for want of
-			// a free slot: full, not down. Until a probe gets through, it
-			// gets no new reads and its connections keep serving.
-			n.fullUntil.Store(nowWall + int64(2*m.interval))
+			// a free slot: full, not down. Until its backoff passes it
+			// gets no new connection attempt (see refused.go).
+			n.refused(r.err, m.interval)
 			n.setCause(r.err)
 		case r.err != nil:
 			n.failures.Add(1)

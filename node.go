@@ -51,7 +51,8 @@ type node struct {
 	failures   atomic.Int32 // consecutive failed probes, for backoff
 	frozen     atomic.Bool  // the last failed probe timed out: it accepts but does not answer
 	nextProbe  atomic.Int64 // unix nanos before which a down node is not probed
-	fullUntil  atomic.Int64 // unix nanos until which it gets no new reads: it refused a connection with 53300
+	fullUntil  atomic.Int64 // backoff after a connection refused with 53300; see refused.go
+	fullStreak atomic.Int32 // refusals in a row since the last new connection
 
 	// cause is why its last probe or new connection failed; nil once a
 	// probe answers (see setCause).
@@ -119,6 +120,7 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
 	}
 	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
+	cfg.ConnConfig.AfterConnect = n.afterConnect(cfg.ConnConfig.AfterConnect)
 	n.probeConfig = cfg.ConnConfig.Copy()
 	n.probeConfig.Tracer = nil // probes are not the application's statements
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
@@ -373,7 +375,7 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 	case n.offTimeline.Load(), time.Duration(n.lagNanos.Load()) > maxLag,
 		minLSN != 0 && n.replayLSN.Load() < minLSN:
 		return rerouteLag
-	case n.serverFull():
+	case n.fullBlocks(fullProbation):
 		return rerouteFull
 	}
 	return usable
@@ -385,9 +387,10 @@ func (n *node) poolFull() bool {
 	return cap(n.slots) > 0 && len(n.slots) == cap(n.slots)
 }
 
-// serverFull says whether the node refused a new connection for want of a free
-// slot less than a monitor interval ago.
-func (n *node) serverFull() bool { return stillBefore(&n.fullUntil) }
+// fullProbation bounds how long the first attempt on a node whose backoff
+// after a refused connection passed keeps the others away (see fullBlocks):
+// an attempt that opens a connection or is refused ends it sooner.
+const fullProbation = time.Second
 
 // stillBefore says whether now is before the unix-nanos time in until (0:
 // none), clearing it once past so that later calls skip the clock.

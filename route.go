@@ -26,9 +26,10 @@ const (
 	ReasonUndefinedObject        // a replica did not know an object (not replayed yet?): re-run on the primary
 	ReasonHedge                  // the first node was slow to answer a read: a second one, sent after the hedge delay, answered first
 	ReasonPrimaryOnly            // the DSN names no replica: the primary serves every read, by design
+	ReasonStale                  // no replica within the lag bound and the primary's fallback share (fallback_max_share) used up: the least-lagged replica served it
 )
 
-var reasonNames = [...]string{"none", "read", "write", "classifier", "hint", "use_primary", "pinned", "transaction", "session", "fallback", "retry", "read_only_error", "recovery_error", "undefined_object", "hedge", "primary_only"}
+var reasonNames = [...]string{"none", "read", "write", "classifier", "hint", "use_primary", "pinned", "transaction", "session", "fallback", "retry", "read_only_error", "recovery_error", "undefined_object", "hedge", "primary_only", "stale"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {

@@ -28,6 +28,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,8 +250,29 @@ func sides(b *testing.B, directDB *sql.DB, wantNode int, fn func(b *testing.B, d
 		slices.Reverse(all)
 	}
 	for _, s := range all {
-		b.Run("driver="+s.name, s.run)
+		b.Run("driver="+s.name, func(b *testing.B) {
+			cpu0 := processCPU()
+			s.run(b)
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+		})
 	}
+}
+
+// processCPU is the user and system CPU time the whole process has used:
+// over a sub-benchmark, divided by b.N, the client CPU per query (cpu-ns/op;
+// it includes the Go runtime's and pgx's share, which is the point: on a
+// shared machine, throughput swings by ±40% and CPU per query much less).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// threadCPU is the CPU time of the calling OS thread (RUSAGE_THREAD).
+func threadCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(1 /* RUSAGE_THREAD */, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // side is one sub-benchmark of a pair (or more).
@@ -381,19 +403,28 @@ func alternating(b *testing.B, workers int, cs []contender, op func(ctx context.
 	var (
 		mu    sync.Mutex
 		spent = make([]time.Duration, len(cs))
+		cpu   = make([]time.Duration, len(cs)) // the workers' own threads' CPU
 		done  = make([]int, len(cs))
 		next  atomic.Int64
 		wg    sync.WaitGroup
 	)
+	cpu0 := processCPU()
 	b.StartTimer()
 	for w := range workers {
 		wg.Go(func() {
-			mySpent, myDone := make([]time.Duration, len(cs)), make([]int, len(cs))
+			// Locked to its thread, a worker's thread CPU is its own
+			// goroutine's (and what the runtime does on that thread for it:
+			// allocation, GC assists, waits on the network); the runtime's
+			// background work on other threads is only in cpu-ns/op.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			mySpent, myDone, myCPU := make([]time.Duration, len(cs)), make([]int, len(cs)), make([]time.Duration, len(cs))
 			defer func() {
 				mu.Lock()
 				for i := range cs {
 					spent[i] += mySpent[i]
 					done[i] += myDone[i]
+					cpu[i] += myCPU[i]
 				}
 				mu.Unlock()
 			}()
@@ -407,7 +438,7 @@ func alternating(b *testing.B, workers int, cs []contender, op func(ctx context.
 				for j := range cs {
 					i := (turn + j) % len(cs)
 					c := cs[i]
-					t0 := time.Now()
+					c0, t0 := threadCPU(), time.Now()
 					for range n {
 						id = id%rows + 1
 						if err := op(c.ctx, c.db, id); err != nil {
@@ -416,6 +447,7 @@ func alternating(b *testing.B, workers int, cs []contender, op func(ctx context.
 						}
 					}
 					mySpent[i] += time.Since(t0)
+					myCPU[i] += threadCPU() - c0
 					myDone[i] += n
 				}
 			}
@@ -423,19 +455,28 @@ func alternating(b *testing.B, workers int, cs []contender, op func(ctx context.
 	}
 	wg.Wait()
 	b.StopTimer()
+	procCPU := processCPU() - cpu0
 	after := conn.Status()
 
-	perOp := make([]float64, len(cs))
+	perOp, cpuPerOp := make([]float64, len(cs)), make([]float64, len(cs))
+	total := 0
 	for i, c := range cs {
 		if done[i] == 0 {
 			return
 		}
+		total += done[i]
 		perOp[i] = float64(spent[i]) / float64(done[i]) / float64(workers)
+		cpuPerOp[i] = float64(cpu[i]) / float64(done[i])
 		b.ReportMetric(perOp[i], c.name+"-ns/op")
+		// Client CPU per query on the worker threads, per side.
+		b.ReportMetric(cpuPerOp[i], c.name+"-cpu-ns/op")
 		if i > 0 {
 			b.ReportMetric(perOp[i]/perOp[0], c.name+"/"+cs[0].name)
+			b.ReportMetric(cpuPerOp[i]/cpuPerOp[0], c.name+"-cpu/"+cs[0].name)
 		}
 	}
+	// The whole process's CPU over every side's queries.
+	b.ReportMetric(float64(procCPU)/float64(total), "cpu-ns/op")
 	// Every pgreplica side's statements went to its node.
 	for n := range after.Nodes {
 		got := after.Nodes[n].Statements - before.Nodes[n].Statements

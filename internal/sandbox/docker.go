@@ -375,7 +375,7 @@ func (d *dockerNode) initPrimary(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: initdb primary: %w", err)
 	}
-	if _, err := d.exec(ctx, "postgres", []string{"CONF=" + sharedConf}, "sh", "-c",
+	if _, err := d.exec(ctx, "postgres", []string{"CONF=" + sharedConf + d.n.c.extraConf + "\n"}, "sh", "-c",
 		`printf '%s' "$CONF" >> `+dockerData+`/postgresql.conf`); err != nil {
 		return fmt.Errorf("sandbox: configure primary: %w", err)
 	}

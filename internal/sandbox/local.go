@@ -319,7 +319,7 @@ func startLocal(ctx context.Context, c *Cluster, bin string, replicas int) error
 	}
 	if err := errors.Join(
 		env.writeFile(filepath.Join(pl.data, "pg_hba.conf"), hbaConf),
-		env.appendFile(filepath.Join(pl.data, "postgresql.conf"), sharedConf),
+		env.appendFile(filepath.Join(pl.data, "postgresql.conf"), sharedConf+c.extraConf+"\n"),
 	); err != nil {
 		return fmt.Errorf("sandbox: configure primary: %w", err)
 	}

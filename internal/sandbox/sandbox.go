@@ -90,6 +90,10 @@ type Options struct {
 	Database string
 	// Logf, when set, receives one line per step ("initdb primary on ...").
 	Logf func(format string, args ...any)
+	// Conf holds extra postgresql.conf lines for every node, appended after
+	// the sandbox's own settings so that they win (bench/fleet raises
+	// max_connections and loads pg_stat_statements). Tests leave it empty.
+	Conf string
 }
 
 // Cluster is a running sandbox: Nodes[0] is the initial primary and every
@@ -100,6 +104,7 @@ type Cluster struct {
 
 	user, password, database string
 	superPassword            string
+	extraConf                string // Options.Conf
 	logf                     func(format string, args ...any)
 	backend                  string // "local" or "docker"
 	// id tags what this cluster creates outside its nodes (iptables
@@ -195,6 +200,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		password:      opts.Password,
 		database:      opts.Database,
 		superPassword: randomHex(16),
+		extraConf:     opts.Conf,
 		logf:          logf,
 	}
 
