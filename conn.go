@@ -390,7 +390,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 	first := c.statements == 0
 	// Only a checkout's first read is hedged: a later one may follow data
 	// its caller has seen from this replica.
-	hedgeable := first && c.c.cfg.HedgeAfter != 0 && !c.replica.held()
+	hedgeable := first && c.c.cfg.HedgeAfter >= 0 && !c.replica.held()
 	var tried uint64
 	var lastErr error
 	for {
@@ -476,7 +476,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		// yet. That is not a fallback: the session needs the primary.
 		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 	}
-	if !c.c.cfg.FallbackToPrimary {
+	if c.c.cfg.DisableFallback {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w (last replica error: %v)", ErrNoReplica, lastErr)
 		}
@@ -649,7 +649,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		}
 		c.dropReplica(l, err)
 	}
-	if !c.c.cfg.FallbackToPrimary && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
+	if c.c.cfg.DisableFallback && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
 		return nil, ErrNoReplica
 	}
 	return nil, nil
