@@ -344,7 +344,7 @@ func (c *conn) decide(o *routeOptions, cl classification) plan {
 // primary runs: it is hedged only among standbys.
 func (c *conn) hedgeScope(cl classification) hedgeScope {
 	switch {
-	case c.statements != 0 || c.c.cfg.HedgeAfter == 0 || c.replica.held() || !cl.readOnly:
+	case c.statements != 0 || c.c.cfg.HedgeAfter < 0 || c.replica.held() || !cl.readOnly:
 		return hedgeNever
 	case cl.pure && !c.primary.held():
 		return hedgeAny
@@ -569,7 +569,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		// yet. That is not a fallback: the session needs the primary.
 		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 	}
-	if !c.c.cfg.FallbackToPrimary && !c.c.primaryOnly() {
+	if c.c.cfg.DisableFallback && !c.c.primaryOnly() {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w (last replica error: %v)", ErrNoReplica, lastErr)
 		}
@@ -753,7 +753,7 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 		}
 		c.dropReplica(l, err)
 	}
-	if !c.c.cfg.FallbackToPrimary && !c.c.primaryOnly() && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
+	if c.c.cfg.DisableFallback && !c.c.primaryOnly() && (minLSN == 0 || !c.c.anyUsableReplica(maxLag, *tried)) {
 		return nil, ErrNoReplica
 	}
 	return nil, nil

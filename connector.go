@@ -56,20 +56,23 @@ type topology struct {
 }
 
 // NewConnector starts the pools (they connect lazily) and the monitor of
-// the nodes that cfg describes.
+// the nodes that cfg describes. Fields left zero get their defaults (see
+// Config); a Config without a Primary, or with a value out of range, is
+// refused with ErrInvalidConfig. Use the result with sql.OpenDB:
+//
+//	c, err := pgreplica.NewConnector(cfg)
+//	if err != nil {
+//		return err
+//	}
+//	db := sql.OpenDB(c) // db.Close closes c
 func NewConnector(cfg Config) (*Connector, error) {
 	return newConnector(cfg)
 }
 
 func newConnector(cfg Config) (*Connector, error) {
-	if cfg.Primary == nil {
-		return nil, fmt.Errorf("%w: Config.Primary is nil", ErrInvalidDSN)
-	}
-	if 1+len(cfg.Replicas) > maxNodes {
-		return nil, fmt.Errorf("%w: %d nodes; pgreplica supports at most %d", ErrInvalidDSN, 1+len(cfg.Replicas), maxNodes)
-	}
-	if cfg.MonitorInterval <= 0 {
-		cfg.MonitorInterval = DefaultMonitorInterval
+	cfg, err := cfg.resolve()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
 	c := &Connector{cfg: cfg, policy: cfg.Policy, log: cfg.Logger}
 	c.driver = &Driver{c: c}
@@ -80,21 +83,17 @@ func newConnector(cfg Config) (*Connector, error) {
 		c.log = slog.New(defaultLogHandler{})
 	}
 	for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
-		if cfg.Tracer != nil && pc.ConnConfig.Tracer == nil {
-			pc = pc.Copy() // the caller's Config stays as it was
-			pc.ConnConfig.Tracer = cfg.Tracer
-		}
 		c.traced = c.traced || pc.ConnConfig.Tracer != nil
 		n, err := newNode(i, pc)
 		if err != nil {
 			c.closeNodes()
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidDSN, nodeLabel(i), err)
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, nodeLabel(i), err)
 		}
 		c.nodes = append(c.nodes, n)
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
 	c.updateHedgeDelays()
-	if cfg.HedgeAfter != 0 {
+	if cfg.HedgeAfter >= 0 {
 		c.hedgeWatch.start()
 	}
 	c.mon = startMonitor(c)

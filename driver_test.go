@@ -62,7 +62,7 @@ func newFakeCluster(t *testing.T, replicas int, cfg Config) *fakeCluster {
 	return fc
 }
 
-func defaultCfg() Config { return Config{FallbackToPrimary: true, MaxReplicaLag: time.Second} }
+func defaultCfg() Config { return Config{MaxReplicaLag: time.Second, HedgeAfter: HedgeOff} }
 
 func q(s string) string { return regexp.QuoteMeta(s) }
 
@@ -499,7 +499,7 @@ func TestAllReplicasDown(t *testing.T) {
 	for _, fallback := range []bool{true, false} {
 		t.Run(fmt.Sprint("fallback=", fallback), func(t *testing.T) {
 			cfg := defaultCfg()
-			cfg.FallbackToPrimary = fallback
+			cfg.DisableFallback = !fallback
 			fc := newFakeCluster(t, 2, cfg)
 			fc.c.nodes[1].up.Store(false)
 			fc.c.nodes[2].up.Store(false)
@@ -693,7 +693,7 @@ func TestSessionWriteThroughQueryCountsWhenTheCheckoutEnds(t *testing.T) {
 
 func TestSessionBehindReplicasIsNotAFallback(t *testing.T) {
 	cfg := defaultCfg()
-	cfg.FallbackToPrimary = false
+	cfg.DisableFallback = true
 	fc := newFakeCluster(t, 1, cfg)
 	sess := WithSession(context.Background())
 	fc.mocks[0].ExpectExec(q("UPDATE t SET x = 1")).WillReturnResult(sqlmock.NewResult(0, 1))

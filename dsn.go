@@ -3,7 +3,6 @@ package pgreplica
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net/url"
 	"regexp"
@@ -12,62 +11,9 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// Defaults for the DSN keys pgreplica reads. Replica pools are larger than
-// the primary's because a read-heavy service sends most statements there.
-const (
-	DefaultPrimaryMaxConns = 10
-	DefaultReplicaMaxConns = 20
-	DefaultMonitorInterval = time.Second
-	DefaultMaxReplicaLag   = time.Second
-)
-
-// Config describes a primary, its replicas and how pgreplica routes between
-// them. ParseConfig fills every field from a DSN; code that builds a Config
-// itself should start from ParseConfig's result, because the zero value of
-// FallbackToPrimary is false and a zero MaxReplicaLag means no lag limit.
-type Config struct {
-	// Primary is the pool configuration of the node listed first.
-	Primary *pgxpool.Config
-	// Replicas are the pool configurations of the other nodes, in DSN order.
-	Replicas []*pgxpool.Config
-	// Policy chooses among usable replicas; nil means Random().
-	Policy Policy
-	// MonitorInterval is how often every node is probed; zero means
-	// DefaultMonitorInterval.
-	MonitorInterval time.Duration
-	// MaxReplicaLag is how far behind the primary a replica may be and still
-	// serve reads; zero disables the limit.
-	MaxReplicaLag time.Duration
-	// FallbackToPrimary sends reads to the primary when no replica is usable;
-	// when false such reads fail with ErrNoReplica.
-	FallbackToPrimary bool
-	// FallbackMaxShare bounds the share of plain reads finding no usable
-	// replica that FallbackToPrimary may send to the primary, so that
-	// replicas all lagging or down do not move their whole load onto it at
-	// once; see fallback.go for where the rest go. 0 or 1 means no bound.
-	FallbackMaxShare float64
-	// Logger receives state changes (a node goes down or comes back, starts
-	// or stops lagging, a promotion is followed, no node is writable, two
-	// are); nil logs through slog.Default(), as it is when each record is
-	// written. slog.New(slog.DiscardHandler) silences it.
-	Logger *slog.Logger
-	// HedgeAfter is how long a plain read waits for its replica's first
-	// response before pgreplica sends it to a second node as well (see the
-	// README's "Tail latency"): HedgeAuto follows each node's recent
-	// latency, a positive duration is fixed, and zero turns hedging off.
-	HedgeAfter time.Duration
-	// Tracer, when set, becomes the pgx QueryTracer of every node whose
-	// ConnConfig has none (otelpgx and other pgx tracers plug in here). It
-	// sees each statement with the *pgx.Conn of the node that runs it, and
-	// RouteReason reads pgreplica's reason from its context. The monitor's
-	// probes are not traced.
-	Tracer pgx.QueryTracer
-}
 
 // ownKeys are the DSN keys pgreplica consumes. pgx would turn any of them
 // into a server runtime parameter, which the server refuses.
@@ -75,6 +21,7 @@ var ownKeys = map[string]bool{
 	"replica_policy":      true,
 	"replica_weights":     true,
 	"latency_window":      true,
+	"pool_max_conns":      true, // pgxpool's, but pgreplica sizes the pools
 	"primary_max_conns":   true,
 	"replica_max_conns":   true,
 	"monitor_interval":    true,
@@ -124,13 +71,9 @@ func ParseConfig(dsn string) (*Config, error) {
 		return nil, err
 	}
 
-	cfg := &Config{
-		MonitorInterval:   DefaultMonitorInterval,
-		MaxReplicaLag:     DefaultMaxReplicaLag,
-		FallbackToPrimary: true,
-		HedgeAfter:        HedgeAuto,
-	}
-	primaryMax, replicaMax := int32(DefaultPrimaryMaxConns), int32(DefaultReplicaMaxConns)
+	// A key left out leaves its field zero, which means its default: the
+	// result is what the same settings written as a Config literal give.
+	cfg := &Config{}
 	policyName, weightsText, windowText := "", "", ""
 	for _, kv := range d.own {
 		key, val := kv[0], kv[1]
@@ -141,15 +84,18 @@ func ParseConfig(dsn string) (*Config, error) {
 			weightsText = val
 		case "latency_window":
 			windowText = val
-		case "primary_max_conns", "replica_max_conns":
+		case "pool_max_conns", "primary_max_conns", "replica_max_conns":
 			n, err := strconv.ParseInt(val, 10, 32)
 			if err != nil || n < 1 {
 				return nil, dsnError("%s must be a whole number of at least 1", key)
 			}
-			if key == "primary_max_conns" {
-				primaryMax = int32(n)
-			} else {
-				replicaMax = int32(n)
+			switch key {
+			case "pool_max_conns":
+				cfg.MaxConns = int32(n)
+			case "primary_max_conns":
+				cfg.PrimaryMaxConns = int32(n)
+			default:
+				cfg.ReplicaMaxConns = int32(n)
 			}
 		case "monitor_interval":
 			dur, err := time.ParseDuration(val)
@@ -159,7 +105,7 @@ func ParseConfig(dsn string) (*Config, error) {
 			cfg.MonitorInterval = dur
 		case "max_replica_lag":
 			if val == "off" {
-				cfg.MaxReplicaLag = 0
+				cfg.MaxReplicaLag = MaxReplicaLagOff
 				break
 			}
 			dur, err := time.ParseDuration(val)
@@ -172,7 +118,7 @@ func ParseConfig(dsn string) (*Config, error) {
 			case "auto":
 				cfg.HedgeAfter = HedgeAuto
 			case "off":
-				cfg.HedgeAfter = 0
+				cfg.HedgeAfter = HedgeOff
 			default:
 				dur, err := time.ParseDuration(val)
 				if err != nil || dur <= 0 {
@@ -185,7 +131,7 @@ func ParseConfig(dsn string) (*Config, error) {
 			if err != nil {
 				return nil, dsnError("fallback_to_primary must be true or false")
 			}
-			cfg.FallbackToPrimary = b
+			cfg.DisableFallback = !b
 		case "fallback_max_share":
 			f, err := strconv.ParseFloat(val, 64)
 			if err != nil || !(f > 0 && f <= 1) {
@@ -201,10 +147,8 @@ func ParseConfig(dsn string) (*Config, error) {
 			return nil, dsnError("%s: %s", nodeLabel(i), pgxParseMessage(err, d.password))
 		}
 		if i == 0 {
-			pc.MaxConns = primaryMax
 			cfg.Primary = pc
 		} else {
-			pc.MaxConns = replicaMax
 			cfg.Replicas = append(cfg.Replicas, pc)
 		}
 	}
@@ -212,6 +156,11 @@ func ParseConfig(dsn string) (*Config, error) {
 	cfg.Policy, err = policyFromDSN(policyName, weightsText, windowText, len(cfg.Replicas))
 	if err != nil {
 		return nil, err
+	}
+	// What only the whole Config can tell (pool_min_conns above a pool's
+	// size): NewConnector would refuse it.
+	if _, err := cfg.resolve(); err != nil {
+		return nil, dsnError("%v", err)
 	}
 	return cfg, nil
 }
@@ -294,7 +243,9 @@ func policyFromDSN(name, weightsText, windowText string, replicas int) (Policy, 
 		window = dur
 	}
 	switch name {
-	case "", "random":
+	case "":
+		return nil, nil // Config's default, Random()
+	case "random":
 		return Random(), nil
 	case "round_robin":
 		return RoundRobin(), nil

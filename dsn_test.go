@@ -3,6 +3,7 @@ package pgreplica
 import (
 	"errors"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,13 +35,13 @@ func TestParseConfigURL(t *testing.T) {
 			}
 		}
 	}
-	if cfg.Primary.MaxConns != 7 || cfg.Replicas[0].MaxConns != 30 {
-		t.Fatalf("max conns = %d/%d", cfg.Primary.MaxConns, cfg.Replicas[0].MaxConns)
+	if cfg.PrimaryMaxConns != 7 || cfg.ReplicaMaxConns != 30 {
+		t.Fatalf("max conns = %d/%d", cfg.PrimaryMaxConns, cfg.ReplicaMaxConns)
 	}
 	if _, ok := cfg.Policy.(*roundRobinPolicy); !ok {
 		t.Fatalf("policy = %T", cfg.Policy)
 	}
-	if cfg.MonitorInterval != 250*time.Millisecond || cfg.MaxReplicaLag != 2*time.Second || cfg.FallbackToPrimary {
+	if cfg.MonitorInterval != 250*time.Millisecond || cfg.MaxReplicaLag != 2*time.Second || !cfg.DisableFallback {
 		t.Fatalf("cfg = %+v", cfg)
 	}
 }
@@ -50,19 +51,26 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Primary.MaxConns != DefaultPrimaryMaxConns || cfg.Replicas[0].MaxConns != DefaultReplicaMaxConns ||
-		cfg.MonitorInterval != DefaultMonitorInterval || cfg.MaxReplicaLag != DefaultMaxReplicaLag || !cfg.FallbackToPrimary {
-		t.Fatalf("defaults not applied: %+v", cfg)
+	// Keys left out leave their fields zero, which NewConnector reads as
+	// the defaults.
+	if cfg.MaxConns != 0 || cfg.PrimaryMaxConns != 0 || cfg.ReplicaMaxConns != 0 || cfg.Policy != nil ||
+		cfg.MonitorInterval != 0 || cfg.MaxReplicaLag != 0 || cfg.DisableFallback || cfg.HedgeAfter != HedgeAuto {
+		t.Fatalf("a key left out set its field: %+v", cfg)
 	}
-	if _, ok := cfg.Policy.(randomPolicy); !ok {
-		t.Fatalf("default policy = %T", cfg.Policy)
+	r, err := cfg.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Primary.MaxConns != DefaultPrimaryMaxConns || r.Replicas[0].MaxConns != DefaultReplicaMaxConns ||
+		r.MonitorInterval != DefaultMonitorInterval || r.MaxReplicaLag != DefaultMaxReplicaLag || r.DisableFallback || r.HedgeAfter != HedgeAuto {
+		t.Fatalf("defaults not applied: %+v", r)
 	}
 	one, err := ParseConfig("postgres://app@db1/shop")
 	if err != nil || len(one.Replicas) != 0 {
 		t.Fatalf("single host: %v, %d replicas", err, len(one.Replicas))
 	}
 	off, err := ParseConfig("postgres://app@db1,db2/shop?max_replica_lag=off")
-	if err != nil || off.MaxReplicaLag != 0 {
+	if err != nil || off.MaxReplicaLag != MaxReplicaLagOff {
 		t.Fatalf("max_replica_lag=off: %v %v", err, off)
 	}
 }
@@ -74,7 +82,7 @@ func TestParseConfigHedgeAfter(t *testing.T) {
 	}{
 		{"postgres://u@a,b/d", HedgeAuto},
 		{"postgres://u@a,b/d?hedge_after=auto", HedgeAuto},
-		{"postgres://u@a,b/d?hedge_after=off", 0},
+		{"postgres://u@a,b/d?hedge_after=off", HedgeOff},
 		{"postgres://u@a,b/d?hedge_after=7ms", 7 * time.Millisecond},
 		{"host=a,b dbname=d hedge_after=250us", 250 * time.Microsecond},
 	} {
@@ -291,6 +299,227 @@ func TestHostilePasswordsReachPgxIntact(t *testing.T) {
 		}
 		if cfg.Replicas[0].ConnConfig.Password != pw || cfg.Primary.ConnConfig.Password != pw {
 			t.Fatalf("keyword password changed")
+		}
+	}
+}
+
+// pool_max_conns sizes every node's pool (pgx would size one pool with
+// it, and pgreplica used to replace it silently); primary_max_conns and
+// replica_max_conns override it per role. pgx's other pool_* keys reach
+// every node's pool as they are.
+func TestParseConfigPoolKeys(t *testing.T) {
+	for _, c := range []struct {
+		dsn              string
+		primary, replica int32
+	}{
+		{"postgres://u@a,b,c/d", DefaultPrimaryMaxConns, DefaultReplicaMaxConns},
+		{"postgres://u@a,b,c/d?pool_max_conns=5", 5, 5},
+		{"postgres://u@a,b,c/d?pool_max_conns=5&replica_max_conns=40", 5, 40},
+		{"postgres://u@a,b,c/d?primary_max_conns=3&pool_max_conns=5", 3, 5},
+		{"host=a,b,c dbname=d pool_max_conns=4 primary_max_conns=2", 2, 4},
+	} {
+		cfg, err := ParseConfig(c.dsn)
+		if err != nil {
+			t.Fatalf("%s: %v", c.dsn, err)
+		}
+		r, err := cfg.resolve()
+		if err != nil {
+			t.Fatalf("%s: %v", c.dsn, err)
+		}
+		if r.Primary.MaxConns != c.primary {
+			t.Errorf("%s: primary pool %d, want %d", c.dsn, r.Primary.MaxConns, c.primary)
+		}
+		for i, pc := range r.Replicas {
+			if pc.MaxConns != c.replica {
+				t.Errorf("%s: replica %d pool %d, want %d", c.dsn, i+1, pc.MaxConns, c.replica)
+			}
+		}
+	}
+
+	cfg, err := ParseConfig("postgres://u@a,b/d?pool_min_conns=2&pool_max_conn_lifetime=30m&pool_max_conn_idle_time=5m&pool_health_check_period=5s&pool_max_conn_lifetime_jitter=1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pc := range append(cfg.Replicas, cfg.Primary) {
+		if pc.MinConns != 2 || pc.MaxConnLifetime != 30*time.Minute || pc.MaxConnIdleTime != 5*time.Minute ||
+			pc.HealthCheckPeriod != 5*time.Second || pc.MaxConnLifetimeJitter != time.Minute {
+			t.Errorf("node %s: pool_* keys not applied: %+v", pc.ConnConfig.Host, pc)
+		}
+	}
+
+	for _, c := range []struct{ dsn, key string }{
+		{"postgres://u@a,b/d?pool_max_conns=0", "pool_max_conns"},
+		{"postgres://u@a,b/d?pool_max_conns=many", "pool_max_conns"},
+		// More connections kept open than the pool may hold.
+		{"postgres://u@a,b/d?pool_min_conns=15", "pool_min_conns"},
+		{"postgres://u@a,b/d?pool_min_conns=6&pool_max_conns=5&primary_max_conns=8", "pool_min_conns"},
+		{"host=a,b dbname=d pool_min_idle_conns=3 replica_max_conns=2", "pool_min_idle_conns"},
+	} {
+		_, err := ParseConfig(c.dsn)
+		if !errors.Is(err, ErrInvalidDSN) || !strings.Contains(err.Error(), c.key) {
+			t.Errorf("%s: err = %v, want ErrInvalidDSN naming %s", c.dsn, err, c.key)
+		}
+	}
+}
+
+// parseNodes parses one pgxpool configuration per URL, as code that
+// builds a Config by hand would.
+func parseNodes(t *testing.T, urls ...string) (*pgxpool.Config, []*pgxpool.Config) {
+	t.Helper()
+	var pcs []*pgxpool.Config
+	for _, u := range urls {
+		pc, err := pgxpool.ParseConfig(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pcs = append(pcs, pc)
+	}
+	return pcs[0], pcs[1:]
+}
+
+// ParseConfig(dsn) returns what the same settings written as a Config
+// literal are, field for field, and NewConnector makes the same pools of
+// both.
+func TestParseConfigMatchesConfigLiteral(t *testing.T) {
+	for _, c := range []struct {
+		params string
+		lit    Config
+	}{
+		{"", Config{}},
+		{"fallback_to_primary=true&max_replica_lag=1s&hedge_after=auto&monitor_interval=1s", Config{MaxReplicaLag: time.Second, MonitorInterval: time.Second}},
+		{"fallback_to_primary=false&max_replica_lag=off&hedge_after=off", Config{DisableFallback: true, MaxReplicaLag: MaxReplicaLagOff, HedgeAfter: HedgeOff}},
+		{"pool_max_conns=5&replica_max_conns=40&monitor_interval=250ms&max_replica_lag=2s&hedge_after=5ms&replica_policy=round_robin",
+			Config{MaxConns: 5, ReplicaMaxConns: 40, MonitorInterval: 250 * time.Millisecond, MaxReplicaLag: 2 * time.Second, HedgeAfter: 5 * time.Millisecond, Policy: RoundRobin()}},
+		{"primary_max_conns=3&replica_policy=weighted&replica_weights=3,1", Config{PrimaryMaxConns: 3, Policy: Weighted(3, 1)}},
+	} {
+		dsn := "postgres://app@db1:5432,db2:5432,db3:5432/shop?sslmode=disable"
+		if c.params != "" {
+			dsn += "&" + c.params
+		}
+		parsed, err := ParseConfig(dsn)
+		if err != nil {
+			t.Fatalf("%s: %v", dsn, err)
+		}
+		lit := c.lit
+		lit.Primary, lit.Replicas = parseNodes(t, "postgres://app@db1:5432/shop?sslmode=disable",
+			"postgres://app@db2:5432/shop?sslmode=disable", "postgres://app@db3:5432/shop?sslmode=disable")
+
+		// Field for field, but for the pgxpool configurations (they hold
+		// functions, which never compare equal): compared below.
+		p, l := *parsed, lit
+		p.Primary, p.Replicas, l.Primary, l.Replicas = nil, nil, nil, nil
+		if !reflect.DeepEqual(p, l) {
+			t.Errorf("%s:\nParseConfig %+v\nliteral     %+v", c.params, p, l)
+		}
+		rp, err := parsed.resolve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rl, err := lit.resolve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pools(rp) != pools(rl) {
+			t.Errorf("%s: pools from ParseConfig %s, from the literal %s", c.params, pools(rp), pools(rl))
+		}
+		rp.Primary, rp.Replicas, rl.Primary, rl.Replicas = nil, nil, nil, nil
+		if !reflect.DeepEqual(rp, rl) {
+			t.Errorf("%s: resolved\nParseConfig %+v\nliteral     %+v", c.params, rp, rl)
+		}
+	}
+}
+
+// pools describes a resolved Config's pools: each node's address, database,
+// user and size.
+func pools(cfg Config) string {
+	var b strings.Builder
+	for _, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
+		cc := pc.ConnConfig
+		b.WriteString(addrOf(pc) + "/" + cc.Database + " " + cc.User + " max " + strconv.Itoa(int(pc.MaxConns)) + " min " + strconv.Itoa(int(pc.MinConns)) + "; ")
+	}
+	return b.String()
+}
+
+// A Config written in code gets the DSN's defaults for every field left
+// zero; the off states that are not defaults have names of their own.
+func TestConfigZeroFieldsMeanDefaults(t *testing.T) {
+	var lit Config
+	lit.Primary, lit.Replicas = parseNodes(t, "postgres://app@127.0.0.1:1/shop", "postgres://app@127.0.0.1:2/shop")
+	c, err := NewConnector(lit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.cfg.MonitorInterval != DefaultMonitorInterval || c.cfg.MaxReplicaLag != DefaultMaxReplicaLag || c.cfg.DisableFallback || c.cfg.HedgeAfter != HedgeAuto {
+		t.Errorf("defaults not applied: %+v", c.cfg)
+	}
+	if _, ok := c.policy.(randomPolicy); !ok {
+		t.Errorf("policy %T, want Random()", c.policy)
+	}
+	st := c.Status()
+	if st.Nodes[0].Pool.Max != DefaultPrimaryMaxConns || st.Nodes[1].Pool.Max != DefaultReplicaMaxConns {
+		t.Errorf("pools %d and %d, want %d and %d", st.Nodes[0].Pool.Max, st.Nodes[1].Pool.Max, DefaultPrimaryMaxConns, DefaultReplicaMaxConns)
+	}
+	if st.Nodes[1].HedgeDelay <= 0 {
+		t.Errorf("replica hedge delay %v: hedging is off, want auto", st.Nodes[1].HedgeDelay)
+	}
+	if lit.Primary.MaxConns == DefaultPrimaryMaxConns {
+		t.Fatal("test needs pgxpool's own default to differ from pgreplica's")
+	}
+
+	off := lit
+	off.DisableFallback, off.MaxReplicaLag, off.HedgeAfter = true, MaxReplicaLagOff, HedgeOff
+	c2, err := NewConnector(off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if !c2.cfg.DisableFallback || c2.cfg.MaxReplicaLag > 0 || c2.Status().Nodes[1].HedgeDelay != 0 {
+		t.Errorf("off states not applied: %+v", c2.cfg)
+	}
+}
+
+// A node's own MaxConns counts when it was chosen for that node, in code or
+// by pool_max_conns in its own connection string.
+func TestConfigNodeMaxConns(t *testing.T) {
+	lit := Config{ReplicaMaxConns: 40}
+	lit.Primary, lit.Replicas = parseNodes(t, "postgres://app@db1/shop", "postgres://app@db2/shop?pool_max_conns=3", "postgres://app@db3/shop")
+	lit.Primary.MaxConns = 7
+	r, err := lit.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pools(r); !strings.Contains(got, "db1:5432/shop app max 7 ") || !strings.Contains(got, "db2:5432/shop app max 3 ") || !strings.Contains(got, "db3:5432/shop app max 40 ") {
+		t.Errorf("pools %s, want 7, 3 and 40", got)
+	}
+	if lit.Replicas[1].MaxConns == 40 {
+		t.Error("resolve changed the caller's pool configuration")
+	}
+}
+
+// NewConnector names what is wrong with a Config, as a Config: it was not
+// a DSN.
+func TestNewConnectorInvalidConfig(t *testing.T) {
+	primary, replicas := parseNodes(t, "postgres://app@db1/shop", "postgres://app@db2/shop")
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "Config.Primary is nil"},
+		{Config{Replicas: replicas}, "Config.Primary is nil"},
+		{Config{Primary: primary, Replicas: []*pgxpool.Config{nil}}, "Config.Replicas[0] is nil"},
+		{Config{Primary: primary, MonitorInterval: time.Millisecond}, "MonitorInterval"},
+		{Config{Primary: primary, MaxConns: -1}, "MaxConns"},
+		{Config{Primary: primary, ReplicaMaxConns: -1}, "ReplicaMaxConns"},
+	} {
+		c2, err := NewConnector(c.cfg)
+		if err == nil {
+			c2.Close()
+			t.Errorf("%+v: no error", c.cfg)
+			continue
+		}
+		if !errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrInvalidDSN) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("err = %v, want ErrInvalidConfig naming %q (and not ErrInvalidDSN)", err, c.want)
 		}
 	}
 }

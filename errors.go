@@ -10,6 +10,11 @@ import (
 // message names the key or the part that is wrong and never the password.
 var ErrInvalidDSN = errors.New("pgreplica: invalid DSN")
 
+// ErrInvalidConfig is returned by NewConnector when the Config has no
+// Primary, or a field holds a value out of range. The message names the
+// field (and the DSN key that sets it).
+var ErrInvalidConfig = errors.New("pgreplica: invalid Config")
+
 // ErrNoReplica is returned by reads when no replica is usable and
 // fallback_to_primary is off.
 var ErrNoReplica = errors.New("pgreplica: no usable replica")

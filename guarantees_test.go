@@ -53,7 +53,7 @@ func TestDecideHedgeScope(t *testing.T) {
 		t.Errorf("a checkout's second read: hedge %d; want never", p.hedge)
 	}
 	c.statements = 0
-	c.c.cfg.HedgeAfter = 0
+	c.c.cfg.HedgeAfter = HedgeOff
 	if p := c.decide(nil, pure); p.hedge != hedgeNever {
 		t.Errorf("hedging off: hedge %d", p.hedge)
 	}

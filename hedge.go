@@ -14,11 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
-// HedgeAuto, as Config.HedgeAfter, hedges a read after a delay that follows
-// the latency of the replica serving it (hedge_after=auto, the DSN's
-// default). Config.HedgeAfter 0 turns hedging off.
-const HedgeAuto time.Duration = -1
-
 // Hedging, in short: a plain read runs on the caller's goroutine, as
 // without hedging (handing every read to another goroutine measured 40%
 // slower on two cores). Before its connection is taken the read is armed
@@ -148,7 +143,7 @@ func (c *Connector) updateHedgeDelays() {
 				d = min(max(hedgeStartDelay, 4*time.Duration(n.rttNanos.Load())), hedgeMaxDelay)
 			}
 		}
-		n.hedgeDelay.Store(int64(d))
+		n.hedgeDelay.Store(int64(max(d, 0))) // HedgeOff: 0, off
 	}
 }
 
@@ -497,7 +492,7 @@ func (h *hedge) pickTarget() *node {
 		}
 		tried |= 1 << n.index
 	}
-	if !c.c.cfg.FallbackToPrimary || !h.primaryOK {
+	if c.c.cfg.DisableFallback || !h.primaryOK {
 		return nil
 	}
 	p, err := c.c.primary()

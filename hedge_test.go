@@ -112,11 +112,11 @@ func TestUpdateHedgeDelays(t *testing.T) {
 	if d := time.Duration(n.hedgeDelay.Load()); d != hedgeMinDelay {
 		t.Fatalf("fast node: delay %v, want the floor %v", d, hedgeMinDelay)
 	}
-	for _, fixed := range []time.Duration{0, 7 * time.Millisecond} {
-		c.cfg.HedgeAfter = fixed
+	for _, c2 := range []struct{ after, want time.Duration }{{HedgeOff, 0}, {7 * time.Millisecond, 7 * time.Millisecond}} {
+		c.cfg.HedgeAfter = c2.after
 		c.updateHedgeDelays()
-		if d := time.Duration(n.hedgeDelay.Load()); d != fixed {
-			t.Fatalf("hedge_after %v: delay %v", fixed, d)
+		if d := time.Duration(n.hedgeDelay.Load()); d != c2.want {
+			t.Fatalf("hedge_after %v: delay %v, want %v", c2.after, d, c2.want)
 		}
 	}
 }

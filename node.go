@@ -123,17 +123,19 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 	cfg.ConnConfig.AfterConnect = n.afterConnect(cfg.ConnConfig.AfterConnect)
 	n.probeConfig = cfg.ConnConfig.Copy()
 	n.probeConfig.Tracer = nil // probes are not the application's statements
+	// Until the first probe answers, trust the DSN: listed nodes are up and
+	// every node but the first is a standby. Set before the pool exists:
+	// it dials pool_min_conns connections at once, and a replica not yet
+	// up would refuse them until pgxpool's next health check.
+	n.epoch.Store(newUpEpoch())
+	n.up.Store(true)
+	n.standby.Store(index != 0)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
 	n.pool, n.wrapper = pool, stdlib.GetPoolConnector(pool)
 	n.slots = make(chan struct{}, pool.Config().MaxConns) // pgxpool's default when cfg left it 0
-	// Until the first probe answers, trust the DSN: listed nodes are up and
-	// every node but the first is a standby.
-	n.epoch.Store(newUpEpoch())
-	n.up.Store(true)
-	n.standby.Store(index != 0)
 	return n, nil
 }
 

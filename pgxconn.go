@@ -112,7 +112,7 @@ func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 	if minLSN != 0 && c.c.anyUsableReplica(maxLag, tried) {
 		return c.rawPrimary(ctx, o, ReasonSession)
 	}
-	if !c.c.cfg.FallbackToPrimary && !c.c.primaryOnly() {
+	if c.c.cfg.DisableFallback && !c.c.primaryOnly() {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w (last replica error: %v)", ErrNoReplica, lastErr)
 		}

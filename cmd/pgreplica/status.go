@@ -82,7 +82,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		// A short-lived observer: probe often so that the first figures
 		// come quickly, whatever monitor_interval the DSN asks of the
 		// application.
-		cfg.MonitorInterval = min(cfg.MonitorInterval, 200*time.Millisecond)
+		if cfg.MonitorInterval == 0 || cfg.MonitorInterval > 200*time.Millisecond {
+			cfg.MonitorInterval = 200 * time.Millisecond
+		}
 		// What it finds is the report, not log lines on stderr.
 		cfg.Logger = slog.New(slog.DiscardHandler)
 		c, err := pgreplica.NewConnector(*cfg)
@@ -188,10 +190,14 @@ func waitProbed(ctx context.Context, c *pgreplica.Connector, cfg *pgreplica.Conf
 			return
 		}
 	}
-	if cfg.MaxReplicaLag <= 0 {
+	maxLag := cfg.MaxReplicaLag
+	if maxLag == 0 {
+		maxLag = pgreplica.DefaultMaxReplicaLag
+	}
+	if maxLag < 0 {
 		return
 	}
-	settled := probedAt.Add(cfg.MaxReplicaLag + 2*cfg.MonitorInterval)
+	settled := probedAt.Add(maxLag + 2*cfg.MonitorInterval)
 	for time.Now().Before(settled) {
 		behind := false
 		for _, n := range c.Status().Nodes {

@@ -1,6 +1,6 @@
 module github.com/pgreplica/pgreplica/integration/frameworks
 
-go 1.26.8
+go 1.26.0
 
 replace github.com/pgreplica/pgreplica => ../..
 

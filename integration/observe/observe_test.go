@@ -30,7 +30,7 @@ import (
 	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/sandbox"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
-	pgprom "github.com/pgreplica/pgreplica/prometheus"
+	"github.com/pgreplica/pgreplica/pgreplicaprom"
 )
 
 // password is the application role's password: distinctive, and with the
@@ -76,7 +76,7 @@ func open(t *testing.T) *observed {
 		o.db.Close()
 		noSecret(t, "the logs", o.logs.String())
 	})
-	o.reg.MustRegister(pgprom.NewCollector(o.c))
+	o.reg.MustRegister(pgreplicaprom.NewCollector(o.c))
 	return o
 }
 

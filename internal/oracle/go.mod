@@ -1,6 +1,6 @@
 module github.com/pgreplica/pgreplica/internal/oracle
 
-go 1.26.8
+go 1.25.0
 
 require (
 	github.com/pganalyze/pg_query_go/v6 v6.2.5

@@ -1,4 +1,4 @@
-// Package prometheus exports the status of a pgreplica Connector as
+// Package pgreplicaprom exports the status of a pgreplica Connector as
 // Prometheus metrics. It lives in its own package so that the driver does
 // not depend on client_golang.
 //
@@ -38,7 +38,7 @@
 // Reroute reasons are down, lag, read_only_error, retry, standby_error and
 // full (see pgreplica.NodeStatus.Reroutes). Nothing exported holds
 // credentials.
-package prometheus
+package pgreplicaprom
 
 import (
 	"slices"

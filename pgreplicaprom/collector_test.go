@@ -1,4 +1,4 @@
-package prometheus_test
+package pgreplicaprom_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/sandbox"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
-	pgprom "github.com/pgreplica/pgreplica/prometheus"
+	"github.com/pgreplica/pgreplica/pgreplicaprom"
 )
 
 // password is the cluster's application password; no metric may show it.
@@ -101,7 +101,7 @@ func TestCollectorPassesLint(t *testing.T) {
 	db := testcluster.Open(t, "monitor_interval=100ms")
 	c := connector(t, db)
 	waitAllHealthy(t, c)
-	problems, err := testutil.CollectAndLint(pgprom.NewCollector(c))
+	problems, err := testutil.CollectAndLint(pgreplicaprom.NewCollector(c))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestCollectorPassesLint(t *testing.T) {
 	}
 	// A pedantic registry checks the descriptors against what is collected.
 	reg := prom.NewPedanticRegistry()
-	reg.MustRegister(pgprom.NewCollector(c, pgprom.WithConstLabels(prom.Labels{"cluster": "test"})))
+	reg.MustRegister(pgreplicaprom.NewCollector(c, pgreplicaprom.WithConstLabels(prom.Labels{"cluster": "test"})))
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestCollectorAfterKnownTrafficAndAStoppedReplica(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
 	db := testcluster.Open(t, "monitor_interval=100ms", "max_replica_lag=5s")
 	c := connector(t, db)
-	col := pgprom.NewCollector(c)
+	col := pgreplicaprom.NewCollector(c)
 	reg := prom.NewPedanticRegistry()
 	reg.MustRegister(col)
 	waitAllHealthy(t, c)
