@@ -5,7 +5,12 @@
 //	pgreplica sandbox           a local primary + streaming replicas until Ctrl-C
 //	pgreplica demo              a workload through the driver while a replica lags and stops
 //
-// Every subcommand takes --help. Install with
+// Every subcommand takes --help. Install from a clone of the repository
+// with
+//
+//	go install ./cmd/pgreplica
+//
+// or, once the module is published, from anywhere with
 //
 //	go install github.com/pgreplica/pgreplica/cmd/pgreplica@latest
 package main

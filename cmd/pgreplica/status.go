@@ -48,7 +48,7 @@ fallen back to it), 1 when the primary is unreachable (down), when there is
 no primary (no_primary) or SOURCE cannot be read, 2 for a usage error.`
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("status", "[--json] [--watch [--interval D]] [SOURCE]", statusAbout)
+	fs := newFlagSet("status", "[--json] [--watch [--interval D]] [--wait D] [SOURCE]", statusAbout)
 	asJSON := fs.Bool("json", false, "print the HealthReport as JSON (one document per line with --watch)")
 	watch := fs.Bool("watch", false, "print again every --interval until interrupted (Ctrl-C)")
 	interval := fs.Duration("interval", 2*time.Second, "refresh interval for --watch")
