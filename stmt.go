@@ -62,7 +62,7 @@ func (c *conn) describe(ctx context.Context, query string) error {
 		return describeOn(ctx, l, query)
 	}
 	o := optionsFrom(ctx)
-	onReplica := c.readsFromReplica(o, classifyCached(query))
+	onReplica := c.decide(o, classifyCached(query)).replica
 	var replicaErr error
 	if onReplica {
 		var done bool
@@ -84,16 +84,6 @@ func (c *conn) describe(ctx context.Context, query string) error {
 		return rerr
 	}
 	return err
-}
-
-// readsFromReplica says whether QueryContext would send a text classified
-// cl to a replica in this checkout.
-func (c *conn) readsFromReplica(o *routeOptions, cl classification) bool {
-	switch {
-	case cl.hint == hintPrimary, o != nil && o.primary, c.pinned, cl.sessionState:
-		return false
-	}
-	return cl.hint == hintReplica || cl.readOnly
 }
 
 // describeOnReplica describes query on a replica its read could use. done
