@@ -89,9 +89,14 @@ func TestHedgeStalledReplica(t *testing.T) {
 	}
 	time.Sleep(150 * time.Millisecond) // past any slow mark a warm-up hedge left
 	rtt := medianRead(t, direct)
+	// The policy sends reads to replica 1. With a 10 ms hedge delay a busy
+	// machine may let the hedge answer one of them first, so the check is
+	// that replica 1 serves reads at all, not that it wins every race.
 	var port int
-	if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil || port != victim.Port {
-		t.Fatalf("a read before the stall: port %d, err %v; want replica 1 (%d)", port, err, victim.Port)
+	for try := 0; port != victim.Port; try++ {
+		if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil || try == 50 {
+			t.Fatalf("a read before the stall: port %d, err %v after %d reads; want replica 1 (%d)", port, err, try+1, victim.Port)
+		}
 	}
 
 	// 8 readers at once while replica 1 is stopped for 1 s: a timer thaws
