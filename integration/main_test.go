@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/sandbox"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
@@ -90,4 +91,11 @@ func pgCode(err error) string {
 		return pe.Code
 	}
 	return ""
+}
+
+// replicaRead says whether a read was routed as a plain replica read: by
+// the policy, or by a hedge that another replica answered first (hedging is
+// on by default, and a busy machine makes a replica slow enough for one).
+func replicaRead(r pgreplica.Reason) bool {
+	return r == pgreplica.ReasonRead || r == pgreplica.ReasonHedge
 }

@@ -51,7 +51,7 @@ func TestPlainReadsSpreadOverBothReplicasNeverPrimary(t *testing.T) {
 		if !isReplicaPort(port) {
 			t.Fatalf("read %d was served by %s", i, testcluster.Role(port))
 		}
-		if route.Reason() != pgreplica.ReasonRead || !testcluster.IsReplicaAddr(route.Node()) {
+		if !replicaRead(route.Reason()) || !testcluster.IsReplicaAddr(route.Node()) {
 			t.Fatalf("read %d: route %s %s, want a replica for reason read", i, route.Node(), route.Reason())
 		}
 		byRole[testcluster.Role(port)]++

@@ -51,7 +51,7 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 	if got != ursula {
 		t.Fatalf("GetAuthor = %+v, want %+v", got, ursula)
 	}
-	if !testcluster.IsReplicaAddr(route.Node()) || route.Reason() != pgreplica.ReasonRead {
+	if !testcluster.IsReplicaAddr(route.Node()) || !replicaRead(route.Reason()) {
 		t.Fatalf("GetAuthor routed to %s for %s, want a replica for read", route.Node(), route.Reason())
 	}
 

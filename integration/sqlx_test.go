@@ -80,7 +80,7 @@ func TestSqlx(t *testing.T) {
 	if one.Name != "Octavia" || !isReplicaPort(one.Port) {
 		t.Fatalf("Get = %+v from %s, want Octavia from a replica", one, testcluster.Role(one.Port))
 	}
-	if route.Reason() != pgreplica.ReasonRead {
+	if !replicaRead(route.Reason()) {
 		t.Fatalf("Get routed for reason %s", route.Reason())
 	}
 
