@@ -60,7 +60,29 @@ type Config struct {
 	// RouteReason reads pgreplica's reason from its context. The monitor's
 	// probes are not traced.
 	Tracer pgx.QueryTracer
+	// ReadYourWrites, when ReadYourWritesConnector, makes every read see
+	// every write this Connector acknowledged before the read began, with
+	// no context: one session shared by every statement (see the DSN key
+	// read_your_writes). The zero value, ReadYourWritesOff, leaves it to
+	// WithSession and Middleware.
+	ReadYourWrites ReadYourWrites
 }
+
+// ReadYourWrites is the scope in which reads see earlier writes without
+// WithSession; see Config.ReadYourWrites.
+type ReadYourWrites uint8
+
+const (
+	// ReadYourWritesOff: plain reads may be as stale as max_replica_lag;
+	// WithSession, Middleware and a sql.Conn that wrote read their own
+	// writes. The default (read_your_writes=off).
+	ReadYourWritesOff ReadYourWrites = iota
+	// ReadYourWritesConnector: every read sees every write the Connector
+	// (the *sql.DB) acknowledged before the read began: from the primary
+	// until a probe of the primary gives the write's position, then from
+	// any replica that has replayed it (read_your_writes=connector).
+	ReadYourWritesConnector
+)
 
 // ownKeys are the DSN keys pgreplica consumes. pgx would turn any of them
 // into a server runtime parameter, which the server refuses.
@@ -74,11 +96,12 @@ var ownKeys = map[string]bool{
 	"max_replica_lag":     true,
 	"fallback_to_primary": true,
 	"hedge_after":         true,
+	"read_your_writes":    true,
 }
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
 // loudly instead of reaching the server. No libpq key starts with these.
-var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_"}
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_", "read_your_"}
 
 func isOwnLooking(key string) bool {
 	for _, p := range ownPrefixes {
@@ -171,6 +194,15 @@ func ParseConfig(dsn string) (*Config, error) {
 					return nil, dsnError("hedge_after must be auto, off or a positive duration, such as 5ms")
 				}
 				cfg.HedgeAfter = dur
+			}
+		case "read_your_writes":
+			switch val {
+			case "off":
+				cfg.ReadYourWrites = ReadYourWritesOff
+			case "connector":
+				cfg.ReadYourWrites = ReadYourWritesConnector
+			default:
+				return nil, dsnError("read_your_writes must be off or connector")
 			}
 		case "fallback_to_primary":
 			b, err := strconv.ParseBool(val)

@@ -73,14 +73,17 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o != nil && o.session != nil {
-		// Whatever is written through it is acknowledged by the time the
-		// checkout ends: the session learns of it then, as with a write
-		// through QueryContext.
-		c.closeOpenWrite()
-		o.session.open.Add(1)
-		c.openWrite = o.session
+	// Whatever is written through it (DDL included: pgreplica cannot see)
+	// is acknowledged by the time the checkout ends: the sessions learn of
+	// it then, as with a write through QueryContext.
+	c.closeOpenWrite()
+	w := c.writeSessions(o, true)
+	for _, s := range w {
+		if s != nil {
+			s.open.Add(1)
+		}
 	}
+	c.openWrite = w
 	return pc, nil
 }
 
@@ -96,7 +99,7 @@ func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 	case c.pinned:
 		return c.rawPrimary(ctx, o, ReasonPinned)
 	}
-	maxLag, minLSN, needPrimary := c.replicaBounds(o)
+	maxLag, minLSN, needPrimary := c.replicaBounds(o, txBounds)
 	if needPrimary {
 		return c.rawPrimary(ctx, o, ReasonSession)
 	}
