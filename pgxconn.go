@@ -59,6 +59,7 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 		if l != &c.primary {
 			return nil, ErrRawReplicaTx
 		}
+		c.tx.ddl = true // it may run DDL: pgreplica cannot see
 		return c.rawConn(o, l, ReasonTransaction, true)
 	}
 	reason := ReasonWrite

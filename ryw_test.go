@@ -2,8 +2,10 @@ package pgreplica
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
@@ -252,5 +254,27 @@ func TestMiddlewareSessionHeader(t *testing.T) {
 	fc.mocks[1].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
 	if do(http.MethodGet, "1.ffffffffffff"); reason != ReasonRead {
 		t.Fatalf("header off: reason %s, want read", reason)
+	}
+}
+
+func TestParseReadYourWrites(t *testing.T) {
+	for val, want := range map[string]ReadYourWrites{"": ReadYourWritesOff, "off": ReadYourWritesOff, "connector": ReadYourWritesConnector} {
+		dsn := "postgres://u:secretpw@p:5432,r:5432/db"
+		if val != "" {
+			dsn += "?read_your_writes=" + val
+		}
+		cfg, err := ParseConfig(dsn)
+		if err != nil || cfg.ReadYourWrites != want {
+			t.Fatalf("read_your_writes=%q: %v, %v; want %v", val, cfg, err, want)
+		}
+		if _, ok := cfg.Primary.ConnConfig.RuntimeParams["read_your_writes"]; ok {
+			t.Fatal("read_your_writes reached pgx as a runtime parameter")
+		}
+	}
+	for _, dsn := range []string{"postgres://u:secretpw@p/db?read_your_writes=secretpw", "postgres://u:secretpw@p/db?read_your_write=on"} {
+		_, err := ParseConfig(dsn)
+		if !errors.Is(err, ErrInvalidDSN) || strings.Contains(err.Error(), "secretpw") {
+			t.Fatalf("%s: %v", dsn, err)
+		}
 	}
 }
