@@ -534,10 +534,12 @@ func (c *conn) replicaBounds(o *routeOptions, cl classification) (maxLag time.Du
 	return maxLag, minLSN, needPrimary
 }
 
-// txBounds is the classification a read-only transaction is bounded as:
-// what it will read is not known when it begins, so it counts as a catalog
-// read (DDL is rare; a migrator's transaction must see it).
-var txBounds = classification{catalog: true}
+// txBounds is the classification a read-only transaction (or a raw
+// replica connection) is bounded as: what it will read is not known when
+// it begins. It does not count as a catalog read, so that a read-only
+// transaction right after a migration still goes to a replica; a catalog
+// read that must see recent DDL runs outside one, or with UsePrimary.
+var txBounds = classification{}
 
 // queryReplica runs a read on a usable replica. A read that fails before
 // its first row because the replica is unreachable, its connection broke or
