@@ -68,6 +68,10 @@ type conn struct {
 	// (committed) only once the rows are closed, which database/sql
 	// signals by ending the checkout.
 	openWrite [3]*session
+	// noteAtEnd are connector-wide sessions that note a write when the
+	// checkout ends, without holding their reads on the primary until then
+	// (RawConn.PrimaryConn).
+	noteAtEnd [2]*session
 
 	// rrows wraps the open result of the replica lease; reused.
 	rrows replicaRows
@@ -109,6 +113,12 @@ func (c *conn) endCheckout() (lost bool) {
 	c.replica.release()
 	c.endHedgeRows()
 	c.closeOpenWrite()
+	for i, s := range c.noteAtEnd {
+		if s != nil {
+			c.noteAtEnd[i] = nil
+			s.noteWrite(c.c)
+		}
+	}
 	c.pinned = c.sticky
 	c.statements = 0
 	return lost

@@ -75,16 +75,24 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 		return nil, err
 	}
 	// Whatever is written through it (DDL included: pgreplica cannot see)
-	// is acknowledged by the time the checkout ends: the sessions learn of
-	// it then, as with a write through QueryContext.
+	// is acknowledged by the time the checkout ends: the caller's session
+	// learns of it then, as with a write through QueryContext. The
+	// connector-wide records (read_your_writes=connector, DDL) are not held
+	// open: a sql.Conn may keep its raw connection for hours (a LISTEN
+	// loop), which would send every read of the process to the primary.
+	// They note a write now and again when the checkout ends.
 	c.closeOpenWrite()
 	w := c.writeSessions(o, true)
-	for _, s := range w {
+	if w[0] != nil {
+		w[0].open.Add(1)
+		c.openWrite[0] = w[0]
+	}
+	for _, s := range w[1:] {
 		if s != nil {
-			s.open.Add(1)
+			s.noteWrite(c.c)
 		}
 	}
-	c.openWrite = w
+	c.noteAtEnd = [2]*session{w[1], w[2]}
 	return pc, nil
 }
 
