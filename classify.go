@@ -8,6 +8,8 @@ type classification struct {
 	readOnly     bool // provably read-only: may run on a hot standby
 	pure         bool // read-only and without effect wherever it runs: it calls only known built-ins
 	sessionState bool // leaves state on the connection after the statement
+	catalog      bool // may read the schema: after DDL it must see it
+	ddl          bool // may change the schema
 	hint         routeHint
 }
 
@@ -23,5 +25,5 @@ const (
 // classify reads one SQL text; it never allocates.
 func classify(query string) classification {
 	c := sqlclass.Classify(query)
-	return classification{readOnly: c.ReadOnly, pure: c.Pure, sessionState: c.SessionState, hint: c.Hint}
+	return classification{readOnly: c.ReadOnly, pure: c.Pure, sessionState: c.SessionState, catalog: c.Catalog, ddl: c.DDL, hint: c.Hint}
 }

@@ -112,7 +112,29 @@ type Config struct {
 	// RouteReason reads pgreplica's reason from its context. The monitor's
 	// probes are not traced.
 	Tracer pgx.QueryTracer
+	// ReadYourWrites, when ReadYourWritesConnector, makes every read see
+	// every write this Connector acknowledged before the read began, with
+	// no context: one session shared by every statement (see the DSN key
+	// read_your_writes). The zero value, ReadYourWritesOff, leaves it to
+	// WithSession and Middleware.
+	ReadYourWrites ReadYourWrites
 }
+
+// ReadYourWrites is the scope in which reads see earlier writes without
+// WithSession; see Config.ReadYourWrites.
+type ReadYourWrites uint8
+
+const (
+	// ReadYourWritesOff: plain reads may be as stale as max_replica_lag;
+	// WithSession, Middleware and a sql.Conn that wrote read their own
+	// writes. The default (read_your_writes=off).
+	ReadYourWritesOff ReadYourWrites = iota
+	// ReadYourWritesConnector: every read sees every write the Connector
+	// (the *sql.DB) acknowledged before the read began: from the primary
+	// until a probe of the primary gives the write's position, then from
+	// any replica that has replayed it (read_your_writes=connector).
+	ReadYourWritesConnector
+)
 
 // resolve returns cfg with every default filled in, each node's pool
 // configuration copied and sized, and every value checked; NewConnector

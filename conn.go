@@ -61,10 +61,16 @@ type conn struct {
 	// node only when it was the first, so nothing was observed yet.
 	statements int
 
-	// openWrite is a session whose write went through the query path in
-	// this checkout: it is acknowledged (committed) only once the rows are
-	// closed, which database/sql signals by ending the checkout.
-	openWrite *session
+	// openWrite are the sessions (the caller's, the connector's under
+	// read_your_writes=connector, the connector's DDL record) whose write
+	// went through the query path in this checkout: it is acknowledged
+	// (committed) only once the rows are closed, which database/sql
+	// signals by ending the checkout.
+	openWrite [3]*session
+	// noteAtEnd are connector-wide sessions that note a write when the
+	// checkout ends, without holding their reads on the primary until then
+	// (RawConn.PrimaryConn).
+	noteAtEnd [2]*session
 
 	// rrows wraps the open result of the replica lease; reused.
 	rrows replicaRows
@@ -106,6 +112,12 @@ func (c *conn) endCheckout() (lost bool) {
 	c.replica.release()
 	c.endHedgeRows()
 	c.closeOpenWrite()
+	for i, s := range c.noteAtEnd {
+		if s != nil {
+			c.noteAtEnd[i] = nil
+			s.noteWrite(c.c)
+		}
+	}
 	c.pinned = c.sticky
 	c.statements = 0
 	return lost
@@ -379,24 +391,53 @@ func (c *conn) record(o *routeOptions, out outcome) {
 	if o != nil && o.report != nil {
 		o.report.set(n, out.reason)
 	}
-	if n.standby.Load() || c.txLease != nil {
-		// A standby changed nothing; a transaction's writes count at its
-		// commit (tx.Commit), and its checkout is pinned already.
+	if n.standby.Load() {
+		return // a standby changed nothing
+	}
+	if c.txLease != nil {
+		// A transaction's writes count at its commit (tx.Commit), and its
+		// checkout is pinned already.
+		if out.cl.ddl && mayHaveRun(out.err) {
+			c.tx.ddl = true
+		}
 		return
 	}
 	// Once the primary answered, it serves the rest of the checkout: a
 	// replica may not have what the caller just saw.
 	c.pinned = true
-	if out.cl.pure || out.unsent || !mayHaveRun(out.err) || o == nil || o.session == nil {
+	if out.cl.pure || out.unsent || !mayHaveRun(out.err) {
 		return
 	}
+	w := c.writeSessions(o, out.cl.ddl)
 	if out.query && out.err == nil {
 		c.closeOpenWrite()
-		o.session.beginWrite(c.c)
-		c.openWrite = o.session
+		for _, s := range w {
+			if s != nil {
+				s.beginWrite(c.c)
+			}
+		}
+		c.openWrite = w
 		return
 	}
-	o.session.noteWrite(c.c)
+	for _, s := range w {
+		if s != nil {
+			s.noteWrite(c.c)
+		}
+	}
+}
+
+// writeSessions are the sessions a write with o must be noted in: the
+// caller's, the connector's (read_your_writes=connector) and, for DDL, the
+// connector's record of DDL that bounds catalog reads.
+func (c *conn) writeSessions(o *routeOptions, ddl bool) (w [3]*session) {
+	if o != nil {
+		w[0] = o.session
+	}
+	w[1] = c.c.ryw
+	if ddl {
+		w[2] = &c.c.ddl
+	}
+	return w
 }
 
 // mayHaveRun says whether a statement that returned err may have changed
@@ -429,10 +470,13 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 
 // closeOpenWrite records the checkout's query-path write as acknowledged.
 func (c *conn) closeOpenWrite() {
-	if s := c.openWrite; s != nil {
-		c.openWrite = nil
-		s.noteWrite(c.c)
-		s.open.Add(-1)
+	w := c.openWrite
+	c.openWrite = [3]*session{}
+	for _, s := range w {
+		if s != nil {
+			s.noteWrite(c.c)
+			s.open.Add(-1)
+		}
 	}
 }
 
@@ -455,22 +499,38 @@ func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query str
 	return rows, nil
 }
 
-// replicaBounds are what a read asks of a replica: lag at most maxLag, and
-// at least minLSN replayed for a session. needPrimary is set when the
-// session's latest write is not yet known to be on any replica.
-func (c *conn) replicaBounds(o *routeOptions) (maxLag time.Duration, minLSN uint64, needPrimary bool) {
+// replicaBounds are what a read with classification cl asks of a replica:
+// lag at most maxLag, and at least minLSN replayed for a session: the
+// caller's, the connector's under read_your_writes=connector, and for a
+// catalog read the connector's latest DDL. needPrimary is set when one of
+// those writes is not yet known to be on any replica.
+func (c *conn) replicaBounds(o *routeOptions, cl classification) (maxLag time.Duration, minLSN uint64, needPrimary bool) {
 	maxLag = lagLimit(c.c.cfg.MaxReplicaLag)
-	if o == nil {
-		return maxLag, 0, false
+	if o != nil {
+		if o.hasMaxLag {
+			maxLag = o.maxLag
+		}
+		if o.session != nil {
+			minLSN, needPrimary = o.session.floor(c.c)
+		}
 	}
-	if o.hasMaxLag {
-		maxLag = o.maxLag
+	if s := c.c.ryw; s != nil {
+		m, np := s.floor(c.c)
+		minLSN, needPrimary = max(minLSN, m), needPrimary || np
 	}
-	if o.session != nil {
-		minLSN, needPrimary = o.session.floor(c.c)
+	if cl.catalog {
+		m, np := c.c.ddl.floor(c.c)
+		minLSN, needPrimary = max(minLSN, m), needPrimary || np
 	}
 	return maxLag, minLSN, needPrimary
 }
+
+// txBounds is the classification a read-only transaction (or a raw
+// replica connection) is bounded as: what it will read is not known when
+// it begins. It does not count as a catalog read, so that a read-only
+// transaction right after a migration still goes to a replica; a catalog
+// read that must see recent DDL runs outside one, or with UsePrimary.
+var txBounds = classification{}
 
 // queryReplica runs a read on a usable replica. A read that fails before
 // its first row because the replica is unreachable, its connection broke or
@@ -479,7 +539,7 @@ func (c *conn) replicaBounds(o *routeOptions) (maxLag time.Duration, minLSN uint
 // context. A read the replica refused as one only the primary can serve
 // (see primaryRerun) is re-run on the primary.
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
-	maxLag, minLSN, needPrimary := c.replicaBounds(o)
+	maxLag, minLSN, needPrimary := c.replicaBounds(o, cl)
 	if needPrimary {
 		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 	}
@@ -727,7 +787,7 @@ func (c *conn) beginOnPrimary(ctx context.Context, opts driver.TxOptions) (drive
 // tried, adding the nodes it tries. It returns (nil, nil) when the primary
 // should take it instead.
 func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.TxOptions, tried *uint64) (driver.Tx, error) {
-	maxLag, minLSN, needPrimary := c.replicaBounds(o)
+	maxLag, minLSN, needPrimary := c.replicaBounds(o, txBounds)
 	if needPrimary {
 		return nil, nil
 	}

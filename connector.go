@@ -35,10 +35,17 @@ type Connector struct {
 	topo   atomic.Pointer[topology]
 
 	primarySample atomic.Pointer[lsnSample] // newest probe of the primary
-	sticky        stickyConns               // idle conns holding session state
-	hedges        hedgeBudgetState          // how many reads may still be hedged
-	hedgeWatch    hedgeWatch                // fires the hedges that are due
-	fallback      fallbackShare             // the primary's share of fallback reads
+	// ryw is the session every statement shares under
+	// read_your_writes=connector, else nil.
+	ryw *session
+	// ddl is a session that records only DDL: a catalog read (of
+	// information_schema or pg_catalog) is bounded by it in every mode, so
+	// a migrator that creates a table and then looks for it finds it.
+	ddl        session
+	sticky     stickyConns      // idle conns holding session state
+	hedges     hedgeBudgetState // how many reads may still be hedged
+	hedgeWatch hedgeWatch       // fires the hedges that are due
+	fallback   fallbackShare    // the primary's share of fallback reads
 
 	// traced is set when a node has a pgx tracer: statements then carry
 	// their route reason in the context (RouteReason).
@@ -92,6 +99,9 @@ func newConnector(cfg Config) (*Connector, error) {
 		c.nodes = append(c.nodes, n)
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
+	if cfg.ReadYourWrites == ReadYourWritesConnector {
+		c.ryw = &session{}
+	}
 	c.updateHedgeDelays()
 	if cfg.HedgeAfter >= 0 {
 		c.hedgeWatch.start()

@@ -29,11 +29,12 @@ var ownKeys = map[string]bool{
 	"fallback_to_primary": true,
 	"fallback_max_share":  true,
 	"hedge_after":         true,
+	"read_your_writes":    true,
 }
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
 // loudly instead of reaching the server. No libpq key starts with these.
-var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_"}
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_", "read_your_"}
 
 func isOwnLooking(key string) bool {
 	for _, p := range ownPrefixes {
@@ -125,6 +126,15 @@ func ParseConfig(dsn string) (*Config, error) {
 					return nil, dsnError("hedge_after must be auto, off or a positive duration, such as 5ms")
 				}
 				cfg.HedgeAfter = dur
+			}
+		case "read_your_writes":
+			switch val {
+			case "off":
+				cfg.ReadYourWrites = ReadYourWritesOff
+			case "connector":
+				cfg.ReadYourWrites = ReadYourWritesConnector
+			default:
+				return nil, dsnError("read_your_writes must be off or connector")
 			}
 		case "fallback_to_primary":
 			b, err := strconv.ParseBool(val)

@@ -13,6 +13,11 @@ import (
 // client's session token in.
 const DefaultSessionCookie = "pgreplica_session"
 
+// DefaultSessionHeader is the name of the HTTP header Middleware reads a
+// session token from and sets on responses, for clients that keep no
+// cookies (service-to-service calls, mobile clients).
+const DefaultSessionHeader = "Pgreplica-Session"
+
 // MiddlewareOption configures Middleware.
 type MiddlewareOption func(*middleware)
 
@@ -28,20 +33,45 @@ func SessionCookie(edit func(c *http.Cookie)) MiddlewareOption {
 	return func(m *middleware) { edit(&m.cookie) }
 }
 
+// SessionHeader changes the name of the header Middleware carries the
+// session token in, as well as the cookie (DefaultSessionHeader); "" turns
+// the header off. A request may bring its token in either; when it brings
+// both, its session covers both. A response that sets the cookie sets the
+// header to the same token.
+func SessionHeader(name string) MiddlewareOption {
+	return func(m *middleware) { m.header = http.CanonicalHeaderKey(name) }
+}
+
+// PrimaryFor chooses the requests that run wholly on the primary (with
+// UsePrimary): by default those whose method is not safe (see Middleware).
+// A service whose POST requests only search, or a GraphQL endpoint, can
+// send only its mutations there:
+//
+//	pgreplica.PrimaryFor(func(r *http.Request) bool { return r.URL.Path != "/search" })
+//
+// Requests it returns false for still write correctly (writes always go to
+// the primary) and read their own writes through the session.
+func PrimaryFor(f func(r *http.Request) bool) MiddlewareOption {
+	return func(m *middleware) { m.primaryFor = f }
+}
+
 type middleware struct {
-	next   http.Handler
-	cookie http.Cookie
+	next       http.Handler
+	cookie     http.Cookie
+	header     string
+	primaryFor func(*http.Request) bool
 }
 
 // Middleware gives every request a read-your-writes session kept in a
 // cookie, so that each client reads its own writes from then on, from a
 // replica as soon as one has replayed them and from the primary until then.
 //
-// The request's context carries the session, restored from the cookie when
-// the request has one (see WithSessionToken). Safe methods (GET, HEAD,
-// OPTIONS, TRACE) run with it as it is, so their reads go to replicas.
-// Other methods (POST, PUT, PATCH, DELETE, …) also run with UsePrimary:
-// whatever they read is current.
+// The request's context carries the session, restored from the cookie or
+// the Pgreplica-Session header when the request has one (see
+// WithSessionToken and SessionHeader). Safe methods (GET, HEAD, OPTIONS,
+// TRACE) run with it as it is, so their reads go to replicas. Other
+// methods (POST, PUT, PATCH, DELETE, …) also run with UsePrimary: whatever
+// they read is current. PrimaryFor changes which requests do.
 //
 // When a request wrote through its context, the response sets the cookie
 // to the session's token before the handler's headers go out: at its first
@@ -49,13 +79,16 @@ type middleware struct {
 // made after that are not covered. Learning the position of the latest
 // write may cost one round trip to the primary (see SessionToken). The
 // cookie is also replaced when the one the request brought was clamped,
-// and removed when it did not parse.
+// and removed when it did not parse. The response header carries the same
+// token whenever the cookie is set to one.
 //
 // The ResponseWriter handlers get supports Flush and Hijack when the
 // server's does, and Unwrap for http.ResponseController.
 func Middleware(next http.Handler, opts ...MiddlewareOption) http.Handler {
 	m := &middleware{
-		next: next,
+		next:       next,
+		header:     DefaultSessionHeader,
+		primaryFor: func(r *http.Request) bool { return !safeMethod(r.Method) },
 		cookie: http.Cookie{
 			Name:     DefaultSessionCookie,
 			Path:     "/",
@@ -81,7 +114,16 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	s := restoreSession(optionsFrom(ctx), token)
-	primary := !safeMethod(r.Method)
+	if m.header != "" {
+		if h := r.Header.Get(m.header); h != "" {
+			// On top of the cookie's: a bad header token is ignored, and
+			// only a bad cookie is removed.
+			hs := restoreSession(&routeOptions{session: s}, h)
+			hs.garbage = s.garbage
+			s = hs
+		}
+	}
+	primary := m.primaryFor(r)
 	ctx = with(ctx, func(o *routeOptions) {
 		o.session = s
 		if primary {
@@ -136,6 +178,9 @@ func (w *sessionWriter) setCookie() {
 	w.done = true
 	if c := w.m.sessionCookie(w.ctx, w.s); c != nil {
 		http.SetCookie(w.ResponseWriter, c)
+		if w.m.header != "" && c.Value != "" {
+			w.Header().Set(w.m.header, c.Value)
+		}
 	}
 }
 

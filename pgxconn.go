@@ -59,6 +59,7 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 		if l != &c.primary {
 			return nil, ErrRawReplicaTx
 		}
+		c.tx.ddl = true // it may run DDL: pgreplica cannot see
 		return c.rawConn(o, l, ReasonTransaction, true)
 	}
 	reason := ReasonWrite
@@ -73,14 +74,25 @@ func (c *conn) PrimaryConn(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o != nil && o.session != nil {
-		// Whatever is written through it is acknowledged by the time the
-		// checkout ends: the session learns of it then, as with a write
-		// through QueryContext.
-		c.closeOpenWrite()
-		o.session.open.Add(1)
-		c.openWrite = o.session
+	// Whatever is written through it (DDL included: pgreplica cannot see)
+	// is acknowledged by the time the checkout ends: the caller's session
+	// learns of it then, as with a write through QueryContext. The
+	// connector-wide records (read_your_writes=connector, DDL) are not held
+	// open: a sql.Conn may keep its raw connection for hours (a LISTEN
+	// loop), which would send every read of the process to the primary.
+	// They note a write now and again when the checkout ends.
+	c.closeOpenWrite()
+	w := c.writeSessions(o, true)
+	if w[0] != nil {
+		w[0].open.Add(1)
+		c.openWrite[0] = w[0]
 	}
+	for _, s := range w[1:] {
+		if s != nil {
+			s.noteWrite(c.c)
+		}
+	}
+	c.noteAtEnd = [2]*session{w[1], w[2]}
 	return pc, nil
 }
 
@@ -96,7 +108,7 @@ func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 	case c.pinned:
 		return c.rawPrimary(ctx, o, ReasonPinned)
 	}
-	maxLag, minLSN, needPrimary := c.replicaBounds(o)
+	maxLag, minLSN, needPrimary := c.replicaBounds(o, txBounds)
 	if needPrimary {
 		return c.rawPrimary(ctx, o, ReasonSession)
 	}

@@ -91,7 +91,7 @@ func (c *conn) describe(ctx context.Context, query string) error {
 // primary should describe it, and err is the replica's error that the
 // primary may settle (nil when no replica was usable).
 func (c *conn) describeOnReplica(ctx context.Context, o *routeOptions, query string) (done bool, err error) {
-	maxLag, minLSN, needPrimary := c.replicaBounds(o)
+	maxLag, minLSN, needPrimary := c.replicaBounds(o, classifyCached(query))
 	if needPrimary {
 		return false, nil
 	}

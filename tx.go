@@ -23,6 +23,9 @@ type tx struct {
 	// failed is set once a statement in it returned an error: COMMIT then
 	// reports what the server says, as it would have rolled back.
 	failed bool
+	// ddl is set once a statement in it may have changed the schema: its
+	// commit bounds the connector's catalog reads.
+	ddl bool
 	// tried holds the nodes it has been begun on.
 	tried uint64
 }
@@ -38,8 +41,17 @@ func (t *tx) Commit() error {
 		return nil
 	}
 	t.c.txLease = nil
-	if err == nil && !t.readOnly && t.session != nil {
-		t.session.noteWrite(t.c.c)
+	if err == nil && !t.readOnly {
+		// A lost COMMIT is reported, not counted: the caller knows it may
+		// not have happened.
+		for _, s := range [...]*session{t.session, t.c.c.ryw} {
+			if s != nil {
+				s.noteWrite(t.c.c)
+			}
+		}
+		if t.ddl {
+			t.c.c.ddl.noteWrite(t.c.c)
+		}
 	}
 	return err
 }

@@ -21,6 +21,18 @@ type Classification struct {
 	// a view, a rule, a user-defined operator or cast, or a function called
 	// in attribute notation (t.f) runs: those count as what they look like.
 	Pure bool
+	// Catalog: the text may read the schema: it names information_schema
+	// or pg_catalog, an identifier that starts with pg_ (pg_class,
+	// pg_tables, pg_get_indexdef, …), a reg* type (regclass, …) or a
+	// catalog function (to_regclass and the other to_reg*, format_type,
+	// has_*_privilege, obj_description, col_description). A read that
+	// follows DDL must see it.
+	Catalog bool
+	// DDL: a statement may change the schema: it starts with CREATE,
+	// ALTER, DROP, COMMENT, GRANT, REVOKE, TRUNCATE, SECURITY LABEL,
+	// IMPORT, REFRESH, REINDEX, CLUSTER, DO or CALL. A function called by
+	// SELECT may run DDL too; the text cannot show it.
+	DDL  bool
 	Hint Hint // from a comment hint
 }
 
@@ -56,6 +68,8 @@ func Classify(query string) Classification {
 			ReadOnly:     on.ReadOnly && off.ReadOnly,
 			SessionState: on.SessionState || off.SessionState,
 			Pure:         on.Pure && off.Pure,
+			Catalog:      on.Catalog || off.Catalog,
+			DDL:          on.DDL || off.DDL,
 			Hint:         bothHints(on.Hint, off.Hint),
 		}
 	}
@@ -64,7 +78,7 @@ func Classify(query string) Classification {
 		// under a client-only encoding such as SJIS, a multibyte character
 		// can end in the byte of a backslash, which this byte-wise reading
 		// would take for an escape. Either way, claim nothing.
-		return Classification{SessionState: true, Hint: on.Hint}
+		return Classification{SessionState: true, Catalog: true, DDL: true, Hint: on.Hint}
 	}
 	return on
 }
@@ -97,12 +111,14 @@ func classifyReading(query string, backslashStrings bool) (Classification, bool)
 				ReadOnly:     ro,
 				SessionState: c.session,
 				Pure:         ro && c.pure && !c.session,
+				Catalog:      c.catalog,
+				DDL:          c.ddl,
 				Hint:         c.lx.hint,
 			}, c.lx.plainBackslash
 		case tokError:
 			// The server will reject the text, but our view of where its
 			// literals end may differ from the server's: claim nothing.
-			return Classification{SessionState: true, Hint: c.lx.hint}, c.lx.plainBackslash
+			return Classification{SessionState: true, Catalog: true, DDL: true, Hint: c.lx.hint}, c.lx.plainBackslash
 		case tokSemicolon:
 			if c.depth != 0 {
 				// No read-only statement has a ';' inside parentheses.
@@ -154,6 +170,8 @@ type classifier struct {
 	ro         bool       // nothing seen so far rules out a standby
 	pure       bool       // every call so far is of a PureFunc
 	session    bool
+	catalog    bool // see Classification.Catalog
+	ddl        bool // see Classification.DDL
 	setLocal   setConfigCall
 }
 
@@ -206,11 +224,18 @@ func (c *classifier) feed(t sqlToken) {
 	case tokIdent:
 		kw = lookupSQLKeyword(c.lx.src[t.start:t.end])
 		c.applyKeyword(kw, t)
+		if !c.catalog && kw == kwNone {
+			c.catalog = CatalogName(c.lx.src[t.start:t.end])
+		}
 	case tokQuotedIdent:
+		if !c.catalog {
+			c.catalog = CatalogName(c.lx.src[t.start:t.end])
+		}
 		if st.sawCreate || st.sawInto {
 			c.tempSchema(c.lx.src[t.start:t.end])
 		}
 	case tokUnicodeIdent:
+		c.catalog = true // could spell one
 		if st.sawCreate || st.sawInto {
 			c.session = true // could spell pg_temp
 		}
@@ -316,6 +341,14 @@ func (c *classifier) head(t sqlToken, kw sqlKeyword) {
 	}
 	st.first = kw
 	switch kw {
+	case kwCreate, kwAlter, kwDrop, kwGrant, kwTruncate, kwCall:
+		c.ddl = true
+	case kwNone:
+		if t.kind == tokIdent && ddlWord(c.lx.src[t.start:t.end]) {
+			c.ddl = true
+		}
+	}
+	switch kw {
 	case kwSelect, kwValues, kwTable, kwWith, kwShow:
 		st.roHead = true
 	case kwExplain:
@@ -325,8 +358,10 @@ func (c *classifier) head(t sqlToken, kw sqlKeyword) {
 	case kwReset, kwListen, kwUnlisten, kwPrepare, kwDeallocate, kwLoad, kwDiscard:
 		c.session = true
 	case kwDo:
-		// An anonymous block may SET, LISTEN or create temp tables.
+		// An anonymous block may SET, LISTEN or create temp tables, and
+		// run DDL.
 		c.session = true
+		c.ddl = true
 	}
 }
 

@@ -29,9 +29,22 @@ func FuzzClassify(f *testing.F) {
 	f.Add("SELECT set_config('a', 'b', true)", "SELECT my_write_fn()")
 	f.Add("SELECT pg_catalog.lower('x')", "SELECT public.lower('x')")
 	f.Add("SELECT count(*) FROM t WHERE id IN (1, 2)", "SELECT inet_server_port(), pg_sleep(0.1)")
+	f.Add("SELECT count(*) FROM information_schema.tables WHERE table_name = $1", "CREATE TABLE t (id int)")
+	f.Add("SELECT to_regclass('t') IS NOT NULL", "ALTER TABLE t ADD COLUMN c int")
+	f.Add(`SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM "pg_catalog".pg_attribute a`, "COMMENT ON TABLE t IS 'x'")
+	f.Add("SELECT 'information_schema.tables', \"Tables\" FROM t", "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$")
 	f.Fuzz(func(t *testing.T, q, other string) {
 		got := Classify(q) // must not panic
 		clean := lexesCleanly(q)
+		if got.ReadOnly && got.DDL {
+			t.Fatalf("Classify(%q) = %+v: DDL cannot be read-only", q, got)
+		}
+		if !got.Catalog && clean {
+			// Naming a catalog relation anywhere makes it a catalog read.
+			if g := Classify(q + " information_schema.tables"); !g.Catalog {
+				t.Fatalf("Classify(%q + information_schema.tables) = %+v: not a catalog read", q, g)
+			}
+		}
 		if got.Pure && (!got.ReadOnly || got.SessionState) {
 			t.Fatalf("Classify(%q) = %+v: pure but not a read without session state", q, got)
 		}
