@@ -156,7 +156,15 @@ func TestModel(t *testing.T) {
 	if rng.IntN(3) == 0 {
 		hedge = "auto"
 	}
-	r.dbs = []*mdb{r.openDB("hedge_after="+hedge, "pgreplica-model-hedge"), r.openDB("hedge_after=off", "pgreplica-model-nohedge")}
+	// One seed in two opens the second *sql.DB with
+	// read_your_writes=connector (taken from the seed, not rng, so that
+	// older seeds replay the same workload otherwise).
+	ryw := sd&2 == 0
+	if v := os.Getenv("PGREPLICA_MODEL_RYW"); v != "" {
+		ryw = v == "connector"
+	}
+	r.dbs = []*mdb{r.openDB("hedge_after="+hedge, "pgreplica-model-hedge", false), r.openDB("hedge_after=off", "pgreplica-model-nohedge", ryw)}
+	t.Logf("model: second *sql.DB read_your_writes=connector: %v", ryw)
 
 	r.start = time.Now()
 	var wg sync.WaitGroup

@@ -23,6 +23,10 @@ import (
 // mdb is one *sql.DB of the run, with what its workers share.
 type mdb struct {
 	name, app string
+	// ryw: opened with read_your_writes=connector, so every read sees the
+	// writes the *sql.DB acknowledged before it began (checked for the
+	// worker's own writes: its scope).
+	ryw       bool
 	db        *sql.DB
 	connector *pgreplica.Connector
 	srv       *httptest.Server // Middleware in front of handlers on db
@@ -31,10 +35,14 @@ type mdb struct {
 	stmtRead, stmtWrite, stmtFn *sql.Stmt
 }
 
-func (r *run) openDB(hedge, app string) *mdb {
+func (r *run) openDB(hedge, app string, ryw bool) *mdb {
 	t := r.t
+	mode := "read_your_writes=off"
+	if ryw {
+		mode = "read_your_writes=connector"
+	}
 	cfg, err := pgreplica.ParseConfig(testcluster.DSN("monitor_interval="+monitorInterval.String(), "application_name="+app,
-		"max_replica_lag="+maxReplicaLag.String(), hedge,
+		"max_replica_lag="+maxReplicaLag.String(), hedge, mode,
 		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax)))
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +51,11 @@ func (r *run) openDB(hedge, app string) *mdb {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &mdb{name: hedge, app: app, db: sql.OpenDB(c), connector: c}
+	name := hedge
+	if ryw {
+		name += " " + mode
+	}
+	d := &mdb{name: name, app: app, ryw: ryw, db: sql.OpenDB(c), connector: c}
 	t.Cleanup(func() { d.db.Close() })
 	d.db.SetMaxOpenConns(16)
 	ctx, cancel := context.WithTimeout(r.base, 30*time.Second)
@@ -230,6 +242,10 @@ func (w *worker) loop() {
 		do     func()
 	}
 	r, d, ctx := w.r, w.d, w.r.base
+	plain := plain
+	if d.ryw {
+		plain.ryw = true // read_your_writes=connector
+	}
 	choices := []choice{
 		{14, func() { w.read(ctx, d.db, "plain read", r.readSQL(), w.anon, plain) }},
 		{6, func() {
