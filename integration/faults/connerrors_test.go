@@ -576,6 +576,9 @@ func TestReplicaAtMaxConnections(t *testing.T) {
 	held, release := fillConnections(t, ctx, 1)
 	t.Logf("replica1 full after %d more connections, in %v", held(), time.Since(filled).Round(time.Millisecond))
 	fresh := testcluster.Open(t, monitorParams)
+	// The filler's connections close before fresh's goroutine-leak check
+	// runs (cleanups run last first): their goroutines are not fresh's.
+	t.Cleanup(release)
 	cf := connector(t, fresh)
 	watch := watchState(t, c, victim.Addr())
 	watchFresh := watchState(t, cf, victim.Addr())

@@ -82,6 +82,19 @@ func (l *load) worker() {
 	}
 }
 
+// servedSince says whether a read that started after since was served by
+// port.
+func (l *load) servedSince(since time.Time, port int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.reads {
+		if r.port == port && r.start.After(since) {
+			return true
+		}
+	}
+	return false
+}
+
 // finish stops the load and returns what it saw.
 func (l *load) finish() ([]readResult, []error) {
 	l.once.Do(func() { close(l.stop) })

@@ -59,6 +59,12 @@ func TestNearestPolicyFollowsTheNearReplica(t *testing.T) {
 	})
 	detected := time.Now()
 	t.Logf("near replica stopped; marked down %v later", detect)
+	// Until the far replica served a read that began after the detection
+	// (its pool is cold: new connections through the delay on a busy
+	// machine), and a second more.
+	testcluster.WaitUntil(t, 30*time.Second, "a read served by the far replica", func() bool {
+		return l.servedSince(detected, far.Port)
+	})
 	time.Sleep(time.Second)
 	starting := time.Now()
 	if err := near.Start(ctx); err != nil {
