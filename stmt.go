@@ -49,8 +49,8 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
 // its plain read would run on, so that a *sql.Stmt, which database/sql
 // prepares again on each connection it runs on, works wherever the plain
 // call does: on the open transaction's node; on a replica for a text the
-// classifier routes to one (while the primary is down too), with the same
-// lag and session bounds; else on the primary. A replica that does not know
+// classifier routes to one (while the primary is down too), any replica
+// that is up, since describing reads only the schema; else on the primary. A replica that does not know
 // an object yet, or refuses the text during recovery, hands it to the
 // primary, whose schema is the newest; when the primary cannot be reached
 // then, the replica's error stands. Any other text goes to a replica when
@@ -66,7 +66,7 @@ func (c *conn) describe(ctx context.Context, query string) error {
 	var replicaErr error
 	if onReplica {
 		var done bool
-		if done, replicaErr = c.describeOnReplica(ctx, o, query); done {
+		if done, replicaErr = c.describeOnReplica(ctx, query); done {
 			return replicaErr
 		}
 	}
@@ -80,7 +80,7 @@ func (c *conn) describe(ctx context.Context, query string) error {
 	if replicaErr != nil || onReplica || ctx.Err() != nil {
 		return cmp.Or(replicaErr, err)
 	}
-	if done, rerr := c.describeOnReplica(ctx, o, query); done || rerr != nil {
+	if done, rerr := c.describeOnReplica(ctx, query); done || rerr != nil {
 		return rerr
 	}
 	return err
@@ -90,11 +90,15 @@ func (c *conn) describe(ctx context.Context, query string) error {
 // reports that this settled it, with err the text's error if any; else the
 // primary should describe it, and err is the replica's error that the
 // primary may settle (nil when no replica was usable).
-func (c *conn) describeOnReplica(ctx context.Context, o *routeOptions, query string) (done bool, err error) {
-	maxLag, minLSN, needPrimary := c.replicaBounds(o, classifyCached(query))
-	if needPrimary {
-		return false, nil
-	}
+//
+// It asks any replica that is up, whatever the read's lag and session
+// bounds: describing reads no data, only the schema, and a replica that
+// lacks an object the text names (a table the session just created)
+// answers 42P01, which hands the text to the primary. A session read
+// whose write is not yet on a replica still describes while the primary
+// is restarting, as its plain call would once the write is replayed.
+func (c *conn) describeOnReplica(ctx context.Context, query string) (done bool, err error) {
+	maxLag, minLSN := noLagLimit, uint64(0)
 	var tried uint64
 	var lastErr error
 	for {
