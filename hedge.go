@@ -610,25 +610,9 @@ func deepCopy(v reflect.Value, depth int) (reflect.Value, bool) {
 		if v.IsNil() {
 			return v, true
 		}
-		cp := reflect.MakeSlice(t, v.Len(), v.Len())
-		for i := range v.Len() {
-			e, ok := deepCopy(v.Index(i), depth+1)
-			if !ok {
-				return reflect.Value{}, false
-			}
-			cp.Index(i).Set(e)
-		}
-		return cp, true
+		return copyElems(reflect.MakeSlice(t, v.Len(), v.Len()), v, depth)
 	case reflect.Array:
-		cp := reflect.New(t).Elem()
-		for i := range v.Len() {
-			e, ok := deepCopy(v.Index(i), depth+1)
-			if !ok {
-				return reflect.Value{}, false
-			}
-			cp.Index(i).Set(e)
-		}
-		return cp, true
+		return copyElems(reflect.New(t).Elem(), v, depth)
 	case reflect.Map:
 		if v.IsNil() {
 			return v, true
@@ -833,4 +817,17 @@ func (h *hedge) takeB(l *lease) driver.Rows {
 	b.hedgesWon.Add(1)
 	b.latency.record(time.Since(h.bAt))
 	return h.bRows
+}
+
+// copyElems fills dst, a new slice or array of src's length, with deep
+// copies of src's elements.
+func copyElems(dst, src reflect.Value, depth int) (reflect.Value, bool) {
+	for i := range src.Len() {
+		e, ok := deepCopy(src.Index(i), depth+1)
+		if !ok {
+			return reflect.Value{}, false
+		}
+		dst.Index(i).Set(e)
+	}
+	return dst, true
 }
