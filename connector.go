@@ -31,8 +31,18 @@ type Connector struct {
 	cfg    Config
 	policy Policy
 	log    *slog.Logger
-	nodes  []*node // DSN order
-	topo   atomic.Pointer[topology]
+	// nodes are the members the DSN named, in its order. The current
+	// members (which discovery may change) are in topo: see allNodes.
+	nodes []*node
+	topo  atomic.Pointer[topology]
+	// topoMu orders setTopology's stores and wake-ups; topoChanged is
+	// closed (and replaced) by every setTopology.
+	topoMu      sync.Mutex
+	topoChanged chan struct{}
+	// rolesKnown is closed once every member was probed once, answered or
+	// not: until then the roles are the DSN's guess.
+	rolesKnown     chan struct{}
+	rolesKnownOnce sync.Once
 
 	primarySample atomic.Pointer[lsnSample] // newest probe of the primary
 	// ryw is the session every statement shares under
@@ -56,10 +66,12 @@ type Connector struct {
 	mon       *monitor
 }
 
-// topology is who plays which role now; replaced whole when it changes.
+// topology is who plays which role now; replaced whole when it changes
+// (setTopology).
 type topology struct {
-	primary  *node // nil while no node is known to be the writable primary
-	replicas []*node
+	primary  *node   // nil while no node is known to be the writable primary
+	replicas []*node // every member but the primary
+	nodes    []*node // every member: the DSN's in its order, then any discovered
 }
 
 // NewConnector starts the pools (they connect lazily) and the monitor of
@@ -98,7 +110,9 @@ func newConnector(cfg Config) (*Connector, error) {
 		}
 		c.nodes = append(c.nodes, n)
 	}
-	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
+	c.topoChanged = make(chan struct{})
+	c.rolesKnown = make(chan struct{})
+	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
 	if cfg.ReadYourWrites == ReadYourWritesConnector {
 		c.ryw = &session{}
 	}
@@ -138,9 +152,47 @@ func (c *Connector) Close() error {
 }
 
 func (c *Connector) closeNodes() {
-	for _, n := range c.nodes {
+	for _, n := range c.allNodes() {
 		n.closeWhenIdle()
 	}
+}
+
+// allNodes returns the current members.
+func (c *Connector) allNodes() []*node {
+	if t := c.topo.Load(); t != nil && t.nodes != nil {
+		return t.nodes
+	}
+	return c.nodes // a routing unit test's connector, built by hand
+}
+
+// setTopology replaces the topology and wakes whoever waits for a change
+// (see topologyChange).
+func (c *Connector) setTopology(t *topology) {
+	c.topoMu.Lock()
+	defer c.topoMu.Unlock()
+	c.topo.Store(t)
+	if c.topoChanged != nil { // nil in a routing unit test's connector
+		close(c.topoChanged)
+	}
+	c.topoChanged = make(chan struct{})
+}
+
+// topologyChange returns the topology now and a channel closed at the next
+// setTopology: load both at once, so that no change falls between them.
+func (c *Connector) topologyChange() (*topology, <-chan struct{}) {
+	c.topoMu.Lock()
+	defer c.topoMu.Unlock()
+	return c.topo.Load(), c.topoChanged
+}
+
+// markRolesKnown says every member was probed once; the monitor calls it
+// after its first round.
+func (c *Connector) markRolesKnown() {
+	c.rolesKnownOnce.Do(func() {
+		if c.rolesKnown != nil {
+			close(c.rolesKnown)
+		}
+	})
 }
 
 // primary returns the node writes go to, or ErrNoPrimary.
@@ -192,7 +244,7 @@ func (defaultLogHandler) WithGroup(name string) slog.Handler {
 // deployment, whose primary serves every read by design. Its reads are
 // not a fallback, fallback_to_primary does not apply to them, and its
 // health is not degraded.
-func (c *Connector) primaryOnly() bool { return len(c.nodes) == 1 }
+func (c *Connector) primaryOnly() bool { return len(c.allNodes()) == 1 }
 
 // fallbackReason is the route reason of a read the primary serves because
 // no replica is usable.

@@ -48,7 +48,7 @@ func newFakeCluster(t *testing.T, replicas int, cfg Config) *fakeCluster {
 		fc.mocks = append(fc.mocks, mock)
 		t.Cleanup(func() { mdb.Close() })
 	}
-	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
+	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
 	fc.c = c
 	fc.db = sql.OpenDB(c)
 	t.Cleanup(func() {

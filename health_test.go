@@ -34,7 +34,7 @@ func healthConnector(replicas int) *Connector {
 		n.rttNanos.Store(int64(2 * time.Millisecond))
 		c.nodes = append(c.nodes, n)
 	}
-	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:]})
+	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
 	return c
 }
 
@@ -68,7 +68,7 @@ func TestHealthHandlerStates(t *testing.T) {
 		{"all replicas down", func(c *Connector) { c.nodes[1].up.Store(false); c.nodes[2].up.Store(false) }, 200, HealthDegraded, []string{StateHealthy, StateDown, StateDown}},
 		{"primary down", func(c *Connector) { c.nodes[0].up.Store(false) }, 503, HealthDown, []string{StateDown, StateHealthy, StateHealthy}},
 		{"no primary known", func(c *Connector) {
-			c.topo.Store(&topology{replicas: c.nodes})
+			c.topo.Store(&topology{replicas: c.nodes, nodes: c.nodes})
 			c.nodes[0].up.Store(false)
 		}, 503, HealthNoPrimary, []string{StateDown, StateHealthy, StateHealthy}},
 	} {
@@ -124,7 +124,7 @@ func TestHealthOneNode(t *testing.T) {
 
 	// The monitor found it is a standby and no node writable: no primary.
 	c.nodes[0].standby.Store(true)
-	c.topo.Store(&topology{replicas: c.nodes})
+	c.topo.Store(&topology{replicas: c.nodes, nodes: c.nodes})
 	s = c.Status()
 	if s.Primary != "" || s.PrimaryUp || s.Degraded || s.Nodes[0].Role != RoleReplica {
 		t.Errorf("one standby: status %+v, want no primary, the node a replica", s)

@@ -120,7 +120,7 @@ func (h *latencyBuckets) quantilesAndDecay() (p99, p999 time.Duration, total uin
 // updateHedgeDelays sets every node's hedge delay from its recent
 // latencies; the monitor calls it once per interval.
 func (c *Connector) updateHedgeDelays() {
-	for _, n := range c.nodes {
+	for _, n := range c.allNodes() {
 		d := c.cfg.HedgeAfter
 		if d == HedgeAuto {
 			p99, p999, samples := n.latency.quantilesAndDecay()
@@ -177,7 +177,7 @@ type hedgeBudgetState struct {
 // takeHedge reports whether the budget allows one more hedge now.
 func (c *Connector) takeHedge() bool {
 	var reads uint64
-	for _, n := range c.nodes {
+	for _, n := range c.allNodes() {
 		if n.standby.Load() {
 			// The hedges themselves earn no budget.
 			reads += n.statements.Load() - n.hedgesSent.Load()

@@ -188,6 +188,7 @@ func (m *monitor) round() {
 		return // stopping
 	}
 	m.apply(results)
+	m.c.markRolesKnown()
 }
 
 // needsConnect says whether probing node i must open a connection first:
@@ -374,7 +375,7 @@ func (m *monitor) apply(results []probeResult) {
 				replicas = append(replicas, n)
 			}
 		}
-		c.topo.Store(&topology{primary: primary, replicas: replicas})
+		c.setTopology(&topology{primary: primary, replicas: replicas, nodes: nodes})
 		if primary != nil {
 			c.log.Warn("pgreplica: following a new primary", "node", primary.addr)
 		} else {

@@ -93,7 +93,7 @@ func (c *Connector) Status() Status {
 	topo := c.topo.Load()
 	var s Status
 	usable := false
-	for _, n := range c.nodes {
+	for _, n := range c.allNodes() {
 		ns := n.status(n == topo.primary, c.cfg.MaxReplicaLag)
 		if n == topo.primary {
 			s.Primary, s.PrimaryUp = n.addr, n.up.Load()
