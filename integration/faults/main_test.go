@@ -172,3 +172,91 @@ func (l *load) waitServed(t *testing.T, ports ...int) {
 		return true
 	})
 }
+
+// roundWatch follows the monitor's probe rounds, so that a bound on how
+// fast a fault is noticed can be counted in rounds instead of being a
+// fixed figure that a loaded machine misses: every round stamps each node
+// that answered with one LastProbe, so a newer newest LastProbe is a new
+// round. longest is the longest gap between two rounds it saw: how long a
+// round takes on this machine now. A round that falls between two samples
+// only makes a gap longer (a bound derived from it more lenient, never
+// stricter), and the gaps are the monitor's own timestamps, not the
+// sampler's.
+type roundWatch struct {
+	mu   sync.Mutex
+	last time.Time     // the newest LastProbe seen
+	gap  time.Duration // the longest gap between two rounds seen
+	n    int           // rounds seen
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func watchRounds(t *testing.T, c *pgreplica.Connector) *roundWatch {
+	w := &roundWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			var newest time.Time
+			for _, n := range c.Status().Nodes {
+				if n.LastProbe.After(newest) {
+					newest = n.LastProbe
+				}
+			}
+			w.mu.Lock()
+			if newest.After(w.last) {
+				if !w.last.IsZero() {
+					w.gap = max(w.gap, newest.Sub(w.last))
+					w.n++
+				}
+				w.last = newest
+			}
+			w.mu.Unlock()
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(w.finish)
+	return w
+}
+
+// longest is the longest gap between two rounds seen so far, and how many
+// rounds that is from.
+func (w *roundWatch) longest() (time.Duration, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gap, w.n
+}
+
+// through waits until a round stamped after at is seen, so that the rounds
+// up to at (the one that noticed a fault, say) are all counted, and then
+// returns longest.
+func (w *roundWatch) through(t *testing.T, at time.Time) (time.Duration, int) {
+	t.Helper()
+	testcluster.WaitUntil(t, time.Minute, "a monitor round after "+at.Format("15:04:05.000"), func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.last.After(at)
+	})
+	return w.longest()
+}
+
+// reset forgets the gaps seen so far: what comes next is measured alone.
+func (w *roundWatch) reset() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gap, w.n = 0, 0
+}
+
+func (w *roundWatch) finish() {
+	w.once.Do(func() { close(w.stop) })
+	<-w.done
+}
+
+// pollSlack is what testcluster.WaitUntil's polling (every 20 ms) adds to
+// a duration it measures, with a Status call and a read of room.
+const pollSlack = 50 * time.Millisecond
