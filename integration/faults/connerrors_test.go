@@ -665,7 +665,7 @@ func TestShuttingDownReplicaCaughtAtOnce(t *testing.T) {
 			})
 			l := startLoad(t, db, 8, 5*time.Second)
 			l.waitServed(t, cl.Nodes[1].Port, cl.Nodes[2].Port)
-			rounds := watchRounds(t, c)
+			rounds := watchRounds(t, c, cl.Nodes[0].Addr(), cl.Nodes[1].Addr())
 			stopped := time.Now()
 			var err error
 			if mode == "immediate" {

@@ -173,46 +173,54 @@ func (l *load) waitServed(t *testing.T, ports ...int) {
 	})
 }
 
-// roundWatch follows the monitor's probe rounds, so that a bound on how
-// fast a fault is noticed can be counted in rounds instead of being a
-// fixed figure that a loaded machine misses: every round stamps each node
-// that answered with one LastProbe, so a newer newest LastProbe is a new
-// round. longest is the longest gap between two rounds it saw: how long a
-// round takes on this machine now. A round that falls between two samples
-// only makes a gap longer (a bound derived from it more lenient, never
-// stricter), and the gaps are the monitor's own timestamps, not the
-// sampler's.
+// roundWatch follows the monitor's probes of a few nodes (ones the test
+// leaves alone), so that a bound on how fast a fault is noticed can be
+// counted in probe rounds instead of being a fixed figure that a loaded
+// machine misses: each answered probe stamps its node's LastProbe, so a
+// newer LastProbe is a new round for that node. longest is the longest gap
+// between two rounds of one node: how long a round takes on this machine
+// now. A round that falls between two samples only makes a gap longer (a
+// bound derived from it more lenient, never stricter), and the gaps are
+// the monitor's own timestamps, not the sampler's.
 type roundWatch struct {
 	mu   sync.Mutex
-	last time.Time     // the newest LastProbe seen
-	gap  time.Duration // the longest gap between two rounds seen
-	n    int           // rounds seen
+	last map[string]time.Time // each watched node's newest LastProbe
+	gap  time.Duration        // the longest gap between two rounds seen
+	n    int                  // rounds seen, all watched nodes together
+	seen time.Time            // the newest LastProbe of any watched node
 
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
 }
 
-func watchRounds(t *testing.T, c *pgreplica.Connector) *roundWatch {
-	w := &roundWatch{stop: make(chan struct{}), done: make(chan struct{})}
+// watchRounds follows the probes of the nodes at addrs.
+func watchRounds(t *testing.T, c *pgreplica.Connector, addrs ...string) *roundWatch {
+	w := &roundWatch{last: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+	watched := map[string]bool{}
+	for _, a := range addrs {
+		watched[a] = true
+	}
 	go func() {
 		defer close(w.done)
 		for {
-			var newest time.Time
 			for _, n := range c.Status().Nodes {
-				if n.LastProbe.After(newest) {
-					newest = n.LastProbe
+				if !watched[n.Addr] || n.LastProbe.IsZero() {
+					continue
 				}
-			}
-			w.mu.Lock()
-			if newest.After(w.last) {
-				if !w.last.IsZero() {
-					w.gap = max(w.gap, newest.Sub(w.last))
-					w.n++
+				w.mu.Lock()
+				if last := w.last[n.Addr]; n.LastProbe.After(last) {
+					if !last.IsZero() {
+						w.gap = max(w.gap, n.LastProbe.Sub(last))
+						w.n++
+					}
+					w.last[n.Addr] = n.LastProbe
+					if n.LastProbe.After(w.seen) {
+						w.seen = n.LastProbe
+					}
 				}
-				w.last = newest
+				w.mu.Unlock()
 			}
-			w.mu.Unlock()
 			select {
 			case <-w.stop:
 				return
@@ -240,12 +248,13 @@ func (w *roundWatch) through(t *testing.T, at time.Time) (time.Duration, int) {
 	testcluster.WaitUntil(t, time.Minute, "a monitor round after "+at.Format("15:04:05.000"), func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return w.last.After(at)
+		return w.seen.After(at)
 	})
 	return w.longest()
 }
 
-// reset forgets the gaps seen so far: what comes next is measured alone.
+// reset forgets the gaps seen so far, but not the rounds: the gap from the
+// last round before it to the first after it still counts.
 func (w *roundWatch) reset() {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -95,7 +95,7 @@ func TestPartitionedReplica(t *testing.T) {
 		t.Fatal("no slow read landed on replica2 in 8 waves of 4")
 	}
 
-	rounds := watchRounds(t, c)
+	rounds := watchRounds(t, c, cl.Nodes[0].Addr(), other.Addr())
 	begin := time.Now()
 	if err := victim.Partition(ctx); err != nil {
 		t.Fatal(err)
