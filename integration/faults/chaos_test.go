@@ -391,7 +391,7 @@ func TestRestartedReplicaServesFast(t *testing.T) {
 	back := testcluster.WaitUntil(t, time.Minute, "replica1 serves reads again", func() bool {
 		return testcluster.Port(t, ctx, db) == victim.Port
 	})
-	t.Logf("replica1 down 20 s; probed %s %v after it accepted connections (%d monitor rounds of the other nodes meanwhile, the longest %v), serving reads %v after that",
+	t.Logf("replica1 down 20 s; probed %s %v after it accepted connections (%d probes of the other nodes meanwhile, the longest %v), serving reads %v after that",
 		nodeState(c, victim.Addr()), took.Round(time.Millisecond), n, round.Round(time.Millisecond), back.Round(time.Millisecond))
 	// Whatever the backoff grew to, a down node is probed again within
 	// maxProbeGap (500ms), which at monitor_interval=200ms is at most two

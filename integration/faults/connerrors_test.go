@@ -686,7 +686,7 @@ func TestShuttingDownReplicaCaughtAtOnce(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			_, failed := l.finish()
 			reportFailures(t, failed)
-			t.Logf("%s shutdown: pg_ctl took %v; reported down %v after it returned (%v after it started); monitor rounds meanwhile: %d, the longest %v",
+			t.Logf("%s shutdown: pg_ctl took %v; reported down %v after it returned (%v after it started); probes of the other nodes meanwhile: %d, the longest round %v",
 				mode, stopTook.Round(time.Millisecond), detect.Round(time.Millisecond), (stopTook + detect).Round(time.Millisecond), n, round.Round(time.Millisecond))
 			// At the latest by the round after the one under way when
 			// pg_ctl returned: two rounds, each as long as the longest

@@ -113,7 +113,7 @@ func TestPartitionedReplica(t *testing.T) {
 	// machine took meanwhile, and never under detectBound.
 	round, n := rounds.through(t, detected)
 	bound := max(detectBound, 2*round+pollSlack)
-	t.Logf("replica2 partitioned; reported %s %v later (bound %v; %d monitor rounds meanwhile, the longest %v)", nodeState(c, victim.Addr()), detect, bound, n, round)
+	t.Logf("replica2 partitioned; reported %s %v later (bound %v; %d probes of the other nodes meanwhile, the longest round %v)", nodeState(c, victim.Addr()), detect, bound, n, round)
 	if detect > bound {
 		t.Errorf("replica2 reported down %v after the partition, over two monitor rounds (%v)", detect, bound)
 	}
@@ -171,7 +171,7 @@ func TestPartitionedReplica(t *testing.T) {
 	// since the heal, never under healBound.
 	round, n = rounds.through(t, time.Now())
 	bound = max(healBound, 3*round+pollSlack)
-	t.Logf("replica2 healed after %v partitioned; reported healthy %v and serving reads %v later (bound %v; %d monitor rounds meanwhile, the longest %v)", healed.Sub(partitioned), healthyAfter, back, bound, n, round)
+	t.Logf("replica2 healed after %v partitioned; reported healthy %v and serving reads %v later (bound %v; %d probes of the other nodes meanwhile, the longest round %v)", healed.Sub(partitioned), healthyAfter, back, bound, n, round)
 	if back > bound {
 		now := victimStatus()
 		t.Logf("replica2 when reported healthy: statements %d, errors %d, reroutes %v, pool %+v", atHealthy.Statements, atHealthy.Errors, atHealthy.Reroutes, atHealthy.Pool)
