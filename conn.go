@@ -541,11 +541,23 @@ var txBounds = classification{}
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o, cl)
 	if needPrimary {
-		return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
+		// The position the read needs is not known yet: ask the primary
+		// for it once, then a replica may serve the read (see catchUp).
+		c.settleBounds(ctx, o, cl)
+		if maxLag, minLSN, needPrimary = c.replicaBounds(o, cl); needPrimary {
+			return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
+		}
+	}
+	if minLSN != 0 {
+		// Known positions may be a probe old: ask a replica. If none has
+		// it, the loop below finds none usable and ends as before.
+		c.catchUp(ctx, maxLag, minLSN, 0)
 	}
 	first := c.statements == 0
 	reason := p.reason
-	hedgeable := p.hedge != hedgeNever
+	// A replica connection catchUp took serves the read: no hedge (it
+	// would take a second one into the same slot).
+	hedgeable := p.hedge != hedgeNever && !c.replica.held()
 	var tried uint64
 	var lastErr error
 	for {

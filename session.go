@@ -353,3 +353,104 @@ func queryUint(ctx context.Context, q driver.QueryerContext, query string) (uint
 	}
 	return 0, errors.New("pgreplica: unexpected WAL position")
 }
+
+// replayLSNSQL asks a standby how far it has replayed.
+const replayLSNSQL = "SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint"
+
+// catchUpPolls and catchUpPause bound how long a session read waits for a
+// replica to replay its writes before the primary serves it: replicas that
+// keep up replay a commit within a millisecond or two, far sooner than the
+// monitor's next probe would report it.
+const (
+	catchUpPolls = 3
+	catchUpPause = time.Millisecond
+)
+
+// settleBounds learns the WAL position of the writes a read must see when
+// no probe of the primary has reported it yet (a write just acknowledged,
+// or a token's claim): one small query on the primary per pending write,
+// after which the sessions know the position and a replica that has
+// replayed it may serve this read and the later ones. Writes still open
+// (INSERT … RETURNING whose rows are being read) stay unresolved.
+func (c *conn) settleBounds(ctx context.Context, o *routeOptions, cl classification) {
+	sessions := [3]*session{c.c.ryw}
+	if o != nil {
+		sessions[1] = o.session
+	}
+	if cl.catalog {
+		sessions[2] = &c.c.ddl
+	}
+	for _, s := range sessions {
+		if s == nil {
+			continue
+		}
+		if _, needPrimary := s.floor(c.c); needPrimary && s.open.Load() == 0 {
+			s.settleNow(ctx, c.c)
+		}
+	}
+}
+
+// catchUp asks a replica directly whether it has replayed minLSN, when the
+// monitor's last probes say none has: on the replica connection this
+// checkout holds, else on one taken from a replica that is otherwise
+// usable, polling a few times a millisecond apart. A replica found caught
+// up has its known position raised, so that routing picks it (and the
+// lease taken here is the one the read runs on). It reports whether one
+// was found.
+func (c *conn) catchUp(ctx context.Context, maxLag time.Duration, minLSN, tried uint64) bool {
+	if n, _ := c.c.pickReplica(c, maxLag, minLSN, tried); n != nil {
+		return true // one is known to have it already
+	}
+	l := &c.replica
+	if l.held() && !l.node.usableReplica(maxLag, 0) {
+		l.release()
+	}
+	if !l.held() {
+		n, err := c.c.pickReplica(c, maxLag, 0, tried)
+		if n == nil || err != nil {
+			return false
+		}
+		if err := n.acquire(ctx, l); err != nil {
+			if ctx.Err() == nil {
+				c.c.connectFailed(n, err)
+			}
+			return false
+		}
+	}
+	n := l.node
+	for i := 0; i < catchUpPolls; i++ {
+		if i > 0 {
+			t := time.NewTimer(catchUpPause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return false
+			case <-t.C:
+			}
+		}
+		lsn, err := queryUint(ctx, l.sc, replayLSNSQL)
+		if err != nil {
+			// Let the read's own path judge the replica; this connection
+			// may be broken.
+			c.dropReplica(l, err)
+			return false
+		}
+		if lsn >= minLSN {
+			n.noteReplayed(lsn)
+			return n.usableReplica(maxLag, minLSN)
+		}
+	}
+	return false
+}
+
+// noteReplayed raises the node's known replay position to lsn, which the
+// node itself just reported; a probe that started earlier may lower it
+// again, which only costs another check.
+func (n *node) noteReplayed(lsn uint64) {
+	for {
+		cur := n.replayLSN.Load()
+		if lsn <= cur || n.replayLSN.CompareAndSwap(cur, lsn) {
+			return
+		}
+	}
+}
