@@ -92,35 +92,46 @@ func TestNearestPolicyFollowsTheNearReplica(t *testing.T) {
 }
 
 // nearShare runs 500 plain reads from 4 goroutines and fails t unless at
-// least 99% of them were served by the near replica, and none failed.
+// least 99% of those the policy placed were served by the near replica,
+// and none failed. A read a hedge answered is not the policy's choice (a
+// near replica whose pool is cold after a restart is slow to connect on a
+// loaded machine, and the far one may rightly win the hedge): counted
+// apart, and logged.
 func nearShare(t *testing.T, db *sql.DB, nearPort, farPort int, when string) {
 	t.Helper()
 	const reads, workers = 500, 4
 	var mu sync.Mutex
 	byPort := map[int]int{}
+	hedged := 0
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
 			for range reads / workers {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				rctx, route := pgreplica.WithRoute(ctx)
 				var port int
-				err := db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port)
+				err := db.QueryRowContext(rctx, "SELECT inet_server_port()").Scan(&port)
 				cancel()
 				if err != nil {
 					t.Errorf("%s: read failed: %v", when, err)
 					return
 				}
 				mu.Lock()
-				byPort[port]++
+				if route.Reason() == pgreplica.ReasonHedge {
+					hedged++
+				} else {
+					byPort[port]++
+				}
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	t.Logf("%s: %d reads by port: near %d, far %d, other %d", when, reads,
-		byPort[nearPort], byPort[farPort], reads-byPort[nearPort]-byPort[farPort])
-	if byPort[nearPort]*100 < reads*99 {
-		t.Fatalf("%s: %d of %d reads on the near replica (%v), want at least 99%%", when, byPort[nearPort], reads, byPort)
+	placed := reads - hedged
+	t.Logf("%s: %d reads, %d answered by a hedge; the rest by port: near %d, far %d, other %d", when, reads, hedged,
+		byPort[nearPort], byPort[farPort], placed-byPort[nearPort]-byPort[farPort])
+	if placed < reads/2 || byPort[nearPort]*100 < placed*99 {
+		t.Fatalf("%s: %d of %d reads the policy placed were on the near replica (%v; %d hedged), want at least 99%%, and most reads placed", when, byPort[nearPort], placed, byPort, hedged)
 	}
 }
 
