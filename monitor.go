@@ -211,6 +211,15 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 		reused = false
 		r.err = m.probeOnce(parent, i, &r)
 	}
+	if isTerminated(r.err) {
+		// Every attempt was accepted and then terminated (57P01): someone
+		// is killing backends (pg_terminate_backend), which says nothing of
+		// the node. A server shutting down terminates the probe too, but
+		// then refuses the new connection (57P03, or refused): that is a
+		// failure. Inconclusive: the node keeps its state until the next
+		// probe.
+		r.skipped, r.err = true, nil
+	}
 	return r
 }
 
