@@ -1,15 +1,9 @@
 package pgreplica
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -19,70 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreplica/pgreplica/internal/testca"
 )
-
-// testCA is a throwaway certificate authority for TLS tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pgreplica test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// serverCert issues a server certificate for the given DNS names and IP
-// addresses.
-func (ca *testCA) serverCert(t *testing.T, names ...string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: names[0]},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
 
 // handshake runs a TLS handshake between a client using cfg and a server
 // presenting cert, over loopback TCP (net.Pipe has no buffer: a client
@@ -122,9 +55,9 @@ func handshake(t *testing.T, cfg *tls.Config, cert tls.Certificate) error {
 // name that host), the one sslrootcert applies to every node, and no node
 // may fall back to plain text.
 func TestTLSVerifyFullDSN(t *testing.T) {
-	ca := newTestCA(t)
+	ca := testca.New(t)
 	root := filepath.Join(t.TempDir(), "root.crt")
-	if err := os.WriteFile(root, ca.pem, 0o600); err != nil {
+	if err := os.WriteFile(root, ca.PEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	hosts := []string{"db1.example.com", "db2.example.com", "db3.example.com"}
@@ -136,7 +69,7 @@ func TestTLSVerifyFullDSN(t *testing.T) {
 	}
 	certs := make([]tls.Certificate, len(hosts))
 	for i, h := range hosts {
-		certs[i] = ca.serverCert(t, h)
+		certs[i] = ca.Issue(t, h)
 	}
 	for form, dsn := range dsns {
 		t.Run(form, func(t *testing.T) {

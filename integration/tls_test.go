@@ -2,16 +2,8 @@ package integration
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"database/sql"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,73 +15,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica/internal/testca"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
-
-// tlsIssuer signs test certificates.
-type tlsIssuer struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTLSIssuer(t *testing.T) (*tlsIssuer, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pgreplica test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tlsIssuer{cert: cert, key: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-// issue returns a server certificate for name (a DNS name or an IP
-// address) and its key, both PEM.
-func (ca *tlsIssuer) issue(t *testing.T, name string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	if ip := net.ParseIP(name); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{name}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
 
 // TestTLSVerifyFullCluster runs docs/operations.md's TLS setup on the real
 // cluster: sslmode=verify-full with one sslrootcert for all three nodes,
@@ -106,9 +34,9 @@ func TestTLSVerifyFullCluster(t *testing.T) {
 	}
 	ctx := testCtx(t)
 	began := time.Now()
-	ca, caPEM := newTLSIssuer(t)
+	ca := testca.New(t)
 	root := filepath.Join(t.TempDir(), "root.crt")
-	if err := os.WriteFile(root, caPEM, 0o644); err != nil {
+	if err := os.WriteFile(root, ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -116,7 +44,7 @@ func TestTLSVerifyFullCluster(t *testing.T) {
 	install := func(i int, name string) {
 		t.Helper()
 		n := cl.Nodes[i]
-		certPEM, keyPEM := ca.issue(t, name)
+		certPEM, keyPEM := ca.IssuePEM(t, name)
 		crt, key := filepath.Join(n.Dir, "tls-server.crt"), filepath.Join(n.Dir, "tls-server.key")
 		st, err := os.Stat(n.Dir)
 		if err != nil {
