@@ -337,13 +337,19 @@ func (m *monitor) apply(results []probeResult) {
 			// Counted from the round's start, less half an interval, so that
 			// a backoff of k intervals means k ticks despite scheduling jitter.
 			n.nextProbe.Store(m.roundStart + int64(m.backoff(n.failures.Load())-m.interval/2))
-			n.frozen.Store(errors.Is(r.err, errProbeTimeout))
+			timedOut := errors.Is(r.err, errProbeTimeout)
+			// Frozen in two steps: one probe timeout may be a loaded machine
+			// (two CI runs on two cores made a 500 ms probe time out on a
+			// healthy replica), so it only stops new reads going to the node.
+			// Reads in flight are cut only after a second timeout in a row,
+			// or a definite failure.
+			wasFrozen := n.frozen.Swap(timedOut)
 			n.setCause(r.err)
 			if n.setDown() {
 				c.logDown(n, r.err)
 				n.resetPool()
 			}
-			if n.standby.Load() {
+			if n.standby.Load() && (!timedOut || wasFrozen) {
 				// Reads stuck on it are safe to abort and retry; writes on a
 				// primary are not touched: only the server knows their fate.
 				n.abortConns()
