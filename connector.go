@@ -348,7 +348,12 @@ func (c *Connector) anyUsableReplica(maxLag time.Duration, tried uint64) bool {
 // it is not reported down. One terminated while it started up
 // (57P01) is only that connection's failure.
 func (c *Connector) connectFailed(n *node, err error) {
-	if isTooManyConnections(err) {
+	if isTooManyConnections(err) || isConnectTimeout(err) && n.fullStreak.Load() != 0 {
+		// A timed-out attempt to a node whose last answer was 53300 (no
+		// connection opened since) is no evidence it is down: a full
+		// server on a loaded machine answers its refusal late (issue 19).
+		// It stays backed off; the monitor's probe, one after each backoff,
+		// still finds a node that really died or froze.
 		n.refused(err, c.cfg.MonitorInterval)
 		n.reroutes[rerouteFull].Add(1)
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -130,4 +131,12 @@ func (n *node) afterConnect(next pgconn.AfterConnectFunc) pgconn.AfterConnectFun
 		n.connected()
 		return nil
 	}
+}
+
+// isConnectTimeout reports a new connection abandoned by its connect
+// timeout (pgx's own, a dial's, or the connect context's deadline), as
+// opposed to one the server answered or a host that refused the dial.
+func isConnectTimeout(err error) bool {
+	var ne net.Error
+	return pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

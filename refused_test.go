@@ -1,6 +1,7 @@
 package pgreplica
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -109,5 +110,24 @@ func TestRefusedOneAttemptAfterBackoff(t *testing.T) {
 	time.Sleep(5 * time.Millisecond)
 	if n.fullBlocks(time.Millisecond) || n.serverFull() {
 		t.Fatal("still backed off after a first attempt that was not refused")
+	}
+}
+
+// A connect that timed out after the node's last answer was 53300 keeps it
+// full and backed off, not down (issue 19: under load a full replica's
+// refusal arrived after the connect timeout, and the node was reported
+// down).
+func TestTimeoutAfterRefusalStaysFull(t *testing.T) {
+	c := &Connector{cfg: Config{MonitorInterval: time.Second}}
+	n := &node{}
+	n.up.Store(true)
+	c.connectFailed(n, errTooManyClients)
+	n.fullUntil.Store(time.Now().UnixNano() - 1) // the backoff passed
+	if n.fullBlocks(time.Minute) {
+		t.Fatal("the first attempt after the backoff was blocked")
+	}
+	c.connectFailed(n, fmt.Errorf("connect: %w", context.DeadlineExceeded))
+	if !n.up.Load() || !n.serverFull() || n.fullStreak.Load() != 2 {
+		t.Fatalf("after a timeout following 53300: up %v, full %v, streak %d; want up, full, 2", n.up.Load(), n.serverFull(), n.fullStreak.Load())
 	}
 }

@@ -631,10 +631,16 @@ func TestReplicaAtMaxConnections(t *testing.T) {
 	if failed.Load() != 0 || onVictim.Load() != 0 {
 		t.Fatalf("%d reads failed and %d were served by the full replica; want 0 and 0", failed.Load(), onVictim.Load())
 	}
-	for _, s := range []map[string]int{states, statesFresh} {
-		if s[pgreplica.StateDown] > 0 || s[pgreplica.StateFrozen] > 0 {
-			t.Fatalf("replica1 reported down or frozen while full: %v (fresh DB: %v)", states, statesFresh)
-		}
+	// The DB that has a connection there saw 53300 first: a later timed-out
+	// attempt does not make it down (connectFailed). The fresh DB has no
+	// connection there: under load its first attempts may time out before
+	// the refusal arrives (issue 19), and a node that does not answer in
+	// time is down as far as it can tell; it must learn full in the end.
+	if states[pgreplica.StateDown] > 0 || states[pgreplica.StateFrozen] > 0 || statesFresh[pgreplica.StateFrozen] > 0 {
+		t.Fatalf("replica1 reported down or frozen while full: %v (fresh DB: %v)", states, statesFresh)
+	}
+	if statesFresh[pgreplica.StateDown] > 0 {
+		t.Logf("the fresh DB reported replica1 down before it learned full (its connects timed out before the refusal arrived): %v", statesFresh)
 	}
 	if states[pgreplica.StateFull] == 0 || statesFresh[pgreplica.StateFull] == 0 {
 		t.Fatalf("replica1 never reported full: %v (fresh DB: %v)", states, statesFresh)
