@@ -19,7 +19,15 @@ const (
 	DefaultReplicaMaxConns = 20
 	DefaultMonitorInterval = time.Second
 	DefaultMaxReplicaLag   = time.Second
+	// DefaultPrimaryWait is 30s: Patroni's default ttl, the longest a
+	// failed leader keeps its key before a replica is promoted.
+	DefaultPrimaryWait = 30 * time.Second
 )
+
+// PrimaryWaitOff, as Config.PrimaryWait, makes a statement that needs the
+// primary fail at once with ErrNoPrimary when none is known
+// (primary_wait=off).
+const PrimaryWaitOff time.Duration = -1
 
 // MaxReplicaLagOff, as Config.MaxReplicaLag, lets a replica serve reads
 // however far behind the primary it is (max_replica_lag=off). Any negative
@@ -93,6 +101,11 @@ type Config struct {
 	// follows each node's recent latency, a positive duration is fixed, and
 	// HedgeOff turns hedging off.
 	HedgeAfter time.Duration
+	// PrimaryWait bounds how long a statement that needs the primary waits
+	// for the first probe round and for a writable primary (primary_wait);
+	// zero means DefaultPrimaryWait, PrimaryWaitOff fails at once. The
+	// caller's context deadline wins when it is sooner.
+	PrimaryWait time.Duration
 
 	// FallbackMaxShare bounds the share of plain reads finding no usable
 	// replica that the fallback may send to the primary
@@ -177,6 +190,12 @@ func (cfg Config) resolve() (Config, error) {
 	}
 	if cfg.HedgeAfter < 0 {
 		cfg.HedgeAfter = HedgeOff
+	}
+	switch {
+	case cfg.PrimaryWait == 0:
+		cfg.PrimaryWait = DefaultPrimaryWait
+	case cfg.PrimaryWait < 0:
+		cfg.PrimaryWait = PrimaryWaitOff
 	}
 
 	nodes := make([]*pgxpool.Config, 0, 1+len(cfg.Replicas))

@@ -223,7 +223,7 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 	if c.c.closed.Load() {
 		return nil, ErrClosed
 	}
-	p, err := c.c.primary()
+	p, err := c.c.waitPrimary(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -258,6 +258,15 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		}
 	}
 	res, err := c.execOn(ctx, o, l, query, args, reason)
+	if err != nil && c.txLease == nil && isReadOnlyViolation(err) && !c.sticky {
+		// The node believed primary refused it as a standby: it was
+		// demoted and nothing was applied, so the write may run once on
+		// the new primary. Never inside a transaction (its earlier
+		// statements are gone with the old primary), never with session
+		// state (it lives on that connection), never after an unknown
+		// outcome (only 25006 gets here).
+		res, err = c.rerunOnNewPrimary(ctx, o, l.node, query, args, err)
+	}
 	if err != nil {
 		if c.txLease != nil {
 			c.tx.failed = true
@@ -266,6 +275,25 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	return res, nil
+}
+
+// rerunOnNewPrimary re-runs, once, an autocommit write that old refused
+// with 25006, on the primary the monitor finds next (waitPrimary kicks it).
+// On no new primary within primary_wait it returns the first error.
+func (c *conn) rerunOnNewPrimary(ctx context.Context, o *routeOptions, old *node, query string, args []driver.NamedValue, first error) (driver.Result, error) {
+	c.primary.release()
+	p, err := c.c.waitPrimary(ctx, old)
+	if err != nil {
+		return nil, fmt.Errorf("%w (and %w)", first, err)
+	}
+	if c.replica.held() && c.replica.node == p {
+		c.primary, c.replica = c.replica, lease{}
+	} else if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
+		c.c.primaryFailed(err)
+		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
+	}
+	c.pinned = true
+	return c.execOn(ctx, o, &c.primary, query, args, ReasonWrite)
 }
 
 // execOn runs one statement through Exec on a held lease.
@@ -297,6 +325,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		}
 		return rows, err
 	}
+	c.c.waitRolesKnown(ctx)
 	cl := classifyCached(query)
 	p := c.decide(o, cl)
 	if p.replica {

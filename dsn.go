@@ -30,6 +30,7 @@ var ownKeys = map[string]bool{
 	"fallback_max_share":  true,
 	"hedge_after":         true,
 	"read_your_writes":    true,
+	"primary_wait":        true,
 }
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
@@ -127,6 +128,16 @@ func ParseConfig(dsn string) (*Config, error) {
 				}
 				cfg.HedgeAfter = dur
 			}
+		case "primary_wait":
+			if val == "off" {
+				cfg.PrimaryWait = PrimaryWaitOff
+				break
+			}
+			dur, err := time.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return nil, dsnError("primary_wait must be a positive duration, such as 30s, or off")
+			}
+			cfg.PrimaryWait = dur
 		case "read_your_writes":
 			switch val {
 			case "off":

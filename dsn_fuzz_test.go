@@ -27,6 +27,9 @@ func FuzzParseConfig(f *testing.F) {
 		"postgres:///db?host=/tmp",
 		"postgres://app@/db?host=/a,,b",
 		"host=/var/run/postgresql,replica-1 port=5432,5433 dbname=d",
+		"postgres://u@a,b/d?primary_wait=30s",
+		"host=a,b dbname=d primary_wait=off",
+		"postgres://u@a,b/d?primary_wait=-1s",
 	}
 	for _, s := range seeds {
 		f.Add(s, "hunter2hunter2")

@@ -75,6 +75,38 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigPrimaryWait(t *testing.T) {
+	for _, c := range []struct {
+		dsn        string
+		want, used time.Duration
+	}{
+		{"postgres://u@a,b/d", 0, DefaultPrimaryWait},
+		{"postgres://u@a,b/d?primary_wait=off", PrimaryWaitOff, PrimaryWaitOff},
+		{"postgres://u@a,b/d?primary_wait=2s", 2 * time.Second, 2 * time.Second},
+		{"host=a,b dbname=d primary_wait=250ms", 250 * time.Millisecond, 250 * time.Millisecond},
+	} {
+		cfg, err := ParseConfig(c.dsn)
+		if err != nil {
+			t.Fatalf("%s: %v", c.dsn, err)
+		}
+		if cfg.PrimaryWait != c.want {
+			t.Errorf("%s: PrimaryWait = %v, want %v", c.dsn, cfg.PrimaryWait, c.want)
+		}
+		r, err := cfg.resolve()
+		if err != nil {
+			t.Fatalf("%s: resolve: %v", c.dsn, err)
+		}
+		if r.PrimaryWait != c.used {
+			t.Errorf("%s: resolved PrimaryWait = %v, want %v", c.dsn, r.PrimaryWait, c.used)
+		}
+		for _, pc := range append(cfg.Replicas, cfg.Primary) {
+			if _, ok := pc.ConnConfig.RuntimeParams["primary_wait"]; ok {
+				t.Fatalf("%s: primary_wait reached pgx", c.dsn)
+			}
+		}
+	}
+}
+
 func TestParseConfigHedgeAfter(t *testing.T) {
 	for _, c := range []struct {
 		dsn  string
@@ -181,6 +213,9 @@ func TestParseConfigErrorsNameTheKeyNotTheValue(t *testing.T) {
 		{"postgres://u@a,b/d?hedge_after=0s", "hedge_after must be auto, off or a positive duration"},
 		{"host=a,b dbname=d hedge_after=-5ms", "hedge_after must be auto, off or a positive duration"},
 		{"postgres://u@a,b/d?hedge_afer=5ms", `unknown pgreplica key "hedge_afer"`},
+		{"postgres://u@a,b/d?primary_wait=soon", "primary_wait must be a positive duration"},
+		{"postgres://u@a,b/d?primary_wait=0s", "primary_wait must be a positive duration"},
+		{"host=a,b dbname=d primary_wait=-1s", "primary_wait must be a positive duration"},
 		{"postgres://u@a,b/d?replica_a-b=1", `unknown pgreplica key starting "replica_a"`},
 		{"postgres://u@a,b/d?target_session_attrs=read-write", "target_session_attrs"},
 		{"postgres://u@a,,b/d", "empty host"},
@@ -391,6 +426,8 @@ func TestParseConfigMatchesConfigLiteral(t *testing.T) {
 		{"pool_max_conns=5&replica_max_conns=40&monitor_interval=250ms&max_replica_lag=2s&hedge_after=5ms&replica_policy=round_robin",
 			Config{MaxConns: 5, ReplicaMaxConns: 40, MonitorInterval: 250 * time.Millisecond, MaxReplicaLag: 2 * time.Second, HedgeAfter: 5 * time.Millisecond, Policy: RoundRobin()}},
 		{"primary_max_conns=3&replica_policy=weighted&replica_weights=3,1", Config{PrimaryMaxConns: 3, Policy: Weighted(3, 1)}},
+		{"primary_wait=5s", Config{PrimaryWait: 5 * time.Second}},
+		{"primary_wait=off", Config{PrimaryWait: PrimaryWaitOff}},
 	} {
 		dsn := "postgres://app@db1:5432,db2:5432,db3:5432/shop?sslmode=disable"
 		if c.params != "" {

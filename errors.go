@@ -29,7 +29,9 @@ var ErrClosed = errors.New("pgreplica: connector closed")
 // with a one-host DSN naming a standby, or a primary demoted before another
 // is promoted. Status then has Primary "" and the health report
 // HealthNoPrimary. A primary that is merely unreachable stays the primary:
-// writes to it fail with its connection error.
+// writes to it fail with its connection error. Before failing, a statement
+// that needs the primary waits up to primary_wait (Config.PrimaryWait) for
+// the first probe round and for a writable primary.
 var ErrNoPrimary = errors.New("pgreplica: no usable primary")
 
 // ErrPolicy is returned by reads when the replica Policy panicked while
