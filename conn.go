@@ -717,6 +717,7 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 // error kept in lastErr. It returns nil when no replica is left, and an
 // error only when ctx ended.
 func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uint64, tried *uint64, lastErr *error) (*lease, error) {
+	c.c.awaitFirstProbes(ctx, maxLag)
 	l := &c.replica
 	if l.held() {
 		if l.node.usableReplica(maxLag, minLSN) {

@@ -1,6 +1,7 @@
 package pgreplica
 
 import (
+	"context"
 	"strconv"
 	"time"
 )
@@ -74,6 +75,30 @@ func (n *node) withinLag(maxLag time.Duration) bool {
 		now = h // the primary committed nothing since: it is not answering
 	}
 	return time.Duration(now-known) <= maxLag
+}
+
+// awaitFirstProbes holds a read bounded by maxLag on a connector whose
+// monitor has not finished its first round: until then no replica is known
+// to be within any bound, and the read would go to the primary. It waits
+// at most one probe interval (a round waiting for a node that does not
+// answer takes longer); a read with no bound does not wait.
+func (c *Connector) awaitFirstProbes(ctx context.Context, maxLag time.Duration) {
+	done := c.rolesKnown
+	if done == nil || maxLag == noLagLimit {
+		return // no monitor (routing unit tests)
+	}
+	select {
+	case <-done:
+		return
+	default:
+	}
+	t := time.NewTimer(probeInterval(&c.cfg))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // staleness returns how old, at most, the data on the replica is: how long
