@@ -540,6 +540,7 @@ var txBounds = classification{}
 // (see primaryRerun) is re-run on the primary.
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o, cl)
+	c.c.awaitFirstProbes(ctx, maxLag)
 	if needPrimary {
 		// The position the read needs is not known yet: ask the primary
 		// for it once, then a replica may serve the read (see catchUp).

@@ -132,6 +132,12 @@ type staleClock struct {
 	// down is the start of the first probe of the current primary that
 	// failed since it last answered, 0 while it answers.
 	down int64
+	// fresh holds the replicas that were within max_replica_lag after
+	// the last round; early is set when that round asked for the next one
+	// early (see updateStaleness). rounds counts this primary's rounds.
+	fresh  map[*node]bool
+	early  bool
+	rounds int
 }
 
 // updateStaleness brings knownAt and horizon of every node up to date with
@@ -168,25 +174,55 @@ func (m *monitor) updateStaleness(primary *node, results []probeResult) {
 		// round on (an earlier start would only make reads less stale).
 		s.down = monoNow()
 	}
+	if s.fresh == nil {
+		s.fresh = make(map[*node]bool)
+	}
+	s.rounds++
+	bound, now, early := m.c.cfg.MaxReplicaLag, monoNow(), false
 	for i, n := range m.c.nodes {
 		if n == primary || !n.standby.Load() || !n.up.Load() || n.offTimeline.Load() {
 			// Not a replica of this primary's timeline (or a replica that
 			// may come back as another server): nothing is known of it.
 			n.knownAt.Store(0)
 			n.horizon.Store(0)
+			delete(s.fresh, n)
 			continue
 		}
 		var known int64
-		switch r := results[i]; {
-		case r.skipped || r.err != nil || !r.standby:
+		r := results[i]
+		answered := !r.skipped && r.err == nil && r.standby
+		switch {
+		case !answered:
 			// Not heard from this round: what it had replayed, it still has.
 			known = n.knownAt.Load()
 		case r.clock != 0 && s.ok:
 			// Not later than the probe read it (a clock that jumped).
 			known = min(r.clock-s.offset, r.started+int64(r.latency))
 		}
-		n.knownAt.Store(max(known, s.coveredAt(n.replayLSN.Load())))
+		replay := n.replayLSN.Load()
+		known = max(known, s.coveredAt(replay))
+		n.knownAt.Store(known)
 		n.horizon.Store(s.down)
+		if bound <= 0 || s.down != 0 {
+			continue
+		}
+		// A replica that was within the bound (or that this primary's
+		// first round found) and that this round caught a moment behind
+		// the primary's probe, with nothing newer known, would drop out
+		// before the next round: probe again at once, when it has
+		// replayed what it lacked. A replica that stays behind (paused)
+		// asks once, when it first falls behind.
+		behind := len(s.samples) > 0 && replay < s.samples[len(s.samples)-1].lsn
+		dropsOut := known == 0 || time.Duration(now+int64(m.interval)-known) > bound
+		if answered && behind && dropsOut && (s.fresh[n] || s.rounds == 1) {
+			early = true
+		}
+		s.fresh[n] = known != 0 && time.Duration(now-known) <= bound
+	}
+	// Never two early rounds in a row: a replica that is still behind is.
+	s.early = early && !s.early
+	if s.early {
+		m.kick()
 	}
 }
 
