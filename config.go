@@ -86,11 +86,15 @@ type Config struct {
 	ReplicaMaxConns int32
 
 	// MonitorInterval is how often every node is probed (monitor_interval);
-	// zero means DefaultMonitorInterval, and it must be at least 10ms.
+	// zero means DefaultMonitorInterval, and it must be at least 10ms. The
+	// monitor probes every half MaxReplicaLag when that is shorter (not
+	// under 50ms): the age of a probe counts against the lag bound.
 	MonitorInterval time.Duration
 	// MaxReplicaLag is how far behind the primary a replica may be and still
-	// serve reads (max_replica_lag); zero means DefaultMaxReplicaLag, and
-	// MaxReplicaLagOff disables the limit.
+	// serve reads (max_replica_lag): a plain read misses nothing the primary
+	// committed longer than this before it began, counting the age of what
+	// the probes found (docs/guarantees.md). Zero means DefaultMaxReplicaLag,
+	// and MaxReplicaLagOff disables the limit.
 	MaxReplicaLag time.Duration
 	// DisableFallback makes reads fail with ErrNoReplica when no replica is
 	// usable (fallback_to_primary=false); by default they go to the primary.

@@ -569,6 +569,7 @@ var txBounds = classification{}
 // (see primaryRerun) is re-run on the primary.
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o, cl)
+	c.c.awaitFirstProbes(ctx, maxLag)
 	if needPrimary {
 		// The position the read needs is not known yet: ask the primary
 		// for it once, then a replica may serve the read (see catchUp).
@@ -746,6 +747,7 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 // error kept in lastErr. It returns nil when no replica is left, and an
 // error only when ctx ended.
 func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uint64, tried *uint64, lastErr *error) (*lease, error) {
+	c.c.awaitFirstProbes(ctx, maxLag)
 	l := &c.replica
 	if l.held() {
 		if l.node.usableReplica(maxLag, minLSN) {

@@ -42,11 +42,12 @@ func UsePrimary(ctx context.Context) context.Context {
 // d behind the primary, overriding the DSN's max_replica_lag for calls made
 // with it. A dashboard may allow 30s; a checkout page 100ms.
 //
-// A d of 0 accepts only a replica that is caught up: one that had replayed
-// everything the primary had flushed when the monitor last probed both
-// (it can still lack what was committed since, up to a monitor interval
-// plus a probe round trip). A negative d is taken as 0. There is no "no
-// limit" value: use a long duration.
+// A replica qualifies only if it is known to have everything the primary
+// had committed d before the read began, counting the time since the
+// monitor found that out (docs/guarantees.md, "How stale a read can be"):
+// a d much under the probe interval is met only right after probes, and a
+// d of 0 never, so such reads go to the primary. A negative d is taken as
+// 0. There is no "no limit" value: use a long duration.
 func WithMaxLag(ctx context.Context, d time.Duration) context.Context {
 	d = max(d, 0)
 	return with(ctx, func(o *routeOptions) { o.maxLag, o.hasMaxLag = d, true })

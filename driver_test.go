@@ -44,6 +44,7 @@ func newFakeCluster(t *testing.T, replicas int, cfg Config) *fakeCluster {
 		n := &node{index: i, addr: fmt.Sprintf("node%d:5432", i), fake: dc.(nodeConn)}
 		n.up.Store(true)
 		n.standby.Store(i != 0)
+		n.setBehind(-time.Hour) // caught up, for as long as a test runs
 		c.nodes = append(c.nodes, n)
 		fc.mocks = append(fc.mocks, mock)
 		t.Cleanup(func() { mdb.Close() })
@@ -524,7 +525,7 @@ func TestAllReplicasDown(t *testing.T) {
 
 func TestLaggingReplicaIsAvoidedUnlessTheCallAllowsIt(t *testing.T) {
 	fc := newFakeCluster(t, 2, defaultCfg())
-	fc.c.nodes[1].lagNanos.Store(int64(2 * time.Second))
+	fc.c.nodes[1].setBehind(2 * time.Second)
 	fc.mocks[2].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
 	fc.mocks[2].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
 	for range 2 {
@@ -533,7 +534,7 @@ func TestLaggingReplicaIsAvoidedUnlessTheCallAllowsIt(t *testing.T) {
 		}
 	}
 	// Allowing 30s, both replicas qualify again; allowing 100ms only node 2.
-	fc.c.nodes[2].lagNanos.Store(int64(50 * time.Millisecond))
+	fc.c.nodes[2].setBehind(50 * time.Millisecond)
 	fc.mocks[1].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
 	fc.mocks[2].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
 	for range 2 {

@@ -32,6 +32,7 @@ func healthConnector(replicas int) *Connector {
 		n.probedAt.Store(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
 		n.probeNanos.Store(int64(1500 * time.Microsecond))
 		n.rttNanos.Store(int64(2 * time.Millisecond))
+		n.setBehind(-time.Hour)
 		c.nodes = append(c.nodes, n)
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
@@ -63,7 +64,7 @@ func TestHealthHandlerStates(t *testing.T) {
 	}{
 		{"all healthy", func(*Connector) {}, 200, HealthHealthy, []string{StateHealthy, StateHealthy, StateHealthy}},
 		{"a replica down", func(c *Connector) { c.nodes[2].up.Store(false) }, 200, HealthHealthy, []string{StateHealthy, StateHealthy, StateDown}},
-		{"a replica lagging", func(c *Connector) { c.nodes[1].lagNanos.Store(int64(1500 * time.Millisecond)) }, 200, HealthHealthy, []string{StateHealthy, StateLagging, StateHealthy}},
+		{"a replica lagging", func(c *Connector) { c.nodes[1].setBehind(1500 * time.Millisecond) }, 200, HealthHealthy, []string{StateHealthy, StateLagging, StateHealthy}},
 		{"a replica frozen", func(c *Connector) { c.nodes[1].up.Store(false); c.nodes[1].frozen.Store(true) }, 200, HealthHealthy, []string{StateHealthy, StateFrozen, StateHealthy}},
 		{"all replicas down", func(c *Connector) { c.nodes[1].up.Store(false); c.nodes[2].up.Store(false) }, 200, HealthDegraded, []string{StateHealthy, StateDown, StateDown}},
 		{"primary down", func(c *Connector) { c.nodes[0].up.Store(false) }, 503, HealthDown, []string{StateDown, StateHealthy, StateHealthy}},

@@ -22,14 +22,15 @@ import (
 // lacks pg_read_all_stats, which pg_monitor includes), and the newest
 // timeline its control file shows it replayed, which can lag behind (it
 // moves at restartpoints). Positions on different timelines cannot be
-// compared: see updateLag.
+// compared: see updateLag. The last column is probeClockSQL (staleness.go).
 const probeSQL = `SELECT pg_is_in_recovery(),
 	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
 	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint,
 	CASE WHEN pg_is_in_recovery() THEN to_hex(w.received_tli) ELSE left(pg_walfile_name(pg_current_wal_insert_lsn()), 8) END,
 	CASE WHEN pg_is_in_recovery() THEN
 		(SELECT to_hex(greatest(r.min_recovery_end_timeline, c.timeline_id)) FROM pg_control_recovery() r, pg_control_checkpoint() c)
-	END
+	END,
+	` + probeClockSQL + `
 FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
 
 // probeNoControlSQL is probeSQL for a server where the role may not run
@@ -40,7 +41,8 @@ const probeNoControlSQL = `SELECT pg_is_in_recovery(),
 	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0')::bigint,
 	(CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_flush_lsn() END - '0/0')::bigint,
 	CASE WHEN pg_is_in_recovery() THEN to_hex(w.received_tli) ELSE left(pg_walfile_name(pg_current_wal_insert_lsn()), 8) END,
-	NULL::text
+	NULL::text,
+	` + probeClockSQL + `
 FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver w ON true`
 
 // historyLen bounds the primary positions kept to turn a standby's replay
@@ -69,7 +71,8 @@ type monitor struct {
 	lagging    []bool
 	noControl  []bool // the node refused pg_control_*(): probe with probeNoControlSQL
 	splitBrain bool
-	roundStart int64 // unix nanos at which the current round began
+	roundStart int64      // unix nanos at which the current round began
+	stale      staleClock // see staleness.go
 }
 
 type probeResult struct {
@@ -86,13 +89,16 @@ type probeResult struct {
 	replayedTLI uint32
 	started     int64 // monoNow
 	latency     time.Duration
+	// clock (unix nanos) is the primary's clock_timestamp(), or a
+	// standby's last replayed commit's timestamp; 0: none (staleness.go).
+	clock int64
 }
 
 func startMonitor(c *Connector) *monitor {
 	timeout := min(max(c.cfg.MonitorInterval, 500*time.Millisecond), 5*time.Second)
 	m := &monitor{
 		c:              c,
-		interval:       c.cfg.MonitorInterval,
+		interval:       probeInterval(&c.cfg),
 		timeout:        timeout,
 		connectTimeout: max(timeout, defaultReplicaConnectTimeout),
 		kickCh:         make(chan struct{}, 1),
@@ -292,7 +298,7 @@ func readProbeSQL(ctx context.Context, pc *pgx.Conn, sql string, r *probeResult)
 	if err != nil {
 		return err
 	}
-	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 5 {
+	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 6 {
 		return errors.New("pgreplica: unexpected probe result")
 	}
 	row := results[0].Rows[0]
@@ -300,11 +306,12 @@ func readProbeSQL(ctx context.Context, pc *pgx.Conn, sql string, r *probeResult)
 	flush, err2 := strconv.ParseUint(string(row[2]), 10, 64)
 	tli, err3 := parseTimeline(row[3])
 	replayed, err4 := parseTimeline(row[4])
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	clock, err5 := parseClock(row[5])
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return fmt.Errorf("pgreplica: unexpected probe result: %w", err)
 	}
 	r.standby, r.lsn, r.flushLSN = string(row[0]) == "t", lsn, flush
-	r.timeline, r.replayedTLI = tli, replayed
+	r.timeline, r.replayedTLI, r.clock = tli, replayed, clock
 	return nil
 }
 
@@ -417,6 +424,7 @@ func (m *monitor) apply(results []probeResult) {
 		}
 	}
 	m.updateLag(primary)
+	m.updateStaleness(primary, results)
 }
 
 // smoothRTT folds one probe's latency into a node's smoothed round-trip

@@ -54,6 +54,13 @@ type node struct {
 	fullUntil  atomic.Int64 // backoff after a connection refused with 53300; see refused.go
 	fullStreak atomic.Int32 // refusals in a row since the last new connection
 
+	// Staleness (staleness.go), written by the monitor: every commit the
+	// primary had made visible at knownAt (monoNow) is replayed here, 0
+	// while unknown; horizon is when the primary stopped answering probes,
+	// 0 while it answers.
+	knownAt atomic.Int64
+	horizon atomic.Int64
+
 	// cause is why its last probe or new connection failed; nil once a
 	// probe answers (see setCause).
 	cause atomic.Pointer[Cause]
@@ -374,7 +381,7 @@ func (n *node) skipReason(maxLag time.Duration, minLSN uint64) rerouteReason {
 		return rerouteDown
 	case !n.standby.Load():
 		return rerouteReadOnly // writable: not a replica at all
-	case n.offTimeline.Load(), time.Duration(n.lagNanos.Load()) > maxLag,
+	case n.offTimeline.Load(), !n.withinLag(maxLag),
 		minLSN != 0 && n.replayLSN.Load() < minLSN:
 		return rerouteLag
 	case n.fullBlocks(fullProbation):

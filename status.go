@@ -154,7 +154,8 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.State = StateFrozen
 	case !n.up.Load():
 		ns.State = StateDown
-	case ns.Role == RoleReplica && (n.offTimeline.Load() || maxLag > 0 && ns.Lag > maxLag):
+	case ns.Role == RoleReplica && (n.offTimeline.Load() || maxLag > 0 && !n.withinLag(maxLag)):
+		// Lagging means what routing sees: its reads are not within the bound.
 		ns.State = StateLagging
 	default:
 		ns.State = StateHealthy

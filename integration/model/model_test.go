@@ -48,10 +48,12 @@ const (
 	replicaMax      = 8
 	workersPerDB    = 5
 	opTimeout       = 5 * time.Second
-	// margin is the scheduling room a bounded read gets on top of its
-	// bound, the monitor interval and its node's probe age: the machine
-	// is shared and loaded.
-	margin = 1500 * time.Millisecond
+	// margin is what a bounded read gets on top of its bound: none. An
+	// op's start is taken before pgreplica routes it and a heartbeat's
+	// acknowledgement after it was visible, so load on the machine only
+	// makes a read look fresher; pgreplica counts the age of its probes
+	// against the bound (docs/guarantees.md, "How stale a read can be").
+	margin = 0
 	// scopeSpan keys: key = scope*scopeSpan + seq.
 	scopeSpan = 1_000_000
 )

@@ -69,11 +69,11 @@ func TestWithMaxLagPerCall(t *testing.T) {
 	}
 }
 
-// WithMaxLag(ctx, 0) means caught up, not "no limit": once a replica whose
-// replay is paused is behind, it serves none of those reads, even with no
-// lag limit in the DSN, and a negative bound is taken as 0. What such a
-// read gets has everything the primary had flushed at the probe that found
-// the replica behind, so it sees a row committed before that probe.
+// WithMaxLag(ctx, 0) means caught up, not "no limit": a paused replica
+// serves none of those reads, even with no lag limit in the DSN, and a
+// negative bound is taken as 0. Such a read sees a row committed before it
+// began (no replica can be known to have what was committed the instant
+// the read began: the primary serves it).
 func TestWithMaxLagZeroMeansCaughtUp(t *testing.T) {
 	ctx := testCtx(t)
 	table := testcluster.NewTable(t, ctx, "lagzero", "id int")

@@ -134,10 +134,14 @@ type History struct {
 	FinalHB map[int64]bool
 	OldHB   map[int64]bool
 
-	// Slack for a bounded read: the bound, plus MonitorInterval (lag is
-	// measured against the primary positions of past probes), plus how
-	// old the serving node's last probe was when the read started, plus
-	// Margin (scheduling on a loaded machine).
+	// What a bounded read is allowed: its bound, plus Margin, plus, for a
+	// read that began while the primary was gone (from FailoverAt until
+	// PromotedAt), the time since FailoverAt: a primary that answers no
+	// one commits nothing, and replicas keep serving what it had
+	// (docs/guarantees.md, "How stale a read can be"). The age of the
+	// monitor's knowledge, the gap between its probes and the machine's
+	// load are not allowed for: pgreplica counts them against the bound.
+	// MonitorInterval is the run's monitor_interval (for reports).
 	MonitorInterval time.Duration
 	Margin          time.Duration
 }
@@ -432,14 +436,22 @@ func StalenessOf(h *History) map[int]Staleness {
 	return out
 }
 
+// sentToPrimary are the route reasons of a read pgreplica sent to the node
+// it took for the primary.
+var sentToPrimary = map[string]bool{"fallback": true, "primary_only": true, "use_primary": true, "pinned": true,
+	"session": true, "classifier": true, "write": true, "read_only_error": true, "recovery_error": true, "undefined_object": true}
+
 func (st *staleness) of(i int) (Staleness, bool) {
 	h, r := st.h, &st.h.Ops[i]
 	if !r.Read || r.failed() || (!r.Fresh && !r.Stale) || r.Port == 0 {
 		return Staleness{}, false
 	}
 	hbs := st.all
-	if h.FailoverAt != 0 && r.Port == h.NewPrimaryPort && r.End > h.PromotedAt {
-		hbs = st.final // its history is the new timeline's
+	if h.FailoverAt != 0 && r.Port == h.NewPrimaryPort && (r.End > h.PromotedAt || r.Start > h.FailoverAt && sentToPrimary[r.Reason]) {
+		// Its history is the new timeline's: it answered after the
+		// promotion, or pgreplica sent it there as to the primary (once
+		// promoted: PromotedAt is when pg_ctl promote returned).
+		hbs = st.final
 	}
 	j := sort.Search(len(hbs), func(j int) bool { return hbs[j].Seq > r.HB })
 	if j == len(hbs) || hbs[j].Acked >= r.Start {
@@ -447,53 +459,15 @@ func (st *staleness) of(i int) (Staleness, bool) {
 	}
 	s := Staleness{Missed: hbs[j].Seq, MissedAcked: hbs[j].Acked, Stale: r.Start - hbs[j].Acked, Why: "a fresh read"}
 	if !r.Fresh {
-		age := h.probeAge(r.DB, r.Port, r.Start)
-		gap := h.historyGap(r.DB, r.Start, r.Bound)
-		s.Allowed = r.Bound + gap + age + h.Margin
-		s.Why = fmt.Sprintf("bound %v + primary probe gap %v + probe age %v + margin %v", r.Bound, gap.Round(time.Millisecond), age.Round(time.Millisecond), h.Margin)
+		s.Allowed = r.Bound + h.Margin
+		s.Why = fmt.Sprintf("bound %v + margin %v", r.Bound, h.Margin)
+		if h.FailoverAt != 0 && r.Start >= h.FailoverAt && r.Start < h.PromotedAt {
+			down := r.Start - h.FailoverAt
+			s.Allowed += down
+			s.Why += fmt.Sprintf(" + %v since the primary crashed", down.Round(time.Millisecond))
+		}
 	}
 	return s, true
-}
-
-// probeAge is how long before t db's monitor last heard from port, by the
-// newest sample taken before t (an older sample only makes it longer).
-func (h *History) probeAge(db string, port int, t time.Duration) time.Duration {
-	j := sort.Search(len(h.Probes), func(j int) bool { return h.Probes[j].At > t })
-	for j--; j >= 0; j-- {
-		s := &h.Probes[j]
-		if s.DB != db {
-			continue
-		}
-		if lp, ok := s.LastProbe[port]; ok {
-			return max(t-lp, 0)
-		}
-		break
-	}
-	return t
-}
-
-// historyGap is the granularity of the primary positions lag was measured
-// against when a read with bound started at t: the longest gap between
-// the primary's probes over the bound (and 2 s more) before t, at least
-// MonitorInterval.
-func (h *History) historyGap(db string, t, bound time.Duration) time.Duration {
-	port := h.primaryAt(t)
-	from := t - bound - 2*time.Second
-	gap := h.MonitorInterval
-	var last time.Duration = -1
-	j := sort.Search(len(h.Probes), func(j int) bool { return h.Probes[j].At >= from })
-	for ; j < len(h.Probes) && h.Probes[j].At <= t; j++ {
-		s := &h.Probes[j]
-		lp, ok := s.LastProbe[port]
-		if s.DB != db || !ok || lp == last {
-			continue
-		}
-		if last >= 0 {
-			gap = max(gap, lp-last)
-		}
-		last = lp
-	}
-	return gap
 }
 
 // CheckNoHedgedWrite: a write function called through SELECT (a

@@ -183,23 +183,71 @@ func TestFailoverLossExcused(t *testing.T) {
 	}
 }
 
-// A gap in the primary's probes widens a bounded read's slack: lag was
-// measured against older primary positions.
-func TestPrimaryProbeGapWidensSlack(t *testing.T) {
+// The age of the monitor's knowledge and gaps between its probes give a
+// bounded read no slack: pgreplica counts them against the bound. Only a
+// read while the primary was gone (crashed, not yet replaced) may be older
+// by the time since the crash.
+func TestBoundedStaleSlack(t *testing.T) {
 	h := base()
-	// Saw heartbeat 290 (acked t=2.9s), heartbeat 291 missed: 2.1 s stale
-	// at t=5s, over 1 s + 200 ms + 500 ms.
+	h.Margin = 0
+	// Saw heartbeat 379 (acked t=3.79s), missed 380 (t=3.8s): 1.2 s stale
+	// at t=5s, over its 1 s bound.
 	h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "plain read", Start: ms(5000), End: ms(5001), Port: r2Port,
-		Read: true, HB: 290, Stale: true, Bound: time.Second})
+		Read: true, HB: 379, Stale: true, Bound: time.Second})
 	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
 		t.Fatalf("got %+v, want one %q", vs, BoundedStale)
 	}
 	for i := range h.Probes {
-		if at := h.Probes[i].At; at > ms(3000) && at < ms(4500) {
-			h.Probes[i].LastProbe[pPort] = ms(3000) // the primary unprobed for 1.5 s
+		if at := h.Probes[i].At; at > ms(3000) && at < ms(5500) {
+			h.Probes[i].LastProbe[pPort] = ms(3000) // the primary unprobed for 2 s
 		}
 	}
+	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
+		t.Fatalf("with a 2 s gap in the primary's probes: got %+v, want one %q", vs, BoundedStale)
+	}
+	// The primary crashed at t=4.5s and replica1 was promoted at t=6s: at
+	// t=5s it had been gone 0.5 s, and the read may be 1.5 s stale.
+	h.FailoverAt, h.PromotedAt, h.NewPrimaryPort = ms(4500), ms(6000), r1Port
+	h.OldPrimary, h.OldHB = map[int64]Row{}, map[int64]bool{}
+	for k, v := range h.Final {
+		h.OldPrimary[k] = v
+	}
+	for s := int64(1); s <= 450; s++ {
+		h.OldHB[s] = true
+	}
 	if vs := Check(h); len(vs) != 0 {
-		t.Fatalf("with a 1.5 s gap in the primary's probes: %+v", vs)
+		t.Fatalf("a read 0.5 s into the primary's outage: %+v", vs)
+	}
+	h.FailoverAt = ms(4900) // gone 0.1 s: 1.1 s allowed
+	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
+		t.Fatalf("a read 0.1 s into the primary's outage: got %+v, want one %q", vs, BoundedStale)
+	}
+}
+
+// A read pgreplica sent to the promoted node as to the primary is judged
+// by the new timeline's heartbeats, even before pg_ctl promote returned:
+// what the old primary lost is no staleness of that read.
+func TestReadOnNewPrimaryBeforePromoteReturned(t *testing.T) {
+	h := base()
+	h.Margin = 0
+	h.FailoverAt, h.PromotedAt, h.NewPrimaryPort = ms(5800), ms(6000), r1Port
+	h.OldPrimary, h.OldHB = map[int64]Row{}, map[int64]bool{}
+	for k, v := range h.Final {
+		h.OldPrimary[k] = v
+	}
+	for s := int64(1); s <= 400; s++ {
+		h.OldHB[s] = true
+	}
+	for s := int64(351); s <= 600; s++ {
+		delete(h.FinalHB, s) // lost with the old primary; the new one writes from 601 on
+	}
+	h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "plain read", Start: ms(5900), End: ms(5950), Port: r1Port, Reason: "fallback",
+		Read: true, HB: 350, Stale: true, Bound: time.Second})
+	if vs := Check(h); len(vs) != 0 {
+		t.Fatalf("a fallback read on the promoted node: %+v", vs)
+	}
+	h.Ops[len(h.Ops)-1].Reason = "read" // as a standby: it lacked 351–400
+	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
+		t.Fatalf("a standby read on the node before its promotion: got %+v, want one %q", vs, BoundedStale)
 	}
 }
