@@ -228,3 +228,46 @@ func checkReplicaPoolsClean(t *testing.T, ctx context.Context, db *sql.DB, pol *
 		}
 	}
 }
+
+// BenchmarkSettingsRequest is one request of the row-level-security
+// pattern: a conn, set_config(…, false), one read, the conn back.
+// "replicas" is this version (the setting replayed on a replica
+// connection, then set back); "pinned" keeps the conn on the primary, as
+// any session state but a plain setting does (what every set_config did
+// before); "no setting" is the read alone, for scale.
+func BenchmarkSettingsRequest(b *testing.B) {
+	ctx := context.Background()
+	db := testcluster.Open(b, monitorInterval)
+	db.SetMaxIdleConns(8)
+	for _, bc := range []struct{ name, set string }{
+		{"replicas", "SELECT set_config('app.user_id', $1, false)"},
+		{"pinned", "SELECT set_config('role', current_user, false), $1::text"},
+		{"no setting", ""},
+	} {
+		db.SetMaxIdleConns(0) // a conn the last case pinned pins no more
+		db.SetMaxIdleConns(8)
+		b.Run(bc.name, func(b *testing.B) {
+			replicas := 0
+			for i := 0; b.Loop(); i++ {
+				c, err := db.Conn(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if bc.set != "" {
+					if _, err := c.ExecContext(ctx, bc.set, fmt.Sprintf("u%d", i%8)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				var port int
+				if err := c.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+					b.Fatal(err)
+				}
+				if isReplicaPort(port) {
+					replicas++
+				}
+				c.Close()
+			}
+			b.ReportMetric(float64(replicas)/float64(b.N), "replica-share")
+		})
+	}
+}
