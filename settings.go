@@ -353,6 +353,12 @@ func (l *lease) undoSettings() {
 	if len(l.restore) == 0 || l.dirty {
 		return
 	}
+	if !l.node.up.Load() {
+		// Marked down (frozen, unreachable): closing costs no wait for
+		// an answer that may never come.
+		l.dirty = true
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), settingsUndoTimeout)
 	defer cancel()
 	args := make([]any, 0, 2*len(l.restore))

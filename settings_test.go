@@ -256,3 +256,15 @@ func TestFailedUndoClosesReplicaConnection(t *testing.T) {
 	}
 	l.release()
 }
+
+// A replica marked down gets no undo: its connection is closed at once.
+func TestUndoOnDownReplicaClosesWithoutWaiting(t *testing.T) {
+	fc := newFakeCluster(t, 1, defaultCfg())
+	n := fc.c.nodes[1]
+	n.up.Store(false)
+	l := lease{node: n, sc: n.fake, restore: []settingRestore{{name: "app.user_id"}}}
+	l.undoSettings() // no statement expected on the mock
+	if !l.dirty {
+		t.Fatal("a down replica's connection with settings is not marked to be closed")
+	}
+}
