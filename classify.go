@@ -11,6 +11,12 @@ type classification struct {
 	catalog      bool // may read the schema: after DDL it must see it
 	ddl          bool // may change the schema
 	hint         routeHint
+	// settings: the text only changes plain settings of the session
+	// (sqlclass.ParseSettings): a conn records it, and the replica
+	// connections that serve its reads run it too (settings.go).
+	settings     bool
+	resetAll     bool   // it is RESET ALL
+	settingNames string // the names it sets: sqlclass.Settings.Names
 }
 
 // routeHint is a routing request written into the SQL text as a comment.
@@ -22,8 +28,15 @@ const (
 	hintReplica = sqlclass.HintReplica
 )
 
-// classify reads one SQL text; it never allocates.
+// classify reads one SQL text; it allocates only for a text that changes
+// settings.
 func classify(query string) classification {
 	c := sqlclass.Classify(query)
-	return classification{readOnly: c.ReadOnly, pure: c.Pure, sessionState: c.SessionState, catalog: c.Catalog, ddl: c.DDL, hint: c.Hint}
+	cl := classification{readOnly: c.ReadOnly, pure: c.Pure, sessionState: c.SessionState, catalog: c.Catalog, ddl: c.DDL, hint: c.Hint}
+	if c.SessionState && !c.ReadOnly {
+		if s, ok := sqlclass.ParseSettings(query); ok {
+			cl.settings, cl.resetAll, cl.settingNames = true, s.ResetAll, s.Names
+		}
+	}
+	return cl
 }

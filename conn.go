@@ -51,12 +51,19 @@ type conn struct {
 	// it, so a sql.Conn reads its own writes and keeps its session state.
 	pinned bool
 	// sticky is set once the primary lease holds session state: it is kept
-	// (and pinned stays set) across checkouts until the conn is closed; see
-	// sessionstate.go. evicted is set, under Connector.sticky.mu, when a
+	// across checkouts until the conn is closed; see sessionstate.go.
+	// stickyPin is set when that state is more than plain settings (a
+	// temporary table, a lock, SET ROLE, …): pinned then stays set across
+	// checkouts too. evicted is set, under Connector.sticky.mu, when a
 	// waiter took its connection while database/sql held the conn idle.
-	sticky  bool
-	evicted bool
-	parked  bool // in Connector.sticky's idle set; only the conn's own calls touch it
+	sticky    bool
+	stickyPin bool
+	evicted   bool
+	parked    bool // in Connector.sticky's idle set; only the conn's own calls touch it
+	// settings are the plain settings this conn made on its primary
+	// connection, replayed on the replica connections that serve its
+	// reads (settings.go); nil if none.
+	settings *settingsLog
 	// statements run in this checkout; a failed read is retried on another
 	// node only when it was the first, so nothing was observed yet.
 	statements int
@@ -118,9 +125,18 @@ func (c *conn) endCheckout() (lost bool) {
 			s.noteWrite(c.c)
 		}
 	}
-	c.pinned = c.sticky
+	c.pinned = c.stickyPin
 	c.statements = 0
 	return lost
+}
+
+// countStatement counts a statement of the checkout, for the rules that
+// hold only for its first read (a retry elsewhere, a hedge). A plain
+// setting is not counted: it showed the caller no data.
+func (c *conn) countStatement(cl classification) {
+	if !cl.settings {
+		c.statements++
+	}
 }
 
 // endHedgeRows stops tying a won hedge's rows to the caller's context.
@@ -167,7 +183,7 @@ func (c *conn) Close() error {
 		c.hedge = nil
 	}
 	c.unparkSticky()
-	c.sticky = false
+	c.sticky, c.stickyPin, c.settings = false, false, nil
 	c.endCheckout()
 	return nil
 }
@@ -253,7 +269,13 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		reason = ReasonTransaction
 	} else {
 		var err error
-		if l, err = c.primaryLease(ctx); err != nil {
+		if classifyCached(query).settings {
+			// A plain setting does not pin the checkout: record decides.
+			l, err = c.primaryLeaseUnpinned(ctx)
+		} else {
+			l, err = c.primaryLease(ctx)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -300,16 +322,16 @@ func (c *conn) rerunOnNewPrimary(ctx context.Context, o *routeOptions, old *node
 func (c *conn) execOn(ctx context.Context, o *routeOptions, l *lease, query string, args []driver.NamedValue, reason Reason) (driver.Result, error) {
 	cl := classifyCached(query)
 	if cl.sessionState {
-		c.noteSessionState(l)
+		c.noteSessionState(l, cl)
 	}
-	c.statements++
+	c.countStatement(cl)
 	n := l.node
 	n.statements.Add(1)
 	res, err := l.sc.ExecContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
 	}
-	c.record(o, outcome{node: n, reason: reason, cl: cl, err: err})
+	c.record(o, outcome{node: n, reason: reason, cl: cl, err: err, text: query, args: args})
 	return res, err
 }
 
@@ -383,9 +405,12 @@ func (c *conn) decide(o *routeOptions, cl classification) plan {
 // holds a primary connection (it would hold two). Any other read-only text
 // may call a user function, which a standby refuses if it writes and a
 // primary runs: it is hedged only among standbys.
+//
+// A conn with settings is not hedged: the hedge's connection would need
+// them replayed too.
 func (c *conn) hedgeScope(cl classification) hedgeScope {
 	switch {
-	case c.statements != 0 || c.c.cfg.HedgeAfter < 0 || c.replica.held() || !cl.readOnly:
+	case c.statements != 0 || c.c.cfg.HedgeAfter < 0 || c.replica.held() || !cl.readOnly || c.settings != nil:
 		return hedgeNever
 	case cl.pure && !c.primary.held():
 		return hedgeAny
@@ -406,15 +431,20 @@ type outcome struct {
 	query bool
 	// unsent: it never reached the node (no connection could be had).
 	unsent bool
+	// text and args are the statement, for a settings statement to be
+	// replayed (settings.go).
+	text string
+	args []driver.NamedValue
 }
 
 // record books the outcome of every statement, whatever path led to it
 // (plain, UsePrimary, a hint, a pinned conn, a hedge's win, a re-run on the
 // primary after a standby refused it): which node WithRoute reports, on
 // failure too; whether the checkout is now pinned to the primary; and
-// whether the session must count a write. Only the primary changes data,
+// whether the session must count a write; and the plain settings the conn
+// made, which its reads take to replicas. Only the primary changes data,
 // and on it any text that is not pure may have written, a SELECT of a
-// user function included.
+// user function included; a plain setting changes none.
 func (c *conn) record(o *routeOptions, out outcome) {
 	n := out.node
 	if o != nil && o.report != nil {
@@ -428,6 +458,16 @@ func (c *conn) record(o *routeOptions, out outcome) {
 		// checkout is pinned already.
 		if out.cl.ddl && mayHaveRun(out.err) {
 			c.tx.ddl = true
+		}
+		return
+	}
+	if out.cl.settings {
+		// It changed no data: the checkout's reads may stay on replicas,
+		// which replay it (settings.go). If it failed, the primary's
+		// session did not change; if it cannot be replayed, the conn
+		// keeps to the primary, as for any session state.
+		if out.err == nil && !c.stickyPin && !c.noteSettings(out.cl, out.text, out.args) {
+			c.stickyPin, c.pinned = true, true
 		}
 		return
 	}
@@ -482,7 +522,13 @@ func mayHaveRun(err error) bool {
 }
 
 func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
-	l, err := c.primaryLease(ctx)
+	var l *lease
+	var err error
+	if cl.settings {
+		l, err = c.primaryLeaseUnpinned(ctx) // record decides
+	} else {
+		l, err = c.primaryLease(ctx)
+	}
 	if err != nil {
 		if p, perr := c.c.primary(); perr == nil {
 			c.record(o, outcome{node: p, reason: reason, cl: cl, err: err, query: true, unsent: true})
@@ -512,16 +558,16 @@ func (c *conn) closeOpenWrite() {
 // queryOn runs one query on a held lease.
 func (c *conn) queryOn(ctx context.Context, o *routeOptions, l *lease, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
 	if cl.sessionState {
-		c.noteSessionState(l)
+		c.noteSessionState(l, cl)
 	}
-	c.statements++
+	c.countStatement(cl)
 	n := l.node
 	n.statements.Add(1)
 	rows, err := l.sc.QueryContext(c.traceCtx(ctx, reason), query, args)
 	if err != nil {
 		n.errors.Add(1)
 	}
-	c.record(o, outcome{node: n, reason: reason, cl: cl, err: err, query: true})
+	c.record(o, outcome{node: n, reason: reason, cl: cl, err: err, query: true, text: query, args: args})
 	if err != nil {
 		return nil, err
 	}
@@ -622,6 +668,9 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 			}
 		} else {
 			l, err = c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+			if errors.Is(err, errSettingsRefused) {
+				return c.queryPrimary(ctx, o, query, args, ReasonPinned, cl)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -742,17 +791,28 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 
 // nextReplica returns the replica lease a read should try next: the one
 // this checkout holds while its node stays usable (replicas keep no session
-// state, so switching is safe), else a new one from a usable replica not in
-// tried. A replica that cannot be reached is marked down and skipped, its
-// error kept in lastErr. It returns nil when no replica is left, and an
-// error only when ctx ended.
+// state of their own, so switching is safe), else a new one from a usable
+// replica not in tried. A replica that cannot be reached is marked down and
+// skipped, its error kept in lastErr. The lease it returns holds the
+// conn's settings (replicaReady). It returns nil when no replica is left,
+// and an error only when ctx ended or a replica refused the conn's
+// settings (errSettingsRefused: the primary must serve the read).
 func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uint64, tried *uint64, lastErr *error) (*lease, error) {
 	c.c.awaitFirstProbes(ctx, maxLag)
 	l := &c.replica
 	if l.held() {
 		if l.node.usableReplica(maxLag, minLSN) {
 			*tried |= 1 << l.node.index
-			return l, nil
+			err := c.replicaReady(ctx, l)
+			if err == nil {
+				return l, nil
+			}
+			if ctx.Err() != nil || errors.Is(err, errSettingsRefused) {
+				l.release()
+				return nil, err
+			}
+			c.dropReplica(l, err)
+			*lastErr = err
 		}
 		l.release()
 	}
@@ -767,6 +827,16 @@ func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uin
 				return nil, err
 			}
 			c.c.connectFailed(n, err)
+			*lastErr = err
+			continue
+		}
+		if err := c.replicaReady(ctx, l); err != nil {
+			if ctx.Err() != nil || errors.Is(err, errSettingsRefused) {
+				l.release()
+				return nil, err
+			}
+			// Its connection failed, not the settings: try another.
+			c.dropReplica(l, err)
 			*lastErr = err
 		}
 	}
@@ -837,6 +907,9 @@ func (c *conn) beginOnReplica(ctx context.Context, o *routeOptions, opts driver.
 	var lastErr error
 	for {
 		l, err := c.nextReplica(ctx, maxLag, minLSN, tried, &lastErr)
+		if errors.Is(err, errSettingsRefused) {
+			return nil, nil // the primary takes it
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package pgreplica
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"sync/atomic"
 )
@@ -102,8 +103,14 @@ func (c *conn) queryStale(ctx context.Context, o *routeOptions, n *node, query s
 		}
 		if err == nil {
 			var rows driver.Rows
-			if rows, err = c.queryOn(ctx, o, l, query, args, ReasonStale, cl); err == nil {
-				return c.result(n, rows), nil
+			if err = c.replicaReady(ctx, l); errors.Is(err, errSettingsRefused) {
+				l.release()
+				return c.queryPrimary(ctx, o, query, args, ReasonPinned, cl)
+			}
+			if err == nil {
+				if rows, err = c.queryOn(ctx, o, l, query, args, ReasonStale, cl); err == nil {
+					return c.result(n, rows), nil
+				}
 			}
 			c.dropReplica(l, err)
 			if !isRetryableRead(err) {

@@ -438,6 +438,10 @@ type lease struct {
 	sc     nodeConn      // runs the statements
 	closer *stdlib.Conn  // set when acquired through the wrapper: Close releases
 	dirty  bool          // session state was changed: close, never reuse
+	// A replica connection that holds a conn's settings (settings.go):
+	// the log it replayed, and what to set back before it is pooled.
+	settingsGen uint64
+	restore     []settingRestore
 }
 
 func (l *lease) held() bool { return l.sc != nil }
@@ -553,6 +557,7 @@ func (l *lease) release() {
 	if l.sc == nil {
 		return
 	}
+	l.undoSettings() // may mark it dirty
 	if l.dirty {
 		l.discard()
 	}

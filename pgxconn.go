@@ -2,6 +2,7 @@ package pgreplica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -115,6 +116,9 @@ func (c *conn) ReplicaConn(ctx context.Context) (*pgx.Conn, error) {
 	var tried uint64
 	var lastErr error
 	l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+	if errors.Is(err, errSettingsRefused) {
+		return c.rawPrimary(ctx, o, ReasonPinned)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +155,7 @@ func (c *conn) rawConn(o *routeOptions, l *lease, reason Reason, session bool) (
 		return nil, fmt.Errorf("pgreplica: node %s has no pgx connection", l.node.addr)
 	}
 	if session && l == &c.primary {
-		c.noteSessionState(l)
+		c.noteSessionState(l, classification{})
 	}
 	c.statements++
 	l.node.statements.Add(1)

@@ -29,12 +29,17 @@ type stickyConns struct {
 }
 
 // noteSessionState records that a statement run on l changes session
-// state: on the primary the conn keeps l from now on; on a replica l is
-// closed when released.
-func (c *conn) noteSessionState(l *lease) {
+// state: on the primary the conn keeps l from now on, and unless it only
+// changes plain settings outside a transaction (which its reads take to
+// replicas: settings.go), its later checkouts are pinned to l too; on a
+// replica l is closed when released.
+func (c *conn) noteSessionState(l *lease, cl classification) {
 	l.dirty = true
 	if l == &c.primary {
 		c.sticky = true
+		if !cl.settings || c.txLease != nil {
+			c.stickyPin = true
+		}
 	}
 }
 
@@ -155,7 +160,7 @@ func (c *Connector) evictIdleSticky() bool {
 		// Under the lock: the conn's next ResetSession or Close reads
 		// these only after taking it.
 		l, victim.primary = victim.primary, lease{}
-		victim.sticky, victim.pinned, victim.evicted = false, false, true
+		victim.sticky, victim.stickyPin, victim.pinned, victim.evicted = false, false, false, true
 	}
 	s.mu.Unlock()
 	l.release() // dirty: closed, so the pool can open a new one

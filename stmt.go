@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql/driver"
+	"errors"
 
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -103,6 +104,9 @@ func (c *conn) describeOnReplica(ctx context.Context, query string) (done bool, 
 	var lastErr error
 	for {
 		l, err := c.nextReplica(ctx, maxLag, minLSN, &tried, &lastErr)
+		if errors.Is(err, errSettingsRefused) {
+			return false, nil // the primary describes it
+		}
 		if err != nil {
 			return true, err // ctx ended
 		}

@@ -75,9 +75,11 @@ func (r *run) openDB(hedge, app string, ryw bool) *mdb {
 }
 
 // The statements. Every read returns the node that answered, the highest
-// key of the caller's scope it sees and the highest heartbeat it sees.
+// key of the caller's scope it sees, the highest heartbeat it sees and the
+// value of model.uid its connection has ("" when it has none).
 func (r *run) readSQL() string {
-	return "SELECT inet_server_port(), coalesce((SELECT max(k) FROM " + r.w + " WHERE k >= $1 AND k < $2), 0), coalesce((SELECT max(seq) FROM " + r.hb + "), 0)"
+	return "SELECT inet_server_port(), coalesce((SELECT max(k) FROM " + r.w + " WHERE k >= $1 AND k < $2), 0), coalesce((SELECT max(seq) FROM " + r.hb + "), 0), " +
+		"coalesce(current_setting('model.uid', true), '')"
 }
 func (r *run) execSQL() string {
 	return "INSERT INTO " + r.w + " (k) VALUES ($1) ON CONFLICT (k) DO UPDATE SET n = " + r.w + ".n + 1"
@@ -146,6 +148,7 @@ type expect struct {
 	ryw, fresh, stale bool
 	bound             time.Duration
 	checkout          bool
+	setting           string // the model.uid its conn set
 }
 
 var (
@@ -157,10 +160,11 @@ var (
 func (w *worker) read(ctx context.Context, q querier, kind, text string, scope int64, e expect, extra ...any) {
 	op := w.begin(kind, scope)
 	op.Read, op.RYW, op.Fresh, op.Stale, op.Bound, op.Checkout = true, e.ryw, e.fresh, e.stale, e.bound, e.checkout
+	op.WantSetting = e.setting
 	rctx, route := pgreplica.WithRoute(ctx)
 	cctx, cancel := context.WithTimeout(rctx, opTimeout)
 	args := append([]any{scope * scopeSpan, (scope + 1) * scopeSpan}, extra...)
-	err := q.QueryRowContext(cctx, text, args...).Scan(&op.Port, &op.ScopeMax, &op.HB)
+	err := q.QueryRowContext(cctx, text, args...).Scan(&op.Port, &op.ScopeMax, &op.HB, &op.Setting)
 	cancel()
 	op.Reason = reasonOf(route)
 	w.end(&op, err)
@@ -171,7 +175,7 @@ func (w *worker) stmtRead(ctx context.Context, s *sql.Stmt, kind string, scope i
 	op.Read, op.RYW, op.Fresh, op.Stale, op.Bound, op.Stmt = true, e.ryw, e.fresh, e.stale, e.bound, true
 	rctx, route := pgreplica.WithRoute(ctx)
 	cctx, cancel := context.WithTimeout(rctx, opTimeout)
-	err := s.QueryRowContext(cctx, scope*scopeSpan, (scope+1)*scopeSpan).Scan(&op.Port, &op.ScopeMax, &op.HB)
+	err := s.QueryRowContext(cctx, scope*scopeSpan, (scope+1)*scopeSpan).Scan(&op.Port, &op.ScopeMax, &op.HB, &op.Setting)
 	cancel()
 	op.Reason = reasonOf(route)
 	// pgreplica names the primary in the errors of a statement that
@@ -356,7 +360,7 @@ func (w *worker) httpRequests() {
 		op := w.begin("HTTP GET", w.hscop)
 		op.Read, op.RYW, op.Stale, op.Bound = true, true, true, maxReplicaLag
 		err := w.httpDo(http.MethodGet, url.Values{"scope": {strconv.FormatInt(w.hscop, 10)}}, &res)
-		op.Port, op.Reason, op.ScopeMax, op.HB = res.Port, res.Reason, res.ScopeMax, res.HB
+		op.Port, op.Reason, op.ScopeMax, op.HB, op.Setting = res.Port, res.Reason, res.ScopeMax, res.HB, res.Setting
 		w.end(&op, err)
 	}
 }
@@ -366,6 +370,7 @@ type httpResult struct {
 	Reason   string `json:"reason"`
 	ScopeMax int64  `json:"scope_max"`
 	HB       int64  `json:"hb"`
+	Setting  string `json:"setting"`
 	Err      string `json:"err"`
 }
 
@@ -426,7 +431,7 @@ func (r *run) handler(d *mdb) http.Handler {
 		ctx, route := pgreplica.WithRoute(req.Context())
 		scope, _ := strconv.ParseInt(req.URL.Query().Get("scope"), 10, 64)
 		var res httpResult
-		err := d.db.QueryRowContext(ctx, r.readSQL(), scope*scopeSpan, (scope+1)*scopeSpan).Scan(&res.Port, &res.ScopeMax, &res.HB)
+		err := d.db.QueryRowContext(ctx, r.readSQL(), scope*scopeSpan, (scope+1)*scopeSpan).Scan(&res.Port, &res.ScopeMax, &res.HB, &res.Setting)
 		reply(rw, route, res, err)
 	})
 	return mux
@@ -449,12 +454,14 @@ func (w *worker) checkout() {
 	var changed bool
 	defer func() {
 		if changed {
-			discard(c) // set_config(…, true) may have pinned it for good
+			// set_config(…, true) may have pinned it for good; model.uid
+			// stays with the database/sql connection, as with pgx.
+			discard(c)
 		}
 	}()
 	on := expect{ryw: true, stale: true, bound: maxReplicaLag, checkout: true}
 	for range 2 + w.rng.IntN(3) {
-		switch w.rng.IntN(8) {
+		switch w.rng.IntN(10) {
 		case 0, 1:
 			w.read(ctx, c, "conn: read", r.readSQL(), scope, on)
 		case 2:
@@ -484,6 +491,33 @@ func (w *worker) checkout() {
 			w.end(&op, err)
 		case 7:
 			w.write(ctx, c, "conn: INSERT RETURNING", "returning", scope, true)
+		case 8, 9:
+			// A plain setting: the conn's later reads see it, wherever
+			// they run (replicas replay it), and no other conn's do.
+			changed = true
+			user := fmt.Sprintf("w%d-%d", w.id, scope)
+			if on.setting != "" && w.rng.IntN(3) == 0 {
+				user = ""
+			}
+			kind, text, args := "conn: SET model.uid", "SET model.uid = '"+user+"'", []any(nil)
+			switch {
+			case user == "":
+				kind, text = "conn: RESET model.uid", "RESET model.uid"
+			case w.rng.IntN(2) == 0:
+				kind, text, args = "conn: set_config(…, false)", "SELECT set_config('model.uid', $1, false)", []any{user}
+			}
+			op := w.begin(kind, scope)
+			op.Checkout = true
+			rctx, route := pgreplica.WithRoute(ctx)
+			// Exec: no port is recorded, as a plain setting does not pin
+			// the checkout to the primary that ran it.
+			_, err := c.ExecContext(rctx, text, args...)
+			op.Reason = reasonOf(route)
+			w.end(&op, err)
+			if err != nil {
+				return // whether the conn has it is unknown
+			}
+			on.setting = user
 		}
 	}
 }
@@ -535,7 +569,7 @@ func (w *worker) txReadOnly(serializable bool) {
 	op.Start = start
 	op.Read, op.Fresh, op.Stale, op.Bound = true, e.fresh, e.stale, e.bound
 	rctx, route := pgreplica.WithRoute(ctx)
-	err = tx.QueryRowContext(rctx, r.readSQL(), w.anon*scopeSpan, (w.anon+1)*scopeSpan).Scan(&op.Port, &op.ScopeMax, &op.HB)
+	err = tx.QueryRowContext(rctx, r.readSQL(), w.anon*scopeSpan, (w.anon+1)*scopeSpan).Scan(&op.Port, &op.ScopeMax, &op.HB, &op.Setting)
 	op.Reason = reasonOf(route)
 	if err != nil {
 		_ = tx.Rollback()

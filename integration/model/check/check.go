@@ -59,6 +59,11 @@ type Op struct {
 	Stale bool
 	Bound time.Duration
 
+	// Setting is the value of model.uid a read's connection had ("" for
+	// none); WantSetting is what the read's own conn set (SET,
+	// set_config(…, false), RESET) earlier in its checkout.
+	Setting, WantSetting string
+
 	// Stmt marks a read through a prepared *sql.Stmt, PrimaryErr a
 	// failure that came from the primary (it was down, say).
 	Stmt       bool
@@ -169,6 +174,7 @@ const (
 	PinnedCheckout  = "a checkout that used the primary stays on it"
 	StmtLikePlain   = "a prepared Stmt read works wherever its plain read would"
 	PoolCap         = "no pool exceeds its cap"
+	OwnSettings     = "a read sees its own conn's settings and no other conn's"
 	maxPerInvariant = 5
 )
 
@@ -180,6 +186,7 @@ func Check(h *History) []Violation {
 	for _, f := range []func(*History) []Violation{
 		CheckNoStandbyWrite, CheckAckedDurable, CheckNoDoubleEffect,
 		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPinnedCheckout, CheckStmtLikePlain, CheckPoolCap,
+		CheckOwnSettings,
 	} {
 		vs := f(h)
 		sort.SliceStable(vs, func(i, j int) bool { return vs[i].From < vs[j].From })
@@ -484,9 +491,28 @@ func CheckNoHedgedWrite(h *History) []Violation {
 	return vs
 }
 
+// CheckOwnSettings: a read sees the model.uid its own conn set, wherever
+// it ran (a replica connection replays the conn's settings), and a read
+// of a conn that set none sees none (no replica connection carries one
+// conn's setting to another).
+func CheckOwnSettings(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if !o.Read || o.failed() || o.Setting == o.WantSetting {
+			continue
+		}
+		vs = append(vs, Violation{Invariant: OwnSettings, Op: i, From: o.Start,
+			Msg:   fmt.Sprintf("answered by %s (reason %s) with model.uid %q; its conn set %q", h.role(o.Port), orDash(o.Reason), o.Setting, o.WantSetting),
+			class: o.Kind + " " + orDash(o.Reason)})
+	}
+	return vs
+}
+
 // CheckPinnedCheckout: within one sql.Conn checkout, every statement
 // after one the primary answered is answered by the primary too (README:
-// the primary serves the rest of the checkout).
+// the primary serves the rest of the checkout; a plain setting, recorded
+// without a port, does not count).
 func CheckPinnedCheckout(h *History) []Violation {
 	used := map[int64]int{} // scope → first op the primary answered
 	var vs []Violation

@@ -124,6 +124,13 @@ func TestEachInvariantFires(t *testing.T) {
 				Op{ID: 6, DB: "d", Kind: "plain read", Start: ms(7001), End: ms(7002), Port: r2Port, Reason: "read",
 					Read: true, HB: 699, Stale: true, Bound: time.Second})
 		}},
+		{"a read missed its conn's setting", OwnSettings, func(h *History) {
+			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "conn: read", Scope: 9, Checkout: true, Start: ms(6002), End: ms(6003), Port: r1Port, Reason: "read",
+				Read: true, HB: 599, Stale: true, Bound: time.Second, WantSetting: "w1-9"})
+		}},
+		{"a read saw another conn's setting", OwnSettings, func(h *History) {
+			h.Ops[1].Setting = "w1-9"
+		}},
 		{"pool over its cap", PoolCap, func(h *History) {
 			h.Pools = append(h.Pools, PoolSample{At: ms(600), DB: "d", Port: r1Port, Live: 9, Cap: 8})
 		}},
