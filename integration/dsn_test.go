@@ -149,7 +149,7 @@ func TestPasswordWithSpecialCharactersInBothDSNForms(t *testing.T) {
 			if port != primaryPort() {
 				t.Fatalf("INSERT … RETURNING served by %s", testcluster.Role(port))
 			}
-			testcluster.WaitReplayed(t, ctx)
+			testcluster.WaitReplicaReads(t, ctx, db)
 			seen := map[string]bool{}
 			for range 10 {
 				p := testcluster.Port(t, ctx, db)

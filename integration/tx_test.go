@@ -68,8 +68,10 @@ func TestTransactionsRunOnPrimary(t *testing.T) {
 			t.Fatalf("commit=%v: the primary has %d rows with id %d, want %d", commit, got, id, want)
 		}
 	}
-	// The committed row reaches the replicas, and plain reads see it there.
-	testcluster.WaitReplayed(t, ctx)
+	// The committed row reaches the replicas, and plain reads see it there
+	// once one is known to have it (the default mode: the read follows
+	// db's writes).
+	testcluster.WaitReplicaReads(t, ctx, db)
 	var port, n int
 	if err := db.QueryRowContext(ctx, "SELECT inet_server_port(), count(*) FROM "+table).Scan(&port, &n); err != nil {
 		t.Fatal(err)

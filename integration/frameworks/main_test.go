@@ -166,34 +166,6 @@ func pgCode(err error) string {
 	return ""
 }
 
-// replicasServe waits until the replicas replayed everything and a plain
-// read of db is served by one. In the default mode (read_your_writes=
-// connector) a read after db's writes goes to the primary until a replica
-// is known to have them: a probe tells, or the read asks a replica, whose
-// replay position may still be short of the primary's insert position
-// (after a rollback, whose WAL the primary flushes in its own time). Tests
-// call it before checking that a read goes to a replica; it waits for as
-// long as that takes, bounded only by ctx.
-func replicasServe(t *testing.T, ctx context.Context, db *sql.DB) {
-	t.Helper()
-	testcluster.WaitReplayed(t, ctx)
-	for {
-		rctx, route := pgreplica.WithRoute(ctx)
-		var one int
-		if err := db.QueryRowContext(rctx, "SELECT 1").Scan(&one); err != nil {
-			t.Fatal(err)
-		}
-		if testcluster.IsReplicaAddr(route.Node()) {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("reads of db never returned to the replicas (last: %s for %s)", route.Node(), route.Reason())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // newTable creates a table through a plain connection to the primary and
 // waits until the replicas have it.
 func newTable(t *testing.T, ctx context.Context, prefix, columns string) string {

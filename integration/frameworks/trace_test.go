@@ -34,7 +34,7 @@ func TestTracer(t *testing.T) {
 	wantReason(t, "INSERT … RETURNING", rec.since(m), "RETURNING", pgreplica.ReasonClassifier)
 	onPrimary(t, "INSERT … RETURNING", rec.since(m))
 
-	replicasServe(t, ctx, db)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	var n int
 	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
@@ -64,7 +64,7 @@ func TestTracer(t *testing.T) {
 		wantReason(t, "transaction", evs, part, pgreplica.ReasonTransaction)
 	}
 
-	replicasServe(t, ctx, db)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	rtx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
