@@ -129,11 +129,12 @@ type Config struct {
 	// RouteReason reads pgreplica's reason from its context. The monitor's
 	// probes are not traced.
 	Tracer pgx.QueryTracer
-	// ReadYourWrites, when ReadYourWritesConnector, makes every read see
-	// every write this Connector acknowledged before the read began, with
-	// no context: one session shared by every statement (see the DSN key
-	// read_your_writes). The zero value, ReadYourWritesOff, leaves it to
-	// WithSession and Middleware.
+	// ReadYourWrites is the scope in which a read sees earlier writes
+	// without WithSession (the DSN key read_your_writes). The zero value,
+	// ReadYourWritesConnector, makes every read see every write this
+	// Connector acknowledged before the read began: one session shared by
+	// every statement. ReadYourWritesOff leaves it to WithSession and
+	// Middleware.
 	ReadYourWrites ReadYourWrites
 }
 
@@ -142,15 +143,17 @@ type Config struct {
 type ReadYourWrites uint8
 
 const (
-	// ReadYourWritesOff: plain reads may be as stale as max_replica_lag;
-	// WithSession, Middleware and a sql.Conn that wrote read their own
-	// writes. The default (read_your_writes=off).
-	ReadYourWritesOff ReadYourWrites = iota
 	// ReadYourWritesConnector: every read sees every write the Connector
 	// (the *sql.DB) acknowledged before the read began: from the primary
 	// until a probe of the primary gives the write's position, then from
-	// any replica that has replayed it (read_your_writes=connector).
-	ReadYourWritesConnector
+	// any replica that has replayed it (read_your_writes=connector). The
+	// default, and so the zero value: code written for one server keeps
+	// its semantics.
+	ReadYourWritesConnector ReadYourWrites = iota
+	// ReadYourWritesOff: plain reads may be as stale as max_replica_lag;
+	// WithSession, Middleware and a sql.Conn that wrote read their own
+	// writes (read_your_writes=off).
+	ReadYourWritesOff
 )
 
 // resolve returns cfg with every default filled in, each node's pool
@@ -200,6 +203,9 @@ func (cfg Config) resolve() (Config, error) {
 		cfg.PrimaryWait = DefaultPrimaryWait
 	case cfg.PrimaryWait < 0:
 		cfg.PrimaryWait = PrimaryWaitOff
+	}
+	if cfg.ReadYourWrites > ReadYourWritesOff {
+		return cfg, errors.New("ReadYourWrites (read_your_writes) must be ReadYourWritesConnector (connector, the zero value) or ReadYourWritesOff (off)")
 	}
 
 	nodes := make([]*pgxpool.Config, 0, 1+len(cfg.Replicas))

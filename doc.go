@@ -27,10 +27,15 @@
 //     routing; a failed probe or a refused new connection does.
 //   - Once a checkout (a sql.Conn, or one db call) has used the primary, its
 //     later reads use the primary too, so a sql.Conn reads its own writes.
+//   - By default (read_your_writes=connector) every read sees every write
+//     the *sql.DB acknowledged before the read began, by WAL position: from
+//     a replica that has replayed it, else the primary. With
+//     read_your_writes=off, plain reads may be as stale as max_replica_lag.
 //   - UsePrimary(ctx) forces the primary; WithSession(ctx) gives exact
-//     read-your-writes across calls by WAL position; WithMaxLag(ctx, d)
-//     bounds staleness per call. The comments /* pgreplica:primary */ and
-//     /* pgreplica:replica */ in a statement's text override the classifier.
+//     read-your-writes across calls, and SessionToken across processes;
+//     WithMaxLag(ctx, d) bounds staleness per call. The comments
+//     /* pgreplica:primary */ and /* pgreplica:replica */ in a statement's
+//     text override the classifier.
 //
 // A plain read that its replica has not answered after hedge_after (by
 // default a delay that follows the node's recent latency) is sent to a

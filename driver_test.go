@@ -50,6 +50,9 @@ func newFakeCluster(t *testing.T, replicas int, cfg Config) *fakeCluster {
 		t.Cleanup(func() { mdb.Close() })
 	}
 	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
+	if cfg.ReadYourWrites == ReadYourWritesConnector { // as NewConnector does
+		c.ryw = &session{}
+	}
 	fc.c = c
 	fc.db = sql.OpenDB(c)
 	t.Cleanup(func() {
@@ -63,7 +66,12 @@ func newFakeCluster(t *testing.T, replicas int, cfg Config) *fakeCluster {
 	return fc
 }
 
-func defaultCfg() Config { return Config{MaxReplicaLag: time.Second, HedgeAfter: HedgeOff} }
+// defaultCfg is the fake cluster's Config: the routing rules are tested
+// with read_your_writes=off, so that a read after a write shows the rule
+// under test rather than the connector's session (ryw_test.go tests that).
+func defaultCfg() Config {
+	return Config{MaxReplicaLag: time.Second, HedgeAfter: HedgeOff, ReadYourWrites: ReadYourWritesOff}
+}
 
 func q(s string) string { return regexp.QuoteMeta(s) }
 

@@ -490,6 +490,9 @@ func TestConfigZeroFieldsMeanDefaults(t *testing.T) {
 	if c.cfg.MonitorInterval != DefaultMonitorInterval || c.cfg.MaxReplicaLag != DefaultMaxReplicaLag || c.cfg.DisableFallback || c.cfg.HedgeAfter != HedgeAuto {
 		t.Errorf("defaults not applied: %+v", c.cfg)
 	}
+	if c.ryw == nil {
+		t.Error("read_your_writes: the zero value left the connector's session off, want connector (the default)")
+	}
 	if _, ok := c.policy.(randomPolicy); !ok {
 		t.Errorf("policy %T, want Random()", c.policy)
 	}
@@ -505,13 +508,13 @@ func TestConfigZeroFieldsMeanDefaults(t *testing.T) {
 	}
 
 	off := lit
-	off.DisableFallback, off.MaxReplicaLag, off.HedgeAfter = true, MaxReplicaLagOff, HedgeOff
+	off.DisableFallback, off.MaxReplicaLag, off.HedgeAfter, off.ReadYourWrites = true, MaxReplicaLagOff, HedgeOff, ReadYourWritesOff
 	c2, err := NewConnector(off)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if !c2.cfg.DisableFallback || c2.cfg.MaxReplicaLag > 0 || c2.Status().Nodes[1].HedgeDelay != 0 {
+	if !c2.cfg.DisableFallback || c2.cfg.MaxReplicaLag > 0 || c2.Status().Nodes[1].HedgeDelay != 0 || c2.ryw != nil {
 		t.Errorf("off states not applied: %+v", c2.cfg)
 	}
 }
@@ -548,6 +551,7 @@ func TestNewConnectorInvalidConfig(t *testing.T) {
 		{Config{Primary: primary, MonitorInterval: time.Millisecond}, "MonitorInterval"},
 		{Config{Primary: primary, MaxConns: -1}, "MaxConns"},
 		{Config{Primary: primary, ReplicaMaxConns: -1}, "ReplicaMaxConns"},
+		{Config{Primary: primary, ReadYourWrites: ReadYourWritesOff + 1}, "ReadYourWrites (read_your_writes)"},
 	} {
 		c2, err := NewConnector(c.cfg)
 		if err == nil {

@@ -9,10 +9,13 @@ import (
 )
 
 // An application written for a single PostgreSQL (an ORM that creates a
-// row and reads it back at once) keeps its semantics with one DSN key:
-// every read sees every write the *sql.DB acknowledged before it.
+// row and reads it back at once) keeps its semantics unchanged: in the
+// default mode (read_your_writes=connector) every read sees every write the
+// *sql.DB acknowledged before it. read_your_writes=off in the DSN (or
+// Config.ReadYourWrites = ReadYourWritesOff) lets plain reads be as stale
+// as max_replica_lag, leaving read-your-writes to WithSession.
 func ExampleReadYourWrites() {
-	db, err := sql.Open("pgreplica", "postgres://app@primary,replica-1,replica-2/shop?read_your_writes=connector")
+	db, err := sql.Open("pgreplica", "postgres://app@primary,replica-1,replica-2/shop")
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -25,8 +25,9 @@ func readReason(t *testing.T, fc *fakeCluster, ctx context.Context, query string
 // primary until a probe covers the write, then to a replica that replayed
 // it, and not to one that did not.
 func TestConnectorReadYourWrites(t *testing.T) {
-	fc := newFakeCluster(t, 1, defaultCfg())
-	fc.c.ryw = &session{}
+	cfg := defaultCfg()
+	cfg.ReadYourWrites = ReadYourWritesConnector
+	fc := newFakeCluster(t, 1, cfg)
 	ctx := context.Background()
 	primaryAt(fc.c, 0x100)
 	fc.c.nodes[1].replayLSN.Store(0x100)
@@ -84,8 +85,8 @@ func TestConnectorReadYourWrites(t *testing.T) {
 	}
 }
 
-// Without the option, a plain read after a write goes to a replica (the
-// default stays as it was); a catalog read after DDL does not, in any mode.
+// With read_your_writes=off, a plain read after a write goes to a replica;
+// a catalog read after DDL does not, in any mode.
 func TestCatalogReadAfterDDL(t *testing.T) {
 	fc := newFakeCluster(t, 1, defaultCfg())
 	ctx := context.Background()
@@ -103,7 +104,7 @@ func TestCatalogReadAfterDDL(t *testing.T) {
 	}
 	fc.mocks[1].ExpectQuery(q("SELECT x FROM t")).WillReturnRows(oneRow())
 	if r := readReason(t, fc, ctx, "SELECT x FROM t"); r != ReasonRead {
-		t.Fatalf("default mode, plain read after a write: %s, want read", r)
+		t.Fatalf("read_your_writes=off, plain read after a write: %s, want read", r)
 	}
 	fc.mocks[1].ExpectQuery(q(catalog)).WillReturnRows(oneRow())
 	if r := readReason(t, fc, ctx, catalog); r != ReasonRead {
@@ -258,7 +259,7 @@ func TestMiddlewareSessionHeader(t *testing.T) {
 }
 
 func TestParseReadYourWrites(t *testing.T) {
-	for val, want := range map[string]ReadYourWrites{"": ReadYourWritesOff, "off": ReadYourWritesOff, "connector": ReadYourWritesConnector} {
+	for val, want := range map[string]ReadYourWrites{"": ReadYourWritesConnector, "off": ReadYourWritesOff, "connector": ReadYourWritesConnector} {
 		dsn := "postgres://u:secretpw@p:5432,r:5432/db"
 		if val != "" {
 			dsn += "?read_your_writes=" + val

@@ -12,7 +12,9 @@ import (
 
 // A read-your-writes session: once the order is stored, every read made
 // with ctx sees it, from a replica that has replayed it or else from the
-// primary. Reads without the session may still miss it for a moment.
+// primary. In the default mode every read of the *sql.DB sees it anyway;
+// a session is what read_your_writes=off needs, and what SessionToken
+// carries to other processes.
 func ExampleWithSession() {
 	var db *sql.DB // opened with sql.Open("pgreplica", …)
 	_ = func(ctx context.Context, customer int64) error {

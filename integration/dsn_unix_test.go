@@ -91,7 +91,9 @@ func TestUnixSocketHostsAreNodes(t *testing.T) {
 			if n := queryInt(t, ctx, testcluster.Direct(t, 0), "SELECT count(*) FROM "+table+" WHERE id = $1", id); n != 1 {
 				t.Fatalf("row %d: %d on the primary", id, n)
 			}
-			// Reads go to the replica.
+			// Reads go to the replica, once it is known to have the write
+			// (the default mode: the reads follow db's INSERT).
+			testcluster.WaitReplicaReads(t, ctx, db)
 			for i := range 10 {
 				rctx, route := pgreplica.WithRoute(ctx)
 				port := queryInt(t, rctx, db, "SELECT current_setting('port')::int")

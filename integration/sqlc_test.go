@@ -16,7 +16,10 @@ import (
 // the primary, :one and :many SELECTs to replicas, :exec to the primary,
 // Queries.WithTx into a transaction on the primary, and the query whose
 // text carries /* pgreplica:primary */ to the primary, which shows that
-// sqlc keeps the comment in the SQL it generates.
+// sqlc keeps the comment in the SQL it generates. These run with
+// read_your_writes=off, where a read goes to a replica whatever this
+// *sql.DB wrote before: the statement's kind alone decides. The last
+// subtest runs in the default mode.
 func TestSqlcGeneratedQueries(t *testing.T) {
 	ctx := testCtx(t)
 	schema, err := os.ReadFile("../sqlc/schema.sql")
@@ -27,7 +30,7 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 	mustExec(t, ctx, direct, "DROP TABLE IF EXISTS books, authors")
 	mustExec(t, ctx, direct, string(schema))
 	testcluster.WaitReplayed(t, ctx)
-	db := openDB(t, "max_replica_lag=off")
+	db := openDB(t, "max_replica_lag=off", "read_your_writes=off")
 	q := sqlcdb.New(db)
 
 	rctx, route := pgreplica.WithRoute(ctx)
@@ -139,5 +142,26 @@ func TestSqlcGeneratedQueries(t *testing.T) {
 			t.Fatalf("GetAuthorFromPrimary = %+v, want %+v", fresh, octavia)
 		}
 		wantPrimary(t, "GetAuthorFromPrimary", route, pgreplica.ReasonHint)
+	})
+
+	t.Run("default mode reads its writes", func(t *testing.T) {
+		// The default, read_your_writes=connector: generated code that
+		// creates then gets finds the row with both replicas replaying
+		// nothing, with no UsePrimary (with read_your_writes=off: ErrNoRows
+		// from a replica, as the subtest above shows).
+		pauseReplicas(t, ctx)
+		dq := sqlcdb.New(openDB(t, "max_replica_lag=off"))
+		nk, err := dq.CreateAuthor(ctx, sqlcdb.CreateAuthorParams{Name: "N. K. Jemisin"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := dq.GetAuthor(rctx, nk.ID)
+		if err != nil {
+			t.Fatalf("GetAuthor right after CreateAuthor: %v (served by %s for %s)", err, route.Node(), route.Reason())
+		}
+		if got != nk {
+			t.Fatalf("GetAuthor = %+v, want %+v", got, nk)
+		}
+		wantPrimary(t, "GetAuthor right after CreateAuthor", route, pgreplica.ReasonSession)
 	})
 }

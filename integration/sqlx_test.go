@@ -71,7 +71,7 @@ func TestSqlx(t *testing.T) {
 	if n := queryInt(t, ctx, direct, "SELECT count(*) FROM "+table); n != 3 {
 		t.Fatalf("the primary has %d authors, want 3", n)
 	}
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db.DB) // the default mode: reads follow db's writes
 
 	var one sqlxAuthor
 	if err := db.GetContext(rctx, &one, db.Rebind("SELECT id, name, inet_server_port() AS port FROM "+table+" WHERE id = ?"), created.ID); err != nil {

@@ -78,7 +78,7 @@ func TestPgxTypesAsWithPlainStdlib(t *testing.T) {
 	mustExec(t, ctx, db, insert, 1, []int64{1, -2, 1 << 40}, pgtype.FlatArray[int32]{7, 8}, sql.NullString{String: "named", Valid: true},
 		amount, at, doc, uid, blob)
 	mustExec(t, ctx, db, insert, 2, nil, nil, sql.NullString{}, nil, nil, nil, nil, nil)
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db) // the default mode: reads follow db's writes
 
 	rctx, route := pgreplica.WithRoute(ctx)
 	got := scanTyped(t, rctx, db, table)

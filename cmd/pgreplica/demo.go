@@ -19,15 +19,15 @@ import (
 const demoAbout = `
 Starts a sandbox (a primary and two streaming replicas, see "sandbox"), opens
 it with sql.Open("pgreplica", …) and runs a workload through that one
-*sql.DB: writers insert rows and read each one back in their read-your-writes
-session, readers read the newest row. Every second it prints how many
-statements each node served and its state. Meanwhile it lags replica1
-(pauses its WAL replay), then stops and restarts replica2, and ends with a
-summary.
+*sql.DB in its default mode (read_your_writes=connector): writers insert rows
+and read each one back with no session or hint, readers read the newest row.
+Every second it prints how many statements each node served and its state.
+Meanwhile it lags replica1 (pauses its WAL replay), then stops and restarts
+replica2, and ends with a summary.
 
 A request is one statement. It counts as failed when it returns any error,
-and a session read-back that does not find the row just written counts as a
-stale read. The exit status is 0 only when there were neither.`
+and a read-back that does not find the row just written counts as a stale
+read. The exit status is 0 only when there were neither.`
 
 const (
 	demoWriters  = 2
@@ -88,7 +88,7 @@ type demo struct {
 	requests         int
 	failed, stale    int
 	readBacks        int
-	readBacksPrimary int // served by the primary because no replica had the write yet
+	readBacksPrimary int // served by the primary because no replica was known to have the write
 	watchAddr        string
 	watchSince       time.Time
 	watchCount       int
@@ -152,7 +152,7 @@ func (d *demo) run(ctx context.Context) error {
 		}
 	}
 
-	d.step("Steady state: writers insert on the primary and read their row back in a session (pgreplica.WithSession); readers read from the replicas")
+	d.step("Steady state: writers insert on the primary and read their row back, plain db.QueryRow (the default mode reads the *sql.DB's writes); readers read from the replicas")
 	d.say("    every second: statements each node served since the previous line, and its state (from Connector.Status)")
 	d.startWorkload(ctx)
 	defer func() { // also after a failed step: the counts so far
@@ -293,16 +293,16 @@ func (d *demo) pace(ctx context.Context, t *time.Ticker) bool {
 	}
 }
 
-// writer inserts a row and reads it back with the same session context:
-// pgreplica must serve the read from a node that has the row.
+// writer inserts a row and reads it back, plain calls on the *sql.DB as
+// code written for one server does: in the default mode pgreplica must
+// serve the read from a node that has the row.
 func (d *demo) writer(ctx context.Context, id int) {
-	session := pgreplica.WithSession(ctx)
 	t := time.NewTicker(demoPace)
 	defer t.Stop()
 	for n := 1; !d.stop.Load(); n++ {
 		payload := fmt.Sprintf("writer %d row %d", id, n)
 		started := time.Now()
-		rctx, route := pgreplica.WithRoute(session)
+		rctx, route := pgreplica.WithRoute(ctx)
 		rctx, cancel := context.WithTimeout(rctx, demoTimeout)
 		var rowID int64
 		err := d.db.QueryRowContext(rctx,
@@ -316,7 +316,7 @@ func (d *demo) writer(ctx context.Context, id int) {
 		}
 
 		started = time.Now()
-		rctx, route = pgreplica.WithRoute(session)
+		rctx, route = pgreplica.WithRoute(ctx)
 		rctx, cancel = context.WithTimeout(rctx, demoTimeout)
 		var got string
 		err = d.db.QueryRowContext(rctx, "SELECT payload FROM demo_items WHERE id = $1", rowID).Scan(&got)
@@ -509,7 +509,7 @@ func (d *demo) summary() {
 	}
 	fmt.Fprintf(tw, "total\t\t%d\t%d\t%d\t\n", total.reads+total.writes, total.reads, total.writes)
 	tw.Flush()
-	fmt.Fprintf(d.out, "\nrequests %d   failed requests %d   stale session reads %d\n", d.requests, d.failed, d.stale)
-	fmt.Fprintf(d.out, "session read-backs %d: %d from the primary (write not yet replayed), %d from a replica that had replayed it\n",
+	fmt.Fprintf(d.out, "\nrequests %d   failed requests %d   stale read-backs %d\n", d.requests, d.failed, d.stale)
+	fmt.Fprintf(d.out, "read-backs %d: %d from the primary (write not yet replayed), %d from a replica that had replayed it\n",
 		d.readBacks, d.readBacksPrimary, d.readBacks-d.readBacksPrimary)
 }

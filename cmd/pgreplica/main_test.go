@@ -380,7 +380,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, errb.String())
 	}
 	text := out.String()
-	summary := regexp.MustCompile(`(?m)^requests (\d+) +failed requests (\d+) +stale session reads (\d+)$`).FindStringSubmatch(text)
+	summary := regexp.MustCompile(`(?m)^requests (\d+) +failed requests (\d+) +stale read-backs (\d+)$`).FindStringSubmatch(text)
 	if summary == nil {
 		t.Fatal("no summary line")
 	}

@@ -15,9 +15,11 @@
 //	curl -c jar -b jar localhost:8080/products
 //
 // The list right after the POST has the kettle, although a replica may not
-// have replayed it yet: pgreplica.Middleware keeps a session cookie, and
-// that client's reads go to the primary until a replica has the write.
-// Without the cookie jar, a read may miss it for a moment.
+// have replayed it yet: in the default mode (read_your_writes=connector) a
+// read sees every write this process acknowledged before it, from the
+// primary until a replica has it. pgreplica.Middleware's session cookie
+// carries that to the other instances of the service: with several behind
+// a load balancer, the client's next request may reach another one.
 package main
 
 import (

@@ -57,7 +57,7 @@ func TestBun(t *testing.T) {
 		t.Fatalf("duplicate insert: %T %v, want an unwrapped *pgconn.PgError 23505", err, err)
 	}
 
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	var got bunBook
 	if err := bdb.NewSelect().Model(&got).Where("id = ?", dune.ID).Scan(ctx); err != nil {
@@ -133,7 +133,7 @@ func TestBun(t *testing.T) {
 	}
 
 	// A read-only transaction: one replica.
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	err = bdb.RunInTx(ctx, &sql.TxOptions{ReadOnly: true}, func(ctx context.Context, tx bun.Tx) error {
 		n, err = tx.NewSelect().Model((*bunBook)(nil)).Count(ctx)

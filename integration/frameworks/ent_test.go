@@ -89,7 +89,7 @@ func TestEnt(t *testing.T) {
 	}
 
 	// Queries and counts after replay: replicas.
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	got := query(ctx, drv, func(s *entsql.Selector) { s.Where(entsql.EQ("id", ada)) })
 	if len(got) != 1 || got[0].name != "ada" || got[0].age != 36 {
@@ -157,7 +157,7 @@ func TestEnt(t *testing.T) {
 	wantReason(t, "Tx", evs, "INSERT", pgreplica.ReasonTransaction)
 
 	// A read-only transaction: one replica.
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	rtx, err := drv.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {

@@ -255,3 +255,79 @@ func TestGooseLockerRace(t *testing.T) {
 		t.Fatalf("the slow migration ran %d time(s) and saw goose's lock held %+v; want once, on the primary only", len(seen), seen)
 	}
 }
+
+// goose without a locker, deploy after deploy on one *sql.DB, while both
+// replicas replay nothing: each Up lists the applied versions on a fresh
+// sql.Conn, whose first read may go to a replica. The replicas have the
+// version table and version 1 (replayed before the pause), not version 2.
+// In the default mode the third Up reads the versions the *sql.DB wrote
+// and applies exactly 3 and 4. With read_your_writes=off it reads the
+// paused replica's list, takes 2 for pending and runs it again: ALTER TABLE
+// … ADD COLUMN email fails, 42701.
+func TestGooseDeploysWhileReplicasPaused(t *testing.T) {
+	upTo := func(n int) fstest.MapFS {
+		fs := fstest.MapFS{}
+		for name, f := range gooseMigrations {
+			if v := int(name[4] - '0'); v <= n {
+				fs[name] = f
+			}
+		}
+		return fs
+	}
+	for _, mode := range []string{"default", "off"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := testCtx(t)
+			params := []string{"max_replica_lag=off", "hedge_after=off"}
+			if mode != "default" {
+				params = append(params, "read_your_writes="+mode)
+			}
+			db, rec := openDSN(t, freshDatabase(t, ctx, "goose_deploys", params...))
+			up := func(n int) ([]*goose.MigrationResult, error) {
+				t.Helper()
+				p, err := goose.NewProvider(goose.DialectPostgres, db, upTo(n))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p.Up(ctx)
+			}
+			if res, err := up(1); err != nil || len(res) != 1 {
+				t.Fatalf("first deploy: %d applied, %v; want 1", len(res), err)
+			}
+			testcluster.WaitReplayed(t, ctx)
+			for _, n := range testcluster.Cluster().Nodes[1:] {
+				t.Cleanup(func() {
+					if err := n.ResumeReplay(context.Background()); err != nil {
+						t.Error(err)
+					}
+				})
+				if err := n.PauseReplay(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if res, err := up(2); err != nil || len(res) != 1 {
+				t.Fatalf("second deploy: %d applied, %v; want 1", len(res), err)
+			}
+			m := rec.mark()
+			res, err := up(gooseLatest)
+			if mode == "off" {
+				if pgCode(err) != "42701" {
+					t.Fatalf("read_your_writes=off, third deploy: %d applied, err %v; want 42701 (migration 2 run again after a stale read of the versions)", len(res), err)
+				}
+				return
+			}
+			if err != nil || len(res) != 2 || res[0].Source.Version != 3 {
+				t.Fatalf("third deploy: %v applied, %v; want 3 and 4; statements: %v", res, err, rec.since(m))
+			}
+			p, err := goose.NewProvider(goose.DialectPostgres, db, gooseMigrations)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, err := p.GetDBVersion(ctx); err != nil || v != gooseLatest {
+				t.Fatalf("GetDBVersion = %d, %v; want %d", v, err, gooseLatest)
+			}
+			if res, err := up(gooseLatest); err != nil || len(res) != 0 {
+				t.Fatalf("fourth deploy: %d applied, %v; want 0", len(res), err)
+			}
+		})
+	}
+}

@@ -28,13 +28,27 @@ func (gormWidgetV2) TableName() string { return "gorm_widgets" }
 
 // GORM's migrator with both replicas replaying nothing (max_replica_lag
 // off keeps them in routing): AutoMigrate twice, a new column, and
-// drop-then-migrate. Its catalog reads (HasTable, HasColumn, ColumnTypes
-// on information_schema and pg_catalog) follow its own DDL through the
-// same *sql.DB, so they must see it; before, they read the paused replicas
-// and the second AutoMigrate failed (42P07), as did the drop-then-migrate.
+// drop-then-migrate, in the default mode and with read_your_writes=off.
+// Its catalog reads (HasTable, HasColumn, ColumnTypes on
+// information_schema and pg_catalog) follow its own DDL through the same
+// *sql.DB, so they must see it in every mode; before catalog reads were
+// bounded by the DDL record, they read the paused replicas and the second
+// AutoMigrate failed (42P07), as did the drop-then-migrate.
 func TestGORMAutoMigrateWhileReplicasPaused(t *testing.T) {
+	for _, mode := range []string{"default", "off"} {
+		t.Run(mode, func(t *testing.T) {
+			params := []string{"max_replica_lag=off", "hedge_after=off"}
+			if mode != "default" {
+				params = append(params, "read_your_writes="+mode)
+			}
+			gormMigrateWhileReplicasPaused(t, params)
+		})
+	}
+}
+
+func gormMigrateWhileReplicasPaused(t *testing.T, params []string) {
 	ctx := testCtx(t)
-	dsn := freshDatabase(t, ctx, "gorm_ddl", "max_replica_lag=off", "hedge_after=off")
+	dsn := freshDatabase(t, ctx, "gorm_ddl", params...)
 	db, rec := openDSN(t, dsn)
 	gdb, err := gorm.Open(postgres.New(postgres.Config{Conn: db}), &gorm.Config{Logger: logger.Discard})
 	if err != nil {

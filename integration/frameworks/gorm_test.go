@@ -81,7 +81,7 @@ func TestGORM(t *testing.T) {
 	onPrimary(t, "duplicate Create", rec.since(m))
 
 	// Reads once the replicas caught up: a replica.
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	var got gormProduct
 	if err := g.First(&got, lamp.ID).Error; err != nil {
@@ -191,7 +191,7 @@ func TestGORM(t *testing.T) {
 	onPrimary(t, "FOR SHARE", rec.since(m))
 
 	// A read-only transaction: one replica.
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	err = g.Transaction(func(tx *gorm.DB) error {
 		return tx.Model(&gormProduct{}).Count(&count).Error
@@ -230,7 +230,7 @@ func TestGORMDriverName(t *testing.T) {
 	if err := g.Create(&gormProduct{Code: "lamp"}).Error; !errors.Is(err, gorm.ErrDuplicatedKey) {
 		t.Fatalf("duplicate: %v, want gorm.ErrDuplicatedKey", err)
 	}
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, sqlDB)
 	var port int
 	if err := gdb.WithContext(ctx).Raw("SELECT inet_server_port() FROM "+table+" WHERE id = ?", p.ID).Scan(&port).Error; err != nil {
 		t.Fatal(err)

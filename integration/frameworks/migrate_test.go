@@ -1,6 +1,7 @@
 package frameworks
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -111,5 +112,58 @@ func TestMigrate(t *testing.T) {
 	}
 	if _, _, err := m2.Version(); !errors.Is(err, migrate.ErrNilVersion) {
 		t.Fatalf("Version after Drop: %v, want ErrNilVersion (table does not exist)", err)
+	}
+}
+
+// golang-migrate while both replicas replay nothing, in the default mode
+// and with read_your_writes=off: Up, Version, Up again (no change), Drop,
+// then Up on the emptied database through a new instance (golang-migrate
+// creates its version table in WithInstance only, on pgx alone too), every
+// step seeing the previous one. WithInstance's sql.Conn takes its advisory
+// lock first, so the version table's catalog check and every read after
+// it run on the primary: this holds on the pinned conn, not on the DDL
+// record.
+func TestMigrateWhileReplicasPaused(t *testing.T) {
+	for _, mode := range []string{"default", "off"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := testCtx(t)
+			params := []string{"max_replica_lag=off", "hedge_after=off"}
+			if mode != "default" {
+				params = append(params, "read_your_writes="+mode)
+			}
+			dsn := freshDatabase(t, ctx, "migrate_paused", params...)
+			for _, n := range testcluster.Cluster().Nodes[1:] {
+				t.Cleanup(func() {
+					if err := n.ResumeReplay(context.Background()); err != nil {
+						t.Error(err)
+					}
+				})
+				if err := n.PauseReplay(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, step := range []string{"Up", "Up after Drop"} {
+				m, rec := newMigrate(t, dsn, migrateGood)
+				mark := rec.mark()
+				if err := m.Up(); err != nil {
+					t.Fatalf("%s: %v (SQLSTATE %s); statements: %v", step, err, pgCode(err), rec.since(mark))
+				}
+				onPrimary(t, step, rec.since(mark))
+				if v, dirty, err := m.Version(); err != nil || v != 2 || dirty {
+					t.Fatalf("Version after %s = %d, dirty %v, %v; want 2, clean", step, v, dirty, err)
+				}
+				if err := m.Up(); !errors.Is(err, migrate.ErrNoChange) {
+					t.Fatalf("%s again: %v, want ErrNoChange", step, err)
+				}
+				if step == "Up" {
+					if err := m.Drop(); err != nil {
+						t.Fatal(err)
+					}
+					if _, _, err := m.Version(); !errors.Is(err, migrate.ErrNilVersion) {
+						t.Fatalf("Version after Drop: %v, want ErrNilVersion", err)
+					}
+				}
+			}
+		})
 	}
 }

@@ -21,7 +21,10 @@ import (
 // sessions and transactions has no error, plain reads are served by the
 // replicas' bouncers, no session read is stale, and every node stays
 // healthy. Run once per query mode that works without prepared-statement
-// support in the bouncer.
+// support in the bouncer. read_your_writes=off: the plain reads are to be
+// served by the replicas whatever the other workers just wrote (in the
+// default mode the connector's session sends some to the primary); the
+// sessions are WithSession's.
 func TestPgbouncer(t *testing.T) {
 	bs := startBouncers(t, 10)
 	t.Logf("%s in front of every node", pgbouncerVersion(t))
@@ -33,7 +36,7 @@ func TestPgbouncer(t *testing.T) {
 func pgbouncerWorkload(t *testing.T, bs []*bouncer, mode string) {
 	ctx := testCtx(t)
 	table := newTable(t, ctx, "bouncer", "id bigserial PRIMARY KEY, worker int NOT NULL, v bigint NOT NULL")
-	db, _ := openDSN(t, bouncerDSN(bs, "default_query_exec_mode="+mode, monitorInterval))
+	db, _ := openDSN(t, bouncerDSN(bs, "default_query_exec_mode="+mode, monitorInterval, "read_your_writes=off"))
 	conn, err := pgreplica.ConnectorOf(ctx, db)
 	if err != nil {
 		t.Fatal(err)

@@ -33,7 +33,7 @@ func TestSqlx(t *testing.T) {
 	if route.Node() != testcluster.Cluster().Nodes[0].Addr() {
 		t.Fatalf("NamedExec ran on %s, want the primary", route.Node())
 	}
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db.DB)
 	type pet struct {
 		ID   int64  `db:"id"`
 		Name string `db:"name"`

@@ -34,7 +34,7 @@ func TestTracer(t *testing.T) {
 	wantReason(t, "INSERT … RETURNING", rec.since(m), "RETURNING", pgreplica.ReasonClassifier)
 	onPrimary(t, "INSERT … RETURNING", rec.since(m))
 
-	testcluster.WaitReplayed(t, ctx)
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	var n int
 	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
@@ -64,6 +64,7 @@ func TestTracer(t *testing.T) {
 		wantReason(t, "transaction", evs, part, pgreplica.ReasonTransaction)
 	}
 
+	testcluster.WaitReplicaReads(t, ctx, db)
 	m = rec.mark()
 	rtx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {

@@ -158,15 +158,24 @@ func TestModel(t *testing.T) {
 	if rng.IntN(3) == 0 {
 		hedge = "auto"
 	}
-	// One seed in two opens the second *sql.DB with
-	// read_your_writes=connector (taken from the seed, not rng, so that
-	// older seeds replay the same workload otherwise).
-	ryw := sd&2 == 0
-	if v := os.Getenv("PGREPLICA_MODEL_RYW"); v != "" {
-		ryw = v == "connector"
+	// The read_your_writes mode of each *sql.DB, taken from the seed, not
+	// rng, so that older seeds replay the same workload otherwise: the
+	// hedged one runs in the default mode (no key: connector) but for one
+	// seed in four (off); the other is opened with read_your_writes=connector
+	// for one seed in two, else off. PGREPLICA_MODEL_RYW=off or connector
+	// sets both.
+	modes := [2]string{"", "off"}
+	if sd&4 != 0 {
+		modes[0] = "off"
 	}
-	r.dbs = []*mdb{r.openDB("hedge_after="+hedge, "pgreplica-model-hedge", false), r.openDB("hedge_after=off", "pgreplica-model-nohedge", ryw)}
-	t.Logf("model: second *sql.DB read_your_writes=connector: %v", ryw)
+	if sd&2 == 0 {
+		modes[1] = "connector"
+	}
+	if v := os.Getenv("PGREPLICA_MODEL_RYW"); v != "" {
+		modes = [2]string{v, v}
+	}
+	r.dbs = []*mdb{r.openDB("hedge_after="+hedge, "pgreplica-model-hedge", modes[0]), r.openDB("hedge_after=off", "pgreplica-model-nohedge", modes[1])}
+	t.Logf("model: read_your_writes of the hedged *sql.DB: %q, of the other: %q (\"\": the default, connector)", modes[0], modes[1])
 
 	r.start = time.Now()
 	var wg sync.WaitGroup

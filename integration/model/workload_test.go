@@ -23,9 +23,9 @@ import (
 // mdb is one *sql.DB of the run, with what its workers share.
 type mdb struct {
 	name, app string
-	// ryw: opened with read_your_writes=connector, so every read sees the
-	// writes the *sql.DB acknowledged before it began (checked for the
-	// worker's own writes: its scope).
+	// ryw: opened in the default mode or with read_your_writes=connector,
+	// so every read sees the writes the *sql.DB acknowledged before it
+	// began (checked for the worker's own writes: its scope).
 	ryw       bool
 	db        *sql.DB
 	connector *pgreplica.Connector
@@ -35,15 +35,18 @@ type mdb struct {
 	stmtRead, stmtWrite, stmtFn *sql.Stmt
 }
 
-func (r *run) openDB(hedge, app string, ryw bool) *mdb {
+// openDB opens one *sql.DB of the run; mode is its read_your_writes, ""
+// for none in the DSN (the default, connector).
+func (r *run) openDB(hedge, app, mode string) *mdb {
 	t := r.t
-	mode := "read_your_writes=off"
-	if ryw {
-		mode = "read_your_writes=connector"
+	ryw := mode != "off"
+	params := []string{"monitor_interval=" + monitorInterval.String(), "application_name=" + app,
+		"max_replica_lag=" + maxReplicaLag.String(), hedge,
+		"primary_max_conns=" + strconv.Itoa(primaryMax), "replica_max_conns=" + strconv.Itoa(replicaMax)}
+	if mode != "" {
+		params = append(params, "read_your_writes="+mode)
 	}
-	cfg, err := pgreplica.ParseConfig(testcluster.DSN("monitor_interval="+monitorInterval.String(), "application_name="+app,
-		"max_replica_lag="+maxReplicaLag.String(), hedge, mode,
-		"primary_max_conns="+strconv.Itoa(primaryMax), "replica_max_conns="+strconv.Itoa(replicaMax)))
+	cfg, err := pgreplica.ParseConfig(testcluster.DSN(params...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +55,11 @@ func (r *run) openDB(hedge, app string, ryw bool) *mdb {
 		t.Fatal(err)
 	}
 	name := hedge
-	if ryw {
-		name += " " + mode
+	switch mode {
+	case "":
+		name += " read_your_writes default"
+	case "connector":
+		name += " read_your_writes=connector"
 	}
 	d := &mdb{name: name, app: app, ryw: ryw, db: sql.OpenDB(c), connector: c}
 	t.Cleanup(func() { d.db.Close() })
@@ -248,7 +254,7 @@ func (w *worker) loop() {
 	r, d, ctx := w.r, w.d, w.r.base
 	plain := plain
 	if d.ryw {
-		plain.ryw = true // read_your_writes=connector
+		plain.ryw = true // the default, read_your_writes=connector
 	}
 	choices := []choice{
 		{14, func() { w.read(ctx, d.db, "plain read", r.readSQL(), w.anon, plain) }},

@@ -33,16 +33,17 @@ func isReplicaPort(port int) bool {
 	return false
 }
 
-// read_your_writes=connector: with both replicas replaying nothing, a plain
-// db.Exec then a plain db.QueryRow (no session, no context plumbing) sees
-// the row, from the primary; a *sql.DB without the key reads the paused
-// replicas and does not; after replay resumes, reads return to replicas.
+// The default mode, read_your_writes=connector (no key in the DSN): with
+// both replicas replaying nothing, a plain db.Exec then a plain db.QueryRow
+// (no session, no context plumbing) sees the row, from the primary; a
+// *sql.DB with read_your_writes=off reads the paused replicas and does not;
+// after replay resumes, reads return to replicas.
 func TestConnectorReadYourWritesWhileReplicasPaused(t *testing.T) {
 	ctx := testCtx(t)
 	table := testcluster.NewTable(t, ctx, "rywc", "id int PRIMARY KEY, v text")
 	params := append([]string{"hedge_after=off"}, dsnParams...)
-	ryw := testcluster.Open(t, append(params, "read_your_writes=connector")...)
-	plain := testcluster.Open(t, params...)
+	ryw := testcluster.Open(t, params...)
+	plain := testcluster.Open(t, append(params, rywOff)...)
 	count := "SELECT inet_server_port(), count(*)::int FROM " + table + " WHERE id = $1"
 
 	// Before any write, both read from replicas.
@@ -71,13 +72,13 @@ func TestConnectorReadYourWritesWhileReplicasPaused(t *testing.T) {
 		t.Fatalf("connector mode with WithSession: %d rows, want 1", n)
 	}
 
-	// Without the key the default is as before: the replicas serve plain
-	// reads, and they have not replayed the insert.
+	// read_your_writes=off: the replicas serve plain reads, and they have
+	// not replayed the insert.
 	if _, err := plain.ExecContext(ctx, "INSERT INTO "+table+" VALUES (100, 'x')"); err != nil {
 		t.Fatal(err)
 	}
 	if port, n, _ := portCount(t, ctx, plain, count, 100); n != 0 || !isReplicaPort(port) {
-		t.Fatalf("default mode while replicas are paused: %d rows on %s, want 0 on a replica", n, testcluster.Role(port))
+		t.Fatalf("read_your_writes=off while replicas are paused: %d rows on %s, want 0 on a replica", n, testcluster.Role(port))
 	}
 
 	resume()
@@ -125,13 +126,14 @@ func TestConnectorReadYourWritesReplicaShare(t *testing.T) {
 	}
 }
 
-// A catalog read that follows DDL through the same *sql.DB sees it in the
-// default mode, with both replicas replaying nothing; other reads keep
+// A catalog read that follows DDL through the same *sql.DB sees it in
+// every mode, read_your_writes=off included (tested here: it is the DDL
+// record alone), with both replicas replaying nothing; other reads keep
 // going to the replicas; a migrator's "HasTable, CREATE, HasTable" runs
 // twice, and drop-then-migrate works.
 func TestCatalogReadsSeeDDLWhileReplicasPaused(t *testing.T) {
 	ctx := testCtx(t)
-	db := testcluster.Open(t, append([]string{"hedge_after=off"}, dsnParams...)...)
+	db := testcluster.Open(t, append([]string{"hedge_after=off", rywOff}, dsnParams...)...)
 	name := fmt.Sprintf("ddl_%d", testcluster.Cluster().Nodes[0].Port)
 	other := name + "_m"
 	tx := name + "_tx"
@@ -254,10 +256,13 @@ func TestMiddlewarePrimaryForPostSearch(t *testing.T) {
 // A session token carried in the Pgreplica-Session header (no cookies, as
 // between services) makes the next request's read see the write while both
 // replicas replay nothing; without it the read goes to a paused replica.
+// read_your_writes=off: in the default mode the server's *sql.DB reads its
+// own writes whatever the request carries, and the header would show
+// nothing.
 func TestMiddlewareSessionHeaderWhileReplicasPaused(t *testing.T) {
 	ctx := testCtx(t)
 	table := testcluster.NewTable(t, ctx, "hdr", "id bigint PRIMARY KEY, v text")
-	db := testcluster.Open(t, append([]string{"hedge_after=off"}, dsnParams...)...)
+	db := testcluster.Open(t, append([]string{"hedge_after=off", rywOff}, dsnParams...)...)
 	srv := httptest.NewServer(itemsHandler(t, db, table))
 	defer srv.Close()
 	client := srv.Client() // no cookie jar

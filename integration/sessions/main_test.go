@@ -26,6 +26,12 @@ const interval = 100 * time.Millisecond
 // only the session keeps its reads away from it.
 var dsnParams = []string{"monitor_interval=" + interval.String(), "max_replica_lag=off"}
 
+// rywOff is the DSN key of the tests whose point is what a read does
+// outside the connector's session (the default, read_your_writes=connector):
+// with it off, a read without WithSession, token or cookie goes to a replica
+// whatever this *sql.DB wrote, so what the session alone carries shows.
+const rywOff = "read_your_writes=off"
+
 // returnBound is how long a session may take to read from a replica again
 // once one has replayed its writes: a probe of the primary must start
 // after the write and a probe of the replica must see it replayed, each at

@@ -24,11 +24,12 @@ type item struct {
 // with the session's context finds the row, on the primary. A read without
 // the session goes to a replica and does not find it. Once replay resumes,
 // the session's reads return to the replicas within a few monitor
-// intervals.
+// intervals. read_your_writes=off, so that a read without the session
+// shows what WithSession alone does.
 func TestSessionReadsItsWritesWhileReplicasLag(t *testing.T) {
 	ctx := testCtx(t)
 	table := testcluster.NewTable(t, ctx, "sess", "id bigint PRIMARY KEY, v text")
-	db := testcluster.Open(t, dsnParams...)
+	db := testcluster.Open(t, append([]string{rywOff}, dsnParams...)...)
 	xdb := sqlx.NewDb(db, "pgreplica")
 	resume := pauseReplay(t, ctx, 1, 2)
 

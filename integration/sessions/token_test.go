@@ -80,11 +80,12 @@ func TestSessionTokenCoversInsertReturningOnOpenConn(t *testing.T) {
 // A Middleware handler that streams the rows of an INSERT … RETURNING,
 // writing the response while it iterates, sets the session cookie, and the
 // client's next request, with that cookie, reads its rows (from the
-// primary: both replicas replay nothing).
+// primary: both replicas replay nothing). read_your_writes=off, so that a
+// request without the cookie shows what the cookie alone carries.
 func TestMiddlewareStreamingInsertReturningSetsCookie(t *testing.T) {
 	ctx := testCtx(t)
 	table := testcluster.NewTable(t, ctx, "tokhttp", "id bigserial PRIMARY KEY, batch int, v text")
-	db := testcluster.Open(t, dsnParams...)
+	db := testcluster.Open(t, append([]string{rywOff}, dsnParams...)...)
 	const batchRows = 2000
 
 	mux := http.NewServeMux()

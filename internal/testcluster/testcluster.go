@@ -221,6 +221,35 @@ func WaitReplayed(t testing.TB, ctx context.Context) {
 	}
 }
 
+// WaitReplicaReads waits until every running replica has replayed the
+// primary's current WAL position and a plain read of db is served by a
+// replica (route reason read). In the default mode (read_your_writes=
+// connector) a read after db's own writes goes to the primary until a
+// replica is known to have them: a probe tells, or the read asks a replica,
+// whose replay may still be short of the primary's insert position (after
+// a rollback, whose WAL the primary flushes in its own time). Tests call it
+// before checking that a read after such writes goes to a replica; it waits
+// as long as that takes, bounded only by ctx.
+func WaitReplicaReads(t testing.TB, ctx context.Context, db *sql.DB) {
+	t.Helper()
+	WaitReplayed(t, ctx)
+	for {
+		rctx, route := pgreplica.WithRoute(ctx)
+		var one int
+		if err := db.QueryRowContext(rctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatal(err)
+		}
+		if route.Reason() == pgreplica.ReasonRead {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("reads of db never returned to the replicas (last: %s for %s)", route.Node(), route.Reason())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // WaitUntil polls cond every 20ms until it holds, failing t after timeout,
 // and returns how long it took.
 func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
