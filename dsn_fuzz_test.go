@@ -28,6 +28,9 @@ func FuzzParseConfig(f *testing.F) {
 		"postgres://app@/db?host=/a,,b",
 		"host=/var/run/postgresql,replica-1 port=5432,5433 dbname=d",
 	}
+	for _, c := range discoveryDSNs {
+		seeds = append(seeds, c.dsn)
+	}
 	for _, s := range seeds {
 		f.Add(s, "hunter2hunter2")
 	}

@@ -38,6 +38,10 @@ type Status struct {
 // or raw error messages.
 type NodeStatus struct {
 	Addr string `json:"addr"`
+	// Source says where the node came from: SourceDSN (a host of the DSN),
+	// or the discovery that reported it (SourceDNS, SourcePatroni,
+	// SourceCustom, or what a Discoverer set).
+	Source Source `json:"source"`
 	// Role is RolePrimary for the node writes go to and for any other node
 	// that answers as writable, RoleReplica for a standby.
 	Role  string `json:"role"`
@@ -121,6 +125,7 @@ func (n *node) setCause(err error) {
 func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	ns := NodeStatus{
 		Addr:         n.addr,
+		Source:       n.source,
 		Role:         RoleReplica,
 		LagBytes:     n.lagBytes.Load(),
 		Lag:          time.Duration(n.lagNanos.Load()),
