@@ -186,7 +186,9 @@ func srvConf(idx ...int) string {
 	return b.String()
 }
 
-func srvAddr(i int) string { return fmt.Sprintf("n%d.pg.test:%d", i, testcluster.Cluster().Nodes[i].Port) }
+func srvAddr(i int) string {
+	return fmt.Sprintf("n%d.pg.test:%d", i, testcluster.Cluster().Nodes[i].Port)
+}
 
 // (2) SRV records give each member's host and port.
 func TestSRVRecordsGiveHostAndPort(t *testing.T) {
