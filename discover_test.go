@@ -2,6 +2,7 @@ package pgreplica
 
 import (
 	"errors"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -101,5 +102,44 @@ func TestConfigDiscoveryFields(t *testing.T) {
 	}
 	if got, _ := (Config{Primary: primary}).resolve(); got.DiscoveryInterval != DefaultDiscoveryInterval {
 		t.Errorf("default DiscoveryInterval %v, want %v", got.DiscoveryInterval, DefaultDiscoveryInterval)
+	}
+}
+
+// The DSN examples of docs/operations.md's discovery section parse as the
+// text around them says.
+func TestOperationsDiscoveryDSNs(t *testing.T) {
+	doc, err := os.ReadFile("docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "## Running with Patroni, Kubernetes and DNS")
+	if !ok {
+		t.Fatal("no discovery section in docs/operations.md")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	want := map[string]func(*Config) bool{
+		"postgres://app:secret@pg-headless.shop.svc.cluster.local:5432/shop?discovery=dns": func(c *Config) bool {
+			return slices.Equal(c.DNSNames, []string{"pg-headless.shop.svc.cluster.local:5432"})
+		},
+		"postgres://app:secret@db.example.com/shop?discovery=srv&sslmode=verify-full&sslrootcert=/etc/pgreplica/root.crt": nil, // needs the file: checked below without it
+		"host=pg.internal port=5432 dbname=shop user=app discovery=dns discovery_dns_server=10.0.0.10:53 discovery_interval=30s": func(c *Config) bool {
+			return slices.Equal(c.DNSNames, []string{"pg.internal:5432"}) && c.Resolver != nil && c.DiscoveryInterval == 30*time.Second
+		},
+	}
+	for dsn, check := range want {
+		if !strings.Contains(section, "\n"+dsn+"\n") {
+			t.Errorf("docs/operations.md no longer shows %s", dsn)
+			continue
+		}
+		if check == nil {
+			dsn = strings.Replace(dsn, "&sslmode=verify-full&sslrootcert=/etc/pgreplica/root.crt", "", 1)
+			check = func(c *Config) bool { return slices.Equal(c.SRVNames, []string{"db.example.com"}) }
+		}
+		cfg, err := ParseConfig(dsn)
+		if err != nil {
+			t.Errorf("%s: %v", dsn, err)
+		} else if !check(cfg) {
+			t.Errorf("%s: DNSNames %q SRVNames %q interval %v", dsn, cfg.DNSNames, cfg.SRVNames, cfg.DiscoveryInterval)
+		}
 	}
 }
