@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -136,6 +137,34 @@ type Config struct {
 	// every statement. ReadYourWritesOff leaves it to WithSession and
 	// Middleware.
 	ReadYourWrites ReadYourWrites
+
+	// Discovery (see Discoverer and docs/operations.md): when any of
+	// Discoverer, DNSNames and SRVNames is set, the members are what they
+	// report, asked once by NewConnector (which waits for the answer at
+	// most the primary's connect timeout, or 5 s) and again every
+	// DiscoveryInterval. Until discovery first answers, the members are
+	// Primary and Replicas. A discovered node's pool is configured as
+	// Primary is, with its own host and port, and sized as a replica's;
+	// its role, as every node's, comes from probing it.
+
+	// Discoverer reports members (Consul, etcd, a cloud API, Patroni).
+	Discoverer Discoverer
+	// DNSNames are host names, each "name" or "name:port" (port 0 or none:
+	// Primary's port), that resolve to one address per member, as a
+	// Kubernetes headless Service does: every address becomes a node
+	// (discovery=dns, with the DSN's hosts as the names).
+	DNSNames []string
+	// SRVNames are names whose SRV records _postgresql._tcp.<name> give
+	// each member's host and port (discovery=srv).
+	SRVNames []string
+	// DiscoveryInterval is how often the members are discovered again
+	// (discovery_interval); zero means DefaultDiscoveryInterval, and it
+	// must be at least 10ms.
+	DiscoveryInterval time.Duration
+	// Resolver looks up DNSNames, SRVNames and the hosts every node
+	// connects to; nil means net.DefaultResolver. The DSN key
+	// discovery_dns_server=host:port sets one that asks that server.
+	Resolver *net.Resolver
 }
 
 // ReadYourWrites is the scope in which reads see earlier writes without
@@ -207,6 +236,9 @@ func (cfg Config) resolve() (Config, error) {
 	if cfg.ReadYourWrites > ReadYourWritesOff {
 		return cfg, errors.New("ReadYourWrites (read_your_writes) must be ReadYourWritesConnector (connector, the zero value) or ReadYourWritesOff (off)")
 	}
+	if err := cfg.resolveDiscovery(); err != nil {
+		return cfg, err
+	}
 
 	nodes := make([]*pgxpool.Config, 0, 1+len(cfg.Replicas))
 	for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
@@ -222,6 +254,9 @@ func (cfg Config) resolve() (Config, error) {
 		pc.MaxConns = size
 		if cfg.Tracer != nil && pc.ConnConfig.Tracer == nil {
 			pc.ConnConfig.Tracer = cfg.Tracer
+		}
+		if cfg.Resolver != nil {
+			pc.ConnConfig.LookupFunc = cfg.Resolver.LookupHost
 		}
 		nodes = append(nodes, pc)
 	}

@@ -64,6 +64,7 @@ type Connector struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	mon       *monitor
+	members   *membership // nil without discovery
 }
 
 // topology is who plays which role now; replaced whole when it changes
@@ -101,18 +102,32 @@ func newConnector(cfg Config) (*Connector, error) {
 	if c.log == nil {
 		c.log = slog.New(defaultLogHandler{})
 	}
-	for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
+	for _, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
 		c.traced = c.traced || pc.ConnConfig.Tracer != nil
-		n, err := newNode(i, pc)
-		if err != nil {
-			c.closeNodes()
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, nodeLabel(i), err)
-		}
-		c.nodes = append(c.nodes, n)
 	}
 	c.topoChanged = make(chan struct{})
 	c.rolesKnown = make(chan struct{})
-	c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
+	var discovered []*node
+	if cfg.discovering() {
+		c.members = newMembership(c)
+		discovered = c.members.first()
+	}
+	if discovered != nil {
+		// The members discovery reported; which is the primary, the first
+		// probe round tells (none is assumed).
+		c.nodes = discovered
+		c.topo.Store(newTopology(nil, c.nodes))
+	} else {
+		for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
+			n, err := newNode(i, pc)
+			if err != nil {
+				c.closeNodes()
+				return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, nodeLabel(i), err)
+			}
+			c.nodes = append(c.nodes, n)
+		}
+		c.topo.Store(&topology{primary: c.nodes[0], replicas: c.nodes[1:], nodes: c.nodes})
+	}
 	if cfg.ReadYourWrites == ReadYourWritesConnector {
 		c.ryw = &session{}
 	}
@@ -121,6 +136,7 @@ func newConnector(cfg Config) (*Connector, error) {
 		c.hedgeWatch.start()
 	}
 	c.mon = startMonitor(c)
+	c.members.start()
 	return c, nil
 }
 
@@ -144,6 +160,7 @@ func (c *Connector) Driver() driver.Driver { return c.driver }
 func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		c.members.stop() // before the monitor: it kicks the monitor
 		c.mon.stop()
 		c.hedgeWatch.close()
 		c.closeNodes()
@@ -175,6 +192,31 @@ func (c *Connector) setTopology(t *topology) {
 		close(c.topoChanged)
 	}
 	c.topoChanged = make(chan struct{})
+}
+
+// changeTopology replaces the topology with what change makes of the
+// current one, under the lock that orders every change: the monitor
+// (roles) and membership (members) each change their part only.
+func (c *Connector) changeTopology(change func(cur *topology) *topology) {
+	c.topoMu.Lock()
+	defer c.topoMu.Unlock()
+	c.topo.Store(change(c.topo.Load()))
+	if c.topoChanged != nil { // nil in a routing unit test's connector
+		close(c.topoChanged)
+	}
+	c.topoChanged = make(chan struct{})
+}
+
+// newTopology is the topology of nodes with primary (nil: none known) as
+// the primary.
+func newTopology(primary *node, nodes []*node) *topology {
+	replicas := make([]*node, 0, len(nodes))
+	for _, n := range nodes {
+		if n != primary {
+			replicas = append(replicas, n)
+		}
+	}
+	return &topology{primary: primary, replicas: replicas, nodes: nodes}
 }
 
 // topologyChange returns the topology now and a channel closed at the next

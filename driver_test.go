@@ -775,7 +775,7 @@ func TestProbeRefusedForWantOfASlotIsFull(t *testing.T) {
 	results[0] = probeResult{lsn: 100, flushLSN: 100}
 	results[1] = probeResult{err: fmt.Errorf("connect: %w", &pgconn.PgError{Severity: "FATAL", Code: "53300", Message: "sorry, too many clients already"})}
 	results[2] = probeResult{standby: true, lsn: 100}
-	m.apply(results)
+	m.apply(fc.c.nodes, results)
 	n := fc.c.nodes[1]
 	if !n.up.Load() || !n.serverFull() {
 		t.Fatalf("up=%v full=%v, want up and full", n.up.Load(), n.serverFull())

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -31,11 +32,15 @@ var ownKeys = map[string]bool{
 	"hedge_after":         true,
 	"read_your_writes":    true,
 	"primary_wait":        true,
+	// discover.go
+	"discovery":            true,
+	"discovery_interval":   true,
+	"discovery_dns_server": true,
 }
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
 // loudly instead of reaching the server. No libpq key starts with these.
-var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_", "read_your_"}
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_", "read_your_", "discovery_"}
 
 func isOwnLooking(key string) bool {
 	for _, p := range ownPrefixes {
@@ -76,7 +81,7 @@ func ParseConfig(dsn string) (*Config, error) {
 	// A key left out leaves its field zero, which means its default: the
 	// result is what the same settings written as a Config literal give.
 	cfg := &Config{}
-	policyName, weightsText, windowText := "", "", ""
+	policyName, weightsText, windowText, discovery := "", "", "", ""
 	for _, kv := range d.own {
 		key, val := kv[0], kv[1]
 		switch key {
@@ -153,6 +158,22 @@ func ParseConfig(dsn string) (*Config, error) {
 				return nil, dsnError("fallback_to_primary must be true or false")
 			}
 			cfg.DisableFallback = !b
+		case "discovery":
+			if val != "dns" && val != "srv" {
+				return nil, dsnError("discovery must be dns or srv")
+			}
+			discovery = val
+		case "discovery_interval":
+			dur, err := time.ParseDuration(val)
+			if err != nil || dur < minDiscoveryInterval {
+				return nil, dsnError("discovery_interval must be a duration of at least 10ms, such as 10s")
+			}
+			cfg.DiscoveryInterval = dur
+		case "discovery_dns_server":
+			if _, port, err := net.SplitHostPort(val); err != nil || port == "" {
+				return nil, dsnError("discovery_dns_server must be host:port, such as 10.0.0.10:53")
+			}
+			cfg.Resolver = dnsServerResolver(val)
 		case "fallback_max_share":
 			f, err := strconv.ParseFloat(val, 64)
 			if err != nil || !(f > 0 && f <= 1) {
@@ -171,6 +192,12 @@ func ParseConfig(dsn string) (*Config, error) {
 			cfg.Primary = pc
 		} else {
 			cfg.Replicas = append(cfg.Replicas, pc)
+		}
+	}
+
+	if discovery != "" {
+		if err := cfg.discoveryFromHosts(discovery); err != nil {
+			return nil, err
 		}
 	}
 

@@ -31,6 +31,9 @@ func FuzzParseConfig(f *testing.F) {
 		"host=a,b dbname=d primary_wait=off",
 		"postgres://u@a,b/d?primary_wait=-1s",
 	}
+	for _, c := range discoveryDSNs {
+		seeds = append(seeds, c.dsn)
+	}
 	for _, s := range seeds {
 		f.Add(s, "hunter2hunter2")
 	}

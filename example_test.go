@@ -105,3 +105,27 @@ func ExampleConnectorOf() {
 		}
 	}
 }
+
+// A Discoverer of your own: here a function asking a service registry
+// (Consul, etcd, a cloud API; a map stands in for it) which servers run
+// the cluster. pgreplica calls it at DiscoveryInterval; members that
+// appear get reads after their first healthy probe, members that vanish
+// are drained. Roles are never taken from it: each server is probed.
+func ExampleDiscoverer() {
+	registry := map[string][]string{"shop": {"10.0.0.11", "10.0.0.12"}}
+	cfg, err := pgreplica.ParseConfig("postgres://app:secret@10.0.0.11:5432/shop?discovery_interval=5s")
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.Discoverer = pgreplica.DiscoverFunc(func(ctx context.Context) ([]pgreplica.Member, error) {
+		var ms []pgreplica.Member
+		for _, host := range registry["shop"] {
+			ms = append(ms, pgreplica.Member{Host: host, Port: 5432}) // Source: custom
+		}
+		return ms, nil
+	})
+	members, _ := cfg.Discoverer.Discover(context.Background())
+	// sql.OpenDB(connector) of pgreplica.NewConnector(*cfg) follows them.
+	fmt.Println(members, cfg.DiscoveryInterval)
+	// Output: [{10.0.0.11 5432  } {10.0.0.12 5432  }] 5s
+}

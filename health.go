@@ -31,9 +31,11 @@ type HealthReport struct {
 
 // NodeHealth is one node of a HealthReport; see NodeStatus for the fields.
 type NodeHealth struct {
-	Addr  string `json:"addr"`
-	Role  string `json:"role"`
-	State string `json:"state"`
+	Addr string `json:"addr"`
+	// Source is where the node came from (NodeStatus.Source).
+	Source Source `json:"source"`
+	Role   string `json:"role"`
+	State  string `json:"state"`
 	// Cause is why the node is down, frozen or full; null otherwise.
 	Cause      *Cause  `json:"cause"`
 	LagSeconds float64 `json:"lag_seconds"`
@@ -73,6 +75,7 @@ func NewHealthReport(s Status) HealthReport {
 	for _, n := range s.Nodes {
 		nh := NodeHealth{
 			Addr:                n.Addr,
+			Source:              n.Source,
 			Role:                n.Role,
 			State:               n.State,
 			Cause:               n.Cause,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -63,7 +64,11 @@ type monitor struct {
 	stopCh         chan struct{}
 	done           chan struct{}
 
-	// Owned by the monitor goroutine.
+	// Owned by the monitor goroutine; indexed by node.index. slot is the
+	// node each index held at the last round: discovery may give a removed
+	// node's index to a new one (see membership.go), whose state starts
+	// afresh.
+	slot       [maxNodes]*node
 	probeConns []*pgx.Conn
 	history    []lsnSample // the current primary's flush positions on its current timeline, oldest first
 	historyOf  *node       // the primary history was taken on
@@ -104,9 +109,9 @@ func startMonitor(c *Connector) *monitor {
 		kickCh:         make(chan struct{}, 1),
 		stopCh:         make(chan struct{}),
 		done:           make(chan struct{}),
-		probeConns:     make([]*pgx.Conn, len(c.nodes)),
-		lagging:        make([]bool, len(c.nodes)),
-		noControl:      make([]bool, len(c.nodes)),
+		probeConns:     make([]*pgx.Conn, maxNodes),
+		lagging:        make([]bool, maxNodes),
+		noControl:      make([]bool, maxNodes),
 	}
 	go m.run()
 	return m
@@ -177,24 +182,49 @@ func (m *monitor) round() {
 		case <-ctx.Done():
 		}
 	}()
-	results := make([]probeResult, len(m.c.nodes))
+	members := m.c.allNodes() // discovery may change them between rounds
+	m.follow(members)
+	results := make([]probeResult, maxNodes) // by node.index
 	now := time.Now().UnixNano()
 	m.roundStart = now
 	var wg sync.WaitGroup
-	for i, n := range m.c.nodes {
+	for _, n := range members {
+		i := n.index
 		if !n.up.Load() && now < n.nextProbe.Load() ||
 			m.needsConnect(i) && n.fullBlocks(fullProbation) {
 			results[i].skipped = true
 			continue
 		}
-		wg.Go(func() { results[i] = m.probe(ctx, i) })
+		wg.Go(func() { results[i] = m.probe(ctx, n) })
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
 		return // stopping
 	}
-	m.apply(results)
+	m.apply(members, results)
 	m.c.markRolesKnown()
+}
+
+// follow closes the probe connections of nodes no longer members and
+// starts a new member's state afresh, when it got a removed one's index.
+func (m *monitor) follow(members []*node) {
+	var now [maxNodes]*node
+	for _, n := range members {
+		now[n.index] = n
+	}
+	for i := range m.slot {
+		if m.slot[i] == now[i] {
+			continue
+		}
+		if pc := m.probeConns[i]; pc != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			_ = pc.Close(ctx)
+			cancel()
+			m.probeConns[i] = nil
+		}
+		m.lagging[i], m.noControl[i] = false, false
+		m.slot[i] = now[i]
+	}
 }
 
 // needsConnect says whether probing node i must open a connection first:
@@ -203,10 +233,11 @@ func (m *monitor) needsConnect(i int) bool {
 	return m.probeConns[i] == nil || m.probeConns[i].IsClosed()
 }
 
-func (m *monitor) probe(parent context.Context, i int) probeResult {
+func (m *monitor) probe(parent context.Context, n *node) probeResult {
+	i := n.index
 	r := probeResult{started: monoNow()}
 	reused := m.probeConns[i] != nil && !m.probeConns[i].IsClosed()
-	r.err = m.probeOnce(parent, i, &r)
+	r.err = m.probeOnce(parent, n, &r)
 	// The probe's own connection may have been the only one to fail
 	// (pg_terminate_backend, an idle timeout), and a new one may be
 	// terminated while it starts up: that says nothing about the node, so
@@ -215,7 +246,7 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 	for retries := 2; r.err != nil && retries > 0 && (reused || isTerminated(r.err)) &&
 		!errors.Is(r.err, errProbeTimeout) && parent.Err() == nil; retries-- {
 		reused = false
-		r.err = m.probeOnce(parent, i, &r)
+		r.err = m.probeOnce(parent, n, &r)
 	}
 	if isTerminated(r.err) {
 		// Every attempt was accepted and then terminated (57P01): someone
@@ -231,13 +262,14 @@ func (m *monitor) probe(parent context.Context, i int) probeResult {
 
 // probeOnce runs the probe query, opening the node's probe connection
 // first when it has none. A connection that failed is closed.
-func (m *monitor) probeOnce(parent context.Context, i int, r *probeResult) error {
+func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) error {
+	i := n.index
 	pc := m.probeConns[i]
 	fresh := pc == nil || pc.IsClosed()
 	if fresh {
 		cctx, cancel := context.WithTimeout(context.WithValue(parent, probeDial{}, true), m.connectTimeout)
 		var err error
-		pc, err = pgx.ConnectConfig(cctx, m.c.nodes[i].probeConfig)
+		pc, err = pgx.ConnectConfig(cctx, n.probeConfig)
 		timedOut := cctx.Err() != nil
 		cancel()
 		if err != nil {
@@ -326,11 +358,11 @@ func parseTimeline(b []byte) (uint32, error) {
 
 // apply turns one round of probes into node states, the primary's WAL
 // history, replica lag and, when the servers changed roles, a new topology.
-func (m *monitor) apply(results []probeResult) {
-	c, nodes := m.c, m.c.nodes
+func (m *monitor) apply(nodes []*node, results []probeResult) {
+	c := m.c
 	nowWall := time.Now().UnixNano()
-	for i, r := range results {
-		n := nodes[i]
+	for _, n := range nodes {
+		r := results[n.index]
 		switch {
 		case r.skipped:
 		case isTooManyConnections(r.err):
@@ -389,15 +421,18 @@ func (m *monitor) apply(results []probeResult) {
 	}
 
 	topo := c.topo.Load()
-	primary := m.choosePrimary(topo.primary, results)
+	primary := m.choosePrimary(topo.primary, nodes, results)
 	if primary != topo.primary {
-		var replicas []*node
-		for _, n := range nodes {
-			if n != primary {
-				replicas = append(replicas, n)
+		// Against the members as they are now: discovery may have changed
+		// them during the round, and it never removes the primary.
+		c.changeTopology(func(cur *topology) *topology {
+			if primary != nil && !slices.Contains(cur.nodes, primary) {
+				primary = cur.primary // removed while it was probed: nothing to follow
 			}
-		}
-		c.setTopology(&topology{primary: primary, replicas: replicas, nodes: nodes})
+			return newTopology(primary, cur.nodes)
+		})
+	}
+	if primary != topo.primary {
 		if primary != nil {
 			c.log.Warn("pgreplica: following a new primary", "node", primary.addr)
 		} else {
@@ -423,8 +458,8 @@ func (m *monitor) apply(results []probeResult) {
 			}
 		}
 	}
-	m.updateLag(primary)
-	m.updateStaleness(primary, results)
+	m.updateLag(primary, nodes)
+	m.updateStaleness(primary, nodes, results)
 }
 
 // smoothRTT folds one probe's latency into a node's smoothed round-trip
@@ -458,11 +493,11 @@ func (m *monitor) backoff(f int32) time.Duration {
 // follows a promotion only when the current one is gone or has become a
 // standby and exactly one node answers as writable; two writable nodes are
 // reported and never resolved by guessing.
-func (m *monitor) choosePrimary(cur *node, results []probeResult) *node {
+func (m *monitor) choosePrimary(cur *node, nodes []*node, results []probeResult) *node {
 	var writable []*node
-	for i, r := range results {
-		if !r.skipped && r.err == nil && !r.standby {
-			writable = append(writable, m.c.nodes[i])
+	for _, n := range nodes {
+		if r := results[n.index]; !r.skipped && r.err == nil && !r.standby {
+			writable = append(writable, n)
 		}
 	}
 	split := len(writable) > 1
@@ -478,7 +513,7 @@ func (m *monitor) choosePrimary(cur *node, results []probeResult) *node {
 			m.c.log.Info("pgreplica: one writable node again")
 		}
 	}
-	if cur != nil {
+	if cur != nil && slices.Contains(nodes, cur) {
 		r := results[cur.index]
 		answered := !r.skipped && r.err == nil
 		if answered && !r.standby {
@@ -505,13 +540,13 @@ func (m *monitor) choosePrimary(cur *node, results []probeResult) *node {
 // flush position, and the time since the primary first had WAL the standby
 // has not replayed. Unlike now() - pg_last_xact_replay_timestamp(), neither
 // grows while the primary is idle.
-func (m *monitor) updateLag(primary *node) {
+func (m *monitor) updateLag(primary *node, nodes []*node) {
 	if primary == nil || len(m.history) == 0 {
 		return
 	}
 	latest := m.history[len(m.history)-1]
 	now := monoNow()
-	for _, n := range m.c.nodes {
+	for _, n := range nodes {
 		if n == primary || !n.standby.Load() || !n.up.Load() {
 			continue
 		}

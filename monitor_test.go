@@ -16,7 +16,7 @@ func TestReplicaOnAnotherTimelineGetsNoReads(t *testing.T) {
 	ok := func(standby bool, lsn uint64, tli, replayed uint32) probeResult {
 		return probeResult{standby: standby, lsn: lsn, flushLSN: lsn, timeline: tli, replayedTLI: replayed, started: monoNow()}
 	}
-	m.apply([]probeResult{ok(false, 100, 1, 0), ok(true, 100, 1, 1), ok(true, 100, 1, 1)})
+	m.apply(c.nodes, []probeResult{ok(false, 100, 1, 0), ok(true, 100, 1, 1), ok(true, 100, 1, 1)})
 	for _, n := range c.nodes[1:] {
 		if why := n.skipReason(noLagLimit, 0); why != usable {
 			t.Fatalf("%s before the failover: %s", n.addr, why)
@@ -24,7 +24,7 @@ func TestReplicaOnAnotherTimelineGetsNoReads(t *testing.T) {
 	}
 	// node0 stops, node2 is promoted to timeline 2; node1 has no WAL
 	// receiver any more and replayed timeline 1 only.
-	m.apply([]probeResult{{err: errors.New("refused")}, ok(true, 100, 0, 1), ok(false, 120, 2, 0)})
+	m.apply(c.nodes, []probeResult{{err: errors.New("refused")}, ok(true, 100, 0, 1), ok(false, 120, 2, 0)})
 	if p := c.topo.Load().primary; p != c.nodes[2] {
 		t.Fatalf("primary %s, want node2", p.addr)
 	}
@@ -38,7 +38,7 @@ func TestReplicaOnAnotherTimelineGetsNoReads(t *testing.T) {
 		t.Fatalf("history has %d samples after the primary changed, want 1", len(m.history))
 	}
 	// Pointed at node2, it streams timeline 2.
-	m.apply([]probeResult{{err: errors.New("refused")}, ok(true, 120, 2, 1), ok(false, 120, 2, 0)})
+	m.apply(c.nodes, []probeResult{{err: errors.New("refused")}, ok(true, 120, 2, 1), ok(false, 120, 2, 0)})
 	if why := c.nodes[1].skipReason(noLagLimit, 0); why != usable {
 		t.Fatalf("node1 on the new timeline: %s", why)
 	}

@@ -22,7 +22,9 @@ import (
 type node struct {
 	index int    // position in the DSN; 0 was listed as the primary
 	addr  string // host:port, never credentials
-	pool  *pgxpool.Pool
+	// source is where it came from: the DSN, or discovery (membership.go).
+	source Source
+	pool   *pgxpool.Pool
 	// acquiring counts primary acquires under way; see parkSticky.
 	acquiring atomic.Int32
 	// probeConfig is the pool's connection config, for the monitor's own
@@ -120,7 +122,7 @@ type node struct {
 const defaultReplicaConnectTimeout = 2 * time.Second
 
 func newNode(index int, cfg *pgxpool.Config) (*node, error) {
-	n := &node{index: index, addr: addrOf(cfg), conns: make(map[*trackedConn]struct{})}
+	n := &node{index: index, addr: addrOf(cfg), source: SourceDSN, conns: make(map[*trackedConn]struct{})}
 	n.closed, n.closeDials = context.WithCancel(context.Background())
 	cfg = cfg.Copy()
 	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {

@@ -11,7 +11,9 @@ type Candidate struct {
 	// Index is the node's position in the DSN's host list, from 0: the
 	// first replica listed is 1. It does not change with the topology: after
 	// a failover, the node listed first (Index 0) can be a candidate, once it
-	// has rejoined as a standby.
+	// has rejoined as a standby. A discovered node's Index is the lowest
+	// one free when it joined, from 1 up; a removed node's Index is given to
+	// a new member only once the removed node's statements finished.
 	Index int
 	// Addr is host:port.
 	Addr string

@@ -116,7 +116,7 @@ func TestMonitorSmoothsRTT(t *testing.T) {
 	m := &monitor{c: fc.c, interval: time.Second, lagging: make([]bool, len(fc.c.nodes))}
 	n := fc.c.nodes[1]
 	round := func(replica probeResult) {
-		m.apply([]probeResult{{lsn: 100, flushLSN: 100, latency: time.Millisecond}, replica})
+		m.apply(fc.c.nodes, []probeResult{{lsn: 100, flushLSN: 100, latency: time.Millisecond}, replica})
 	}
 	round(probeResult{standby: true, lsn: 100, latency: 40 * time.Millisecond})
 	if got := n.status(false, time.Second).RTT; got != 40*time.Millisecond {

@@ -143,7 +143,7 @@ type staleClock struct {
 // updateStaleness brings knownAt and horizon of every node up to date with
 // a round of probes; the monitor calls it after each round, once the
 // primary and every standby's replay position and timeline are updated.
-func (m *monitor) updateStaleness(primary *node, results []probeResult) {
+func (m *monitor) updateStaleness(primary *node, nodes []*node, results []probeResult) {
 	s := &m.stale
 	if primary != s.of {
 		// Another primary: its positions and clock are not the old one's.
@@ -179,7 +179,7 @@ func (m *monitor) updateStaleness(primary *node, results []probeResult) {
 	}
 	s.rounds++
 	bound, now, early := m.c.cfg.MaxReplicaLag, monoNow(), false
-	for i, n := range m.c.nodes {
+	for _, n := range nodes {
 		if n == primary || !n.standby.Load() || !n.up.Load() || n.offTimeline.Load() {
 			// Not a replica of this primary's timeline (or a replica that
 			// may come back as another server): nothing is known of it.
@@ -189,7 +189,7 @@ func (m *monitor) updateStaleness(primary *node, results []probeResult) {
 			continue
 		}
 		var known int64
-		r := results[i]
+		r := results[n.index]
 		answered := !r.skipped && r.err == nil && r.standby
 		switch {
 		case !answered:

@@ -121,7 +121,7 @@ func TestStalenessFromProbes(t *testing.T) {
 			c := fc.c
 			m := &monitor{c: c, interval: time.Second, lagging: make([]bool, 3), noControl: make([]bool, 3)}
 			for _, r := range tc.rounds {
-				m.apply([]probeResult{r.primary, r.node1, r.node2})
+				m.apply(c.nodes, []probeResult{r.primary, r.node1, r.node2})
 			}
 			n := c.nodes[1]
 			known, horizon := n.knownAt.Load(), n.horizon.Load()

@@ -14,7 +14,7 @@ const (
 	StateDown    = "down"    // refuses connections or broke them
 	StateFrozen  = "frozen"  // accepts connections but does not answer
 	StateFull    = "full"    // refuses new connections (53300): no new reads for now
-	StateUnknown = "unknown" // not probed yet: routing trusts the DSN until then
+	StateUnknown = "unknown" // not probed yet: routing trusts the DSN's hosts (and the first members discovered) until then; a member discovered later gets no reads until probed
 )
 
 // Status is a snapshot of the cluster behind a Connector.
@@ -38,6 +38,10 @@ type Status struct {
 // or raw error messages.
 type NodeStatus struct {
 	Addr string `json:"addr"`
+	// Source says where the node came from: SourceDSN (a host of the DSN),
+	// or the discovery that reported it (SourceDNS, SourcePatroni,
+	// SourceCustom, or what a Discoverer set).
+	Source Source `json:"source"`
 	// Role is RolePrimary for the node writes go to and for any other node
 	// that answers as writable, RoleReplica for a standby.
 	Role  string `json:"role"`
@@ -88,7 +92,8 @@ type PoolStatus struct {
 	EmptyAcquireCount int64 `json:"empty_acquire_count"`
 }
 
-// Status returns a snapshot of every node, in DSN order.
+// Status returns a snapshot of every member: the DSN's hosts in its order,
+// then those discovery added, in the order they joined.
 func (c *Connector) Status() Status {
 	topo := c.topo.Load()
 	var s Status
@@ -97,7 +102,7 @@ func (c *Connector) Status() Status {
 		ns := n.status(n == topo.primary, c.cfg.MaxReplicaLag)
 		if n == topo.primary {
 			s.Primary, s.PrimaryUp = n.addr, n.up.Load()
-		} else if (ns.State == StateHealthy || ns.State == StateUnknown) && ns.Role == RoleReplica {
+		} else if (ns.State == StateHealthy || ns.State == StateUnknown && n.up.Load()) && ns.Role == RoleReplica {
 			usable = true
 		}
 		s.Nodes = append(s.Nodes, ns)
@@ -121,6 +126,7 @@ func (n *node) setCause(err error) {
 func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	ns := NodeStatus{
 		Addr:         n.addr,
+		Source:       n.source,
 		Role:         RoleReplica,
 		LagBytes:     n.lagBytes.Load(),
 		Lag:          time.Duration(n.lagNanos.Load()),
@@ -150,6 +156,8 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 		ns.State = StateFull
 	case n.up.Load() && n.probedAt.Load() == 0:
 		ns.State = StateUnknown
+	case !n.up.Load() && n.probedAt.Load() == 0 && cause == nil:
+		ns.State = StateUnknown // a discovered member not probed yet: no reads
 	case !n.up.Load() && n.frozen.Load():
 		ns.State = StateFrozen
 	case !n.up.Load():

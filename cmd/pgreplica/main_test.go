@@ -93,10 +93,28 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	}
 }
 
-var tableHeader = regexp.MustCompile(`(?m)^NODE +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS +HEDGES_WON/SENT +CAUSE$`)
+var tableHeader = regexp.MustCompile(`(?m)^NODE +FROM +ROLE +STATE +LAG +LAG_BYTES +PROBE +RTT +IN_FLIGHT +STATEMENTS +ERRORS +HEDGES_WON/SENT +CAUSE$`)
 
-// tableRows returns the rows of a status table by node address.
+// tableRows returns the rows of a status table by node address, without
+// the FROM column (see tableFrom).
 func tableRows(t *testing.T, out string) map[string][]string {
+	rows := map[string][]string{}
+	for addr, f := range tableFields(t, out) {
+		rows[addr] = append([]string{f[0]}, f[2:]...)
+	}
+	return rows
+}
+
+// tableFrom returns the FROM column of a status table by node address.
+func tableFrom(t *testing.T, out string) map[string]string {
+	from := map[string]string{}
+	for addr, f := range tableFields(t, out) {
+		from[addr] = f[1]
+	}
+	return from
+}
+
+func tableFields(t *testing.T, out string) map[string][]string {
 	t.Helper()
 	loc := tableHeader.FindStringIndex(out)
 	if loc == nil {
@@ -105,11 +123,11 @@ func tableRows(t *testing.T, out string) map[string][]string {
 	rows := map[string][]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out[loc[1]:]), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 12 {
-			t.Fatalf("row %q has %d columns, want 12", line, len(f))
+		if len(f) < 13 {
+			t.Fatalf("row %q has %d columns, want 13", line, len(f))
 		}
 		// CAUSE, the last column, may have spaces: "authentication failed (28P01)".
-		rows[f[0]] = append(f[:11:11], strings.Join(f[11:], " "))
+		rows[f[0]] = append(f[:12:12], strings.Join(f[12:], " "))
 	}
 	return rows
 }
@@ -124,12 +142,15 @@ func TestStatusTable(t *testing.T) {
 	if !strings.HasPrefix(out, "cluster healthy   primary "+cl.Nodes[0].Addr()+"   reads go to replicas\n") {
 		t.Errorf("summary line: %q", strings.SplitN(out, "\n", 2)[0])
 	}
-	rows := tableRows(t, out)
+	rows, from := tableRows(t, out), tableFrom(t, out)
 	if len(rows) != len(cl.Nodes) {
 		t.Fatalf("%d rows, want %d", len(rows), len(cl.Nodes))
 	}
 	for i, n := range cl.Nodes {
 		r := rows[n.Addr()]
+		if from[n.Addr()] != "dsn" {
+			t.Errorf("FROM of %s = %q, want dsn", n.Addr(), from[n.Addr()])
+		}
 		wantRole := "replica"
 		if i == 0 {
 			wantRole = "primary"

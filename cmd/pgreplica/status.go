@@ -26,6 +26,9 @@ or full (CAUSE: a short reason and the SQLSTATE, e.g. "authentication failed
 (28P01)", "database does not exist (3D000)", "connection refused",
 "timeout", "TLS error"; never the error's text, so never a password).
 
+FROM is where a node came from: dsn (a host of the DSN), or the discovery
+that reported it (dns, patroni, custom: see discovery= and docs/operations.md).
+
 The first line sums the cluster up: healthy (the primary is up and replicas
 serve reads, or the DSN names only the primary), degraded (the primary is up
 and serves the reads: no replica is usable), down (the primary does not
@@ -257,7 +260,7 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 	}
 	fmt.Fprintf(w, "cluster %s   primary %s   reads go to %s\n", rep.Status, primary, reads)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS\tHEDGES_WON/SENT\tCAUSE")
+	fmt.Fprintln(tw, "NODE\tFROM\tROLE\tSTATE\tLAG\tLAG_BYTES\tPROBE\tRTT\tIN_FLIGHT\tSTATEMENTS\tERRORS\tHEDGES_WON/SENT\tCAUSE")
 	for _, n := range rep.Nodes {
 		state := n.State
 		if n.LastProbe == nil && (state == pgreplica.StateHealthy || state == pgreplica.StateLagging) {
@@ -275,8 +278,12 @@ func writeTable(w io.Writer, rep pgreplica.HealthReport) {
 		if n.Cause != nil && n.Cause.Reason != "" {
 			cause = n.Cause.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d/%d\t%s\n",
-			n.Addr, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors, n.HedgesWon, n.HedgesSent, cause)
+		from := string(n.Source)
+		if from == "" {
+			from = "-" // a report from an older pgreplica
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d/%d\t%s\n",
+			n.Addr, from, n.Role, state, lag, lagBytes, probe, rtt, n.InFlight, n.Statements, n.Errors, n.HedgesWon, n.HedgesSent, cause)
 	}
 	tw.Flush()
 }
