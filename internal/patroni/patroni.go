@@ -112,7 +112,9 @@ type Member struct {
 func (m *Member) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(m.Port)) }
 
 // APIURL is the member's REST API endpoint, http://127.0.0.1:port.
-func (m *Member) APIURL() string { return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(m.APIPort)) }
+func (m *Member) APIURL() string {
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(m.APIPort))
+}
 
 func (m *Member) data() string { return filepath.Join(m.Dir, "data") }
 
