@@ -409,6 +409,20 @@ func (c *Cluster) bootstrapApp(ctx context.Context) error {
 			return fmt.Errorf("patroni: bootstrap the application role: %w", err)
 		}
 	}
+	// Every member must have replayed the new database before a test
+	// connects to it (a probe would find it missing: 3D000).
+	for _, m := range c.Members {
+		if err := poll(ctx, time.Minute, m.Name+" to have the application database", func() (bool, error) {
+			conn, err := pgx.Connect(ctx, c.DSN(m))
+			if err != nil {
+				return false, nil
+			}
+			conn.Close(context.Background())
+			return true, nil
+		}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
