@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib" // "pgx": the multi-host target_session_attrs=read-write baseline
 
-	_ "github.com/pgreplica/pgreplica"
+	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/patroni"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
@@ -450,5 +450,38 @@ func (c *client) report(t *testing.T, what string, promoted, fault, faultDone ti
 	}
 	if err := c.firstReadErr(); err != nil {
 		t.Logf("  %s first read error: %v", c.name, err)
+	}
+}
+
+// TestPatroniDiscoverer reads the members from the real REST API: every
+// member's PostgreSQL address, found through the first endpoint that
+// answers (the first one listed is down).
+func TestPatroniDiscoverer(t *testing.T) {
+	urls := []string{"http://user:pw@127.0.0.1:1"}
+	for _, m := range cluster.Members {
+		urls = append(urls, m.APIURL())
+	}
+	d, err := pgreplica.NewPatroniDiscoverer(urls, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, have []string
+	for _, m := range cluster.Members {
+		want = append(want, m.Addr())
+	}
+	for _, m := range got {
+		if m.Source != pgreplica.SourcePatroni {
+			t.Errorf("member %+v: Source %q, want %q", m, m.Source, pgreplica.SourcePatroni)
+		}
+		have = append(have, fmt.Sprintf("%s:%d", m.Host, m.Port))
+	}
+	slices.Sort(want)
+	slices.Sort(have)
+	if !slices.Equal(have, want) {
+		t.Fatalf("discovered %v, want %v", have, want)
 	}
 }
