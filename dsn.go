@@ -36,11 +36,13 @@ var ownKeys = map[string]bool{
 	"discovery":            true,
 	"discovery_interval":   true,
 	"discovery_dns_server": true,
+	// patroni.go
+	"patroni_url": true,
 }
 
 // ownPrefixes catch misspelt pgreplica keys (replica_polcy) so they fail
 // loudly instead of reaching the server. No libpq key starts with these.
-var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_", "read_your_", "discovery_"}
+var ownPrefixes = []string{"pgreplica_", "replica_", "primary_", "monitor_", "max_replica_", "fallback_to_", "hedge_", "latency_", "read_your_", "discovery_", "patroni_"}
 
 func isOwnLooking(key string) bool {
 	for _, p := range ownPrefixes {
@@ -169,6 +171,12 @@ func ParseConfig(dsn string) (*Config, error) {
 				return nil, dsnError("discovery_interval must be a duration of at least 10ms, such as 10s")
 			}
 			cfg.DiscoveryInterval = dur
+		case "patroni_url":
+			d, err := NewPatroniDiscoverer(strings.Split(val, ","), nil)
+			if err != nil {
+				return nil, dsnError("patroni_url must be one or more http:// or https:// URLs, comma-separated")
+			}
+			cfg.Discoverer = d
 		case "discovery_dns_server":
 			if _, port, err := net.SplitHostPort(val); err != nil || port == "" {
 				return nil, dsnError("discovery_dns_server must be host:port, such as 10.0.0.10:53")

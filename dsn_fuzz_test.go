@@ -34,6 +34,9 @@ func FuzzParseConfig(f *testing.F) {
 	for _, c := range discoveryDSNs {
 		seeds = append(seeds, c.dsn)
 	}
+	for _, c := range patroniURLDSNs {
+		seeds = append(seeds, c.dsn)
+	}
 	for _, s := range seeds {
 		f.Add(s, "hunter2hunter2")
 	}
