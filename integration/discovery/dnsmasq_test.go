@@ -32,6 +32,9 @@ type dnsServer struct {
 func startDNS(t *testing.T, hosts, conf string) *dnsServer {
 	t.Helper()
 	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		if os.Getenv("PGREPLICA_INTEGRATION") == "require" {
+			t.Fatal("dnsmasq is not installed (apt-get install dnsmasq-base) and PGREPLICA_INTEGRATION=require")
+		}
 		t.Skip("dnsmasq is not installed (apt-get install dnsmasq-base)")
 	}
 	d := &dnsServer{t: t, dir: t.TempDir()}
