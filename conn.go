@@ -538,9 +538,68 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 	rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
 	if err != nil {
 		c.c.primaryFailed(err)
+		if c.mayRerunOnPrimary(cl, err) {
+			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, err)
+		}
 		return nil, err
 	}
 	return rows, nil
+}
+
+// mayRerunOnPrimary says whether a read whose primary connection broke
+// before its first row may run again: a text without effect wherever it
+// runs (it calls only known built-ins), outside a transaction, on a conn
+// with no session state to lose. A failover or a switchover then costs
+// the reads that need the primary (sessions, the default mode's reads
+// after a write) a wait, not an error. Anything else may have done
+// something: its outcome is unknown, and it is never run again.
+func (c *conn) mayRerunOnPrimary(cl classification, err error) bool {
+	return cl.pure && !cl.sessionState && !cl.settings && c.txLease == nil && !c.sticky && isConnectionError(err)
+}
+
+// rerunOnPrimary runs such a read again on the primary, as the monitor
+// finds it, until it gets an answer that is not a broken connection or
+// primary_wait (and ctx) ends; between tries it backs off up to one probe
+// interval, so a fleet does not hammer a dead host.
+func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, failed error) (driver.Rows, error) {
+	wait := c.c.cfg.PrimaryWait
+	if wait < 0 {
+		return nil, failed
+	}
+	if wait == 0 {
+		wait = DefaultPrimaryWait
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	pause, most := 5*time.Millisecond, probeInterval(&c.c.cfg)
+	err := failed
+	for {
+		c.primary.discard() // broken: never back to the pool
+		c.primary.release()
+		l, lerr := c.primaryLease(wctx)
+		if lerr == nil {
+			rows, qerr := c.queryOn(ctx, o, l, query, args, reason, cl)
+			if qerr == nil {
+				return rows, nil
+			}
+			c.c.primaryFailed(qerr)
+			lerr = qerr
+		}
+		if wctx.Err() != nil || !isConnectionError(lerr) {
+			if wctx.Err() != nil && ctx.Err() == nil {
+				return nil, fmt.Errorf("%w: a read whose connection broke found none within primary_wait (%v): %w", ErrNoPrimary, wait, err)
+			}
+			return nil, lerr
+		}
+		err = lerr
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-wctx.Done():
+			t.Stop()
+		}
+		pause = min(2*pause, most)
+	}
 }
 
 // closeOpenWrite records the checkout's query-path write as acknowledged.
