@@ -530,6 +530,11 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		l, err = c.primaryLease(ctx)
 	}
 	if err != nil {
+		if isConnectionError(err) && c.txLease == nil && !c.sticky {
+			// Nothing was sent: whatever the statement, it may wait for
+			// the primary the monitor finds next.
+			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, err)
+		}
 		if p, perr := c.c.primary(); perr == nil {
 			c.record(o, outcome{node: p, reason: reason, cl: cl, err: err, query: true, unsent: true})
 		}
@@ -557,10 +562,14 @@ func (c *conn) mayRerunOnPrimary(cl classification, err error) bool {
 	return cl.pure && !cl.sessionState && !cl.settings && c.txLease == nil && !c.sticky && isConnectionError(err)
 }
 
-// rerunOnPrimary runs such a read again on the primary, as the monitor
-// finds it, until it gets an answer that is not a broken connection or
-// primary_wait (and ctx) ends; between tries it backs off up to one probe
-// interval, so a fleet does not hammer a dead host.
+// rerunOnPrimary runs a statement again on the primary, as the monitor
+// finds it, after failed: a connection to the primary that could not be
+// opened (nothing was sent), or one that broke before a read's first row
+// when mayRerunOnPrimary allows. It tries until it gets an answer that is
+// not a broken connection, a statement that was sent fails in a way that
+// does not allow another try, or primary_wait (and ctx) ends; between
+// tries it backs off up to one probe interval, so a fleet does not hammer
+// a dead host.
 func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, failed error) (driver.Rows, error) {
 	wait := c.c.cfg.PrimaryWait
 	if wait < 0 {
@@ -583,11 +592,17 @@ func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string
 				return rows, nil
 			}
 			c.c.primaryFailed(qerr)
+			if !c.mayRerunOnPrimary(cl, qerr) {
+				return nil, qerr // sent: its outcome is unknown
+			}
 			lerr = qerr
 		}
 		if wctx.Err() != nil || !isConnectionError(lerr) {
 			if wctx.Err() != nil && ctx.Err() == nil {
-				return nil, fmt.Errorf("%w: a read whose connection broke found none within primary_wait (%v): %w", ErrNoPrimary, wait, err)
+				lerr = fmt.Errorf("%w: none answered within primary_wait (%v): %w", ErrNoPrimary, wait, err)
+			}
+			if p, perr := c.c.primary(); perr == nil && !c.primary.held() {
+				c.record(o, outcome{node: p, reason: reason, cl: cl, err: lerr, query: true, unsent: true})
 			}
 			return nil, lerr
 		}
