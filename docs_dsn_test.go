@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -172,4 +173,37 @@ func withRootCert(dsn, root string) string {
 		}
 		return "sslrootcert='" + root + "'"
 	})
+}
+
+// The `pgreplica status` tables the docs show have the command's columns:
+// its header line, as cmd/pgreplica/status.go prints it.
+func TestDocsStatusHeader(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join("cmd", "pgreplica", "status.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`"(NODE\\t[^"]*)"`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal(`no "NODE\t…" header in cmd/pgreplica/status.go`)
+	}
+	want := strings.Fields(strings.ReplaceAll(string(m[1]), `\t`, " "))
+	seen := 0
+	for _, f := range []string{"README.md", "docs/operations.md"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(line, "NODE ") {
+				continue
+			}
+			seen++
+			if got := strings.Fields(line); !slices.Equal(got, want) {
+				t.Errorf("%s:%d: status header %q, the command prints %q", f, i+1, got, want)
+			}
+		}
+	}
+	if seen < 2 {
+		t.Errorf("found %d status tables in README.md and docs/operations.md, want 2", seen)
+	}
 }
