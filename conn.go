@@ -615,7 +615,7 @@ var txBounds = classification{}
 // (see primaryRerun) is re-run on the primary.
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o, cl)
-	c.c.awaitFirstProbes(ctx, maxLag)
+	c.c.awaitFirstProbes(ctx)
 	if needPrimary {
 		// The position the read needs is not known yet: ask the primary
 		// for it once, then a replica may serve the read (see catchUp).
@@ -798,7 +798,7 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 // and an error only when ctx ended or a replica refused the conn's
 // settings (errSettingsRefused: the primary must serve the read).
 func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uint64, tried *uint64, lastErr *error) (*lease, error) {
-	c.c.awaitFirstProbes(ctx, maxLag)
+	c.c.awaitFirstProbes(ctx)
 	l := &c.replica
 	if l.held() {
 		if l.node.usableReplica(maxLag, minLSN) {
