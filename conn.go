@@ -563,6 +563,15 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		return nil, err
 	}
 	rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
+	if err != nil && isReadOnlyViolation(err) && !c.sticky {
+		// A write through Query (INSERT … RETURNING) that the node
+		// believed primary refused as a standby: as in ExecContext, it
+		// runs once on the new primary. pgx reads the first row before
+		// QueryContext returns, so the caller has seen nothing of it.
+		if l, err = c.rerunLease(ctx, l.node, err); err == nil {
+			rows, err = c.queryOn(ctx, o, l, query, args, reason, cl)
+		}
+	}
 	if err != nil {
 		c.c.primaryFailed(err)
 		return nil, err
