@@ -74,7 +74,8 @@ type monitor struct {
 	historyOf  *node       // the primary history was taken on
 	primaryTLI uint32      // its timeline; 0 until it answered
 	lagging    []bool
-	noControl  []bool // the node refused pg_control_*(): probe with probeNoControlSQL
+	noControl  []bool        // the node refused pg_control_*(): probe with probeNoControlSQL
+	timeouts   [maxNodes]int // probe timeouts in a row (see apply: frozen in two steps)
 	splitBrain bool
 	roundStart int64      // unix nanos at which the current round began
 	stale      staleClock // see staleness.go
@@ -222,7 +223,7 @@ func (m *monitor) follow(members []*node) {
 			cancel()
 			m.probeConns[i] = nil
 		}
-		m.lagging[i], m.noControl[i] = false, false
+		m.lagging[i], m.noControl[i], m.timeouts[i] = false, false, 0
 		m.slot[i] = now[i]
 	}
 }
@@ -383,9 +384,23 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			// Reads in flight are cut only after a second timeout in a row,
 			// or a definite failure.
 			wasFrozen := n.frozen.Swap(timedOut)
+			if timedOut {
+				m.timeouts[n.index]++
+			} else {
+				m.timeouts[n.index] = 0
+			}
 			n.setCause(r.err)
-			if n.setDown() {
+			wentDown := n.setDown()
+			switch {
+			case timedOut && !wasFrozen:
+				// The first timeout in a row: no new reads, nothing cut.
+				c.logTimedOut(n)
+			case timedOut && m.timeouts[n.index] == 2:
+				c.logFrozen(n) // the second: now reads in flight are cut
+			case wentDown:
 				c.logDown(n, r.err)
+			}
+			if wentDown {
 				n.resetPool()
 			}
 			if n.standby.Load() && (!timedOut || wasFrozen) {
@@ -395,6 +410,7 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			}
 		default:
 			n.failures.Store(0)
+			m.timeouts[n.index] = 0
 			n.setCause(nil)
 			n.frozen.Store(false)
 			wasStandby := n.standby.Swap(r.standby)
