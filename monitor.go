@@ -275,7 +275,7 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 		cancel()
 		if err != nil {
 			if timedOut {
-				err = errProbeTimeout // it accepted the connection and never answered
+				err = errProbeConnectTimeout // it accepted the connection and never answered
 			}
 			return err
 		}
@@ -366,12 +366,14 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 		r := results[n.index]
 		switch {
 		case r.skipped:
-		case isTooManyConnections(r.err):
+		case probeFull(n, r):
 			// It answered, refusing the probe's new connection for want of
 			// a free slot: full, not down. Until its backoff passes it
 			// gets no new connection attempt (see refused.go).
 			n.refused(r.err, m.interval)
-			n.setCause(r.err)
+			if isTooManyConnections(r.err) {
+				n.setCause(r.err) // a timeout keeps the 53300 as the cause
+			}
 		case r.err != nil:
 			n.failures.Add(1)
 			// Counted from the round's start, less half an interval, so that
@@ -476,6 +478,17 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 	}
 	m.updateLag(primary, nodes)
 	m.updateStaleness(primary, nodes, results)
+}
+
+// probeFull says whether a failed probe r finds n full rather than down:
+// it refused the probe's new connection with 53300, or the connection
+// timed out while the node's last answer was 53300 (no connection opened
+// since). A full server on a loaded machine answers its refusal late, as
+// connectFailed's rule for traffic has it; a timeout on an open probe
+// connection is still a freeze.
+func probeFull(n *node, r probeResult) bool {
+	return isTooManyConnections(r.err) ||
+		errors.Is(r.err, errProbeConnectTimeout) && n.fullStreak.Load() != 0
 }
 
 // smoothRTT folds one probe's latency into a node's smoothed round-trip
