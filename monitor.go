@@ -74,7 +74,8 @@ type monitor struct {
 	historyOf  *node       // the primary history was taken on
 	primaryTLI uint32      // its timeline; 0 until it answered
 	lagging    []bool
-	noControl  []bool // the node refused pg_control_*(): probe with probeNoControlSQL
+	noControl  []bool        // the node refused pg_control_*(): probe with probeNoControlSQL
+	timeouts   [maxNodes]int // probe timeouts in a row (see apply: frozen in two steps)
 	splitBrain bool
 	roundStart int64      // unix nanos at which the current round began
 	stale      staleClock // see staleness.go
@@ -222,7 +223,7 @@ func (m *monitor) follow(members []*node) {
 			cancel()
 			m.probeConns[i] = nil
 		}
-		m.lagging[i], m.noControl[i] = false, false
+		m.lagging[i], m.noControl[i], m.timeouts[i] = false, false, 0
 		m.slot[i] = now[i]
 	}
 }
@@ -274,7 +275,7 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 		cancel()
 		if err != nil {
 			if timedOut {
-				err = errProbeTimeout // it accepted the connection and never answered
+				err = errProbeConnectTimeout // it accepted the connection and never answered
 			}
 			return err
 		}
@@ -365,12 +366,14 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 		r := results[n.index]
 		switch {
 		case r.skipped:
-		case isTooManyConnections(r.err):
+		case probeFull(n, r):
 			// It answered, refusing the probe's new connection for want of
 			// a free slot: full, not down. Until its backoff passes it
 			// gets no new connection attempt (see refused.go).
 			n.refused(r.err, m.interval)
-			n.setCause(r.err)
+			if isTooManyConnections(r.err) {
+				n.setCause(r.err) // a timeout keeps the 53300 as the cause
+			}
 		case r.err != nil:
 			n.failures.Add(1)
 			// Counted from the round's start, less half an interval, so that
@@ -383,9 +386,23 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			// Reads in flight are cut only after a second timeout in a row,
 			// or a definite failure.
 			wasFrozen := n.frozen.Swap(timedOut)
+			if timedOut {
+				m.timeouts[n.index]++
+			} else {
+				m.timeouts[n.index] = 0
+			}
 			n.setCause(r.err)
-			if n.setDown() {
+			wentDown := n.setDown()
+			switch {
+			case timedOut && !wasFrozen:
+				// The first timeout in a row: no new reads, nothing cut.
+				c.logTimedOut(n)
+			case timedOut && m.timeouts[n.index] == 2:
+				c.logFrozen(n) // the second: now reads in flight are cut
+			case wentDown:
 				c.logDown(n, r.err)
+			}
+			if wentDown {
 				n.resetPool()
 			}
 			if n.standby.Load() && (!timedOut || wasFrozen) {
@@ -395,6 +412,7 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			}
 		default:
 			n.failures.Store(0)
+			m.timeouts[n.index] = 0
 			n.setCause(nil)
 			n.frozen.Store(false)
 			wasStandby := n.standby.Swap(r.standby)
@@ -460,6 +478,17 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 	}
 	m.updateLag(primary, nodes)
 	m.updateStaleness(primary, nodes, results)
+}
+
+// probeFull says whether a failed probe r finds n full rather than down:
+// it refused the probe's new connection with 53300, or the connection
+// timed out while the node's last answer was 53300 (no connection opened
+// since). A full server on a loaded machine answers its refusal late, as
+// connectFailed's rule for traffic has it; a timeout on an open probe
+// connection is still a freeze.
+func probeFull(n *node, r probeResult) bool {
+	return isTooManyConnections(r.err) ||
+		errors.Is(r.err, errProbeConnectTimeout) && n.fullStreak.Load() != 0
 }
 
 // smoothRTT folds one probe's latency into a node's smoothed round-trip
