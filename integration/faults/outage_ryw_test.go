@@ -29,7 +29,9 @@ func TestDefaultModeReadsWhilePrimaryDown(t *testing.T) {
 	// the next an hour later, so no probe follows its write.
 	covered := testcluster.Open(t, monitorParams, "hedge_after=off")
 	// A short primary_wait: each of its reads below waits that long.
-	uncovered := testcluster.Open(t, "monitor_interval=1h", "hedge_after=off", "primary_wait=1s")
+	// max_replica_lag=off: a bound would bring the probe interval down to
+	// half of it.
+	uncovered := testcluster.Open(t, "monitor_interval=1h", "max_replica_lag=off", "hedge_after=off", "primary_wait=1s")
 	for _, c := range []*pgreplica.Connector{connector(t, covered), connector(t, uncovered)} {
 		for _, n := range cl.Nodes {
 			testcluster.WaitUntil(t, 30*time.Second, n.Addr()+" probed healthy", func() bool { return nodeState(c, n.Addr()) == pgreplica.StateHealthy })
