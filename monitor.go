@@ -517,6 +517,9 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			n.setCause(nil)
 			n.frozen.Store(false)
 			wasStandby := n.standby.Swap(r.standby)
+			if wasStandby != r.standby {
+				n.followRole()
+			}
 			n.probedAt.Store(nowWall)
 			n.probeNanos.Store(int64(r.latency))
 			if r.standby {

@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +23,9 @@ func TestPromotionFollowedWhileOldPrimaryFrozen(t *testing.T) {
 	ctx := context.Background()
 	cl := testcluster.Cluster()
 	old, next, other := cl.Nodes[0], cl.Nodes[1], cl.Nodes[2]
-	db := testcluster.Open(t, "monitor_interval=200ms")
+	const primarySize, replicaSize = 4, 6
+	sizes := []string{fmt.Sprintf("primary_max_conns=%d", primarySize), fmt.Sprintf("replica_max_conns=%d", replicaSize)}
+	db := testcluster.Open(t, append(sizes, "monitor_interval=200ms")...)
 	c, err := pgreplica.ConnectorOf(ctx, db)
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +47,10 @@ func TestPromotionFollowedWhileOldPrimaryFrozen(t *testing.T) {
 		}
 		return true
 	})
+
+	if got := poolMax(c, old.Addr(), next.Addr()); got != [2]int32{primarySize, replicaSize} {
+		t.Fatalf("pool sizes of the primary and replica1 before the promotion: %v, want %d, %d", got, primarySize, replicaSize)
+	}
 
 	// The rounds of replica2, which the test leaves alone: how long one
 	// takes on this machine now, before anything is frozen.
@@ -84,6 +91,36 @@ func TestPromotionFollowedWhileOldPrimaryFrozen(t *testing.T) {
 	if port != next.Port {
 		t.Fatalf("write after the promotion answered by port %d, want the promoted replica1 (%d)", port, next.Port)
 	}
+
+	// Settings follow the role, not the DSN position: the promoted replica1
+	// has the primary's pool size now.
+	if got := poolMax(c, next.Addr(), other.Addr()); got != [2]int32{primarySize, replicaSize} {
+		t.Fatalf("pool sizes of the promoted replica1 and of replica2 after the promotion: %v, want %d, %d", got, primarySize, replicaSize)
+	}
+	// And a standby listed first gets the replica's, once probed.
+	listed := testcluster.OpenVia(t, []string{other.Addr(), next.Addr()}, append(sizes, "monitor_interval=200ms")...)
+	lc, err := pgreplica.ConnectorOf(ctx, listed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitUntil(t, time.Minute, "replica1 known as the primary", func() bool { return lc.Status().Primary == next.Addr() })
+	if got := poolMax(lc, other.Addr(), next.Addr()); got != [2]int32{replicaSize, primarySize} {
+		t.Fatalf("pool sizes of a standby listed first and of the primary listed second: %v, want %d, %d", got, replicaSize, primarySize)
+	}
+}
+
+// poolMax returns the pool sizes Status reports for the nodes at a and b.
+func poolMax(c *pgreplica.Connector, a, b string) [2]int32 {
+	var got [2]int32
+	for _, n := range c.Status().Nodes {
+		switch n.Addr {
+		case a:
+			got[0] = n.Pool.Max
+		case b:
+			got[1] = n.Pool.Max
+		}
+	}
+	return got
 }
 
 // pollSlack is what testcluster.WaitUntil's polling (every 20 ms) adds to a
