@@ -249,15 +249,34 @@ func (c *Connector) primary() (*node, error) {
 // never the error's text, which may name the user or the DSN.
 func (c *Connector) logDown(n *node, err error) {
 	cause := errorCause(err)
-	msg := "pgreplica: node down"
-	if n.frozen.Load() {
-		msg = "pgreplica: node frozen" // it accepts connections and does not answer
-	}
 	attrs := []any{"node", n.addr, "cause", cause.Reason}
 	if cause.SQLState != "" {
 		attrs = append(attrs, "sqlstate", cause.SQLState)
 	}
-	c.log.Warn(msg, attrs...)
+	c.log.Warn("pgreplica: node down", attrs...)
+}
+
+// logTimedOut logs a node's first probe timeout in a row: it gets no new
+// reads, and what runs on it is left alone (one timeout may be a loaded
+// machine). The primary keeps its writes either way.
+func (c *Connector) logTimedOut(n *node) {
+	if n.standby.Load() {
+		c.log.Warn("pgreplica: probe timed out, no new reads", "node", n.addr, "cause", "timeout")
+		return
+	}
+	c.log.Warn("pgreplica: primary probe timed out", "node", n.addr, "cause", "timeout")
+}
+
+// logFrozen logs a node's second probe timeout in a row: it accepts
+// connections and does not answer. A replica's connections are aborted,
+// so that reads stuck on it are retried elsewhere; a primary's are not:
+// only the server knows what became of its writes.
+func (c *Connector) logFrozen(n *node) {
+	if n.standby.Load() {
+		c.log.Warn("pgreplica: node frozen, connections aborted", "node", n.addr, "cause", "timeout")
+		return
+	}
+	c.log.Warn("pgreplica: primary frozen, writes in flight left to the server", "node", n.addr, "cause", "timeout")
 }
 
 // defaultLogHandler sends the connector's records to slog.Default() as it

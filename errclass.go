@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -208,6 +209,10 @@ func hasLeaf(err error, text string) bool {
 func errorClass(err error) string { return errorCause(err).String() }
 
 var errProbeTimeout = errors.New("probe timed out")
+
+// errProbeConnectTimeout is a probe timeout while opening its connection:
+// the server accepted it and never finished the startup.
+var errProbeConnectTimeout = fmt.Errorf("%w while connecting", errProbeTimeout)
 
 // primaryFailed lets the monitor re-check the topology at once when a
 // statement on the primary suggests it is gone or no longer writable.

@@ -52,6 +52,14 @@ const historyLen = 600
 
 // monitor probes every node on its own connection (so a full pool cannot
 // starve it) each interval, or at once when traffic saw a failure.
+//
+// No node's probe waits for another's: a round lasts at most one interval
+// (the first round excepted: it waits for every node, so that roles are
+// known before the first write), and a probe still under way then is
+// applied by the round in which it ends; until then its node is not probed
+// again and keeps what its last probe said. A frozen node, each of whose
+// probes waits for a timeout, so never delays another node's state, nor
+// following a promotion.
 type monitor struct {
 	c        *Connector
 	interval time.Duration
@@ -63,25 +71,40 @@ type monitor struct {
 	kickCh         chan struct{}
 	stopCh         chan struct{}
 	done           chan struct{}
+	// results brings each probe's answer back to the monitor goroutine;
+	// probes counts the probes under way, so that none outlives stop.
+	results chan probeDone
+	probes  sync.WaitGroup
 
 	// Owned by the monitor goroutine; indexed by node.index. slot is the
 	// node each index held at the last round: discovery may give a removed
 	// node's index to a new one (see membership.go), whose state starts
 	// afresh.
-	slot       [maxNodes]*node
+	slot [maxNodes]*node
+	// probing says whether a probe of the node at an index is under way:
+	// until it ends, that probe's goroutine owns probeConns and noControl
+	// at the index. lastOK says whether the node's last probe that ended
+	// answered: while the next one runs, what it said stands.
+	probing    [maxNodes]bool
+	lastOK     [maxNodes]bool
+	rolesKnown bool // the first round was applied
 	probeConns []*pgx.Conn
 	history    []lsnSample // the current primary's flush positions on its current timeline, oldest first
 	historyOf  *node       // the primary history was taken on
 	primaryTLI uint32      // its timeline; 0 until it answered
 	lagging    []bool
-	noControl  []bool // the node refused pg_control_*(): probe with probeNoControlSQL
+	noControl  []bool        // the node refused pg_control_*(): probe with probeNoControlSQL
+	timeouts   [maxNodes]int // probe timeouts in a row (see apply: frozen in two steps)
 	splitBrain bool
-	roundStart int64      // unix nanos at which the current round began
+	roundStart int64      // unix nanos at which the current round began (see probeResult.round)
 	stale      staleClock // see staleness.go
 }
 
 type probeResult struct {
-	skipped  bool
+	skipped bool
+	// pending: the node's probe is still under way (skipped is set too):
+	// it keeps what its last probe said.
+	pending  bool
 	err      error
 	standby  bool
 	lsn      uint64 // insert (primary) or replay (standby) position
@@ -97,6 +120,15 @@ type probeResult struct {
 	// clock (unix nanos) is the primary's clock_timestamp(), or a
 	// standby's last replayed commit's timestamp; 0: none (staleness.go).
 	clock int64
+	// round is the unix nanos start of the round that started the probe
+	// (0: the current round's).
+	round int64
+}
+
+// probeDone is one probe's answer, sent back to the monitor goroutine.
+type probeDone struct {
+	n *node
+	r probeResult
 }
 
 func startMonitor(c *Connector) *monitor {
@@ -109,6 +141,7 @@ func startMonitor(c *Connector) *monitor {
 		kickCh:         make(chan struct{}, 1),
 		stopCh:         make(chan struct{}),
 		done:           make(chan struct{}),
+		results:        make(chan probeDone, maxNodes), // one probe per index at most: sends never block
 		probeConns:     make([]*pgx.Conn, maxNodes),
 		lagging:        make([]bool, maxNodes),
 		noControl:      make([]bool, maxNodes),
@@ -139,10 +172,15 @@ func (m *monitor) stop() {
 func (m *monitor) run() {
 	defer close(m.done)
 	defer m.closeProbeConns()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer m.probes.Wait() // after cancel: a stop must not wait for a frozen node's timeout
+	defer cancel()
 	ticker := time.NewTicker(m.interval)
 	defer ticker.Stop()
 	for {
-		m.round()
+		if !m.round(ctx) {
+			return
+		}
 		select {
 		case <-m.stopCh:
 			return
@@ -171,38 +209,86 @@ func (m *monitor) closeProbeConns() {
 }
 
 // round probes every node at once, each bounded by the probe timeout, and
-// then applies what they said.
-func (m *monitor) round() {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { // a stop must not wait for a frozen node's timeout
-		select {
-		case <-m.stopCh:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+// then applies what they said: once every probe it started has ended, or
+// after one interval (see monitor), with the answers of earlier rounds'
+// probes that ended meanwhile. It returns false when the monitor stops.
+func (m *monitor) round(ctx context.Context) bool {
 	members := m.c.allNodes() // discovery may change them between rounds
 	m.follow(members)
 	results := make([]probeResult, maxNodes) // by node.index
 	now := time.Now().UnixNano()
 	m.roundStart = now
-	var wg sync.WaitGroup
+	var started [maxNodes]bool
+	waiting := 0
 	for _, n := range members {
 		i := n.index
-		if !n.up.Load() && now < n.nextProbe.Load() ||
-			m.needsConnect(i) && n.fullBlocks(fullProbation) {
+		switch {
+		case m.probing[i]:
+			results[i] = probeResult{skipped: true, pending: true}
+		case !n.up.Load() && now < n.nextProbe.Load() ||
+			m.needsConnect(i) && n.fullBlocks(fullProbation):
 			results[i].skipped = true
-			continue
+		default:
+			m.probing[i], started[i] = true, true
+			waiting++
+			m.probes.Go(func() {
+				r := m.probe(ctx, n)
+				r.round = now
+				m.results <- probeDone{n, r}
+			})
 		}
-		wg.Go(func() { results[i] = m.probe(ctx, n) })
 	}
-	wg.Wait()
+	take := func(d probeDone) {
+		i := d.n.index
+		m.probing[i] = false
+		if started[i] {
+			waiting--
+		}
+		if m.slot[i] != d.n {
+			// It left the members while it was probed (its index may hold
+			// another node now): what it said is of no use.
+			m.forget(i)
+			return
+		}
+		results[i] = d.r
+	}
+	var deadline <-chan time.Time
+	if m.rolesKnown {
+		t := time.NewTimer(m.interval)
+		defer t.Stop()
+		deadline = t.C
+	}
+wait:
+	for waiting > 0 {
+		select {
+		case d := <-m.results:
+			take(d)
+		case <-deadline:
+			break wait
+		case <-m.stopCh:
+			return false
+		}
+	}
+	for more := true; more; { // answers of earlier rounds' probes that ended meanwhile
+		select {
+		case d := <-m.results:
+			take(d)
+		default:
+			more = false
+		}
+	}
 	if ctx.Err() != nil {
-		return // stopping
+		return false // stopping
+	}
+	for i := range results {
+		if m.probing[i] { // started by this round or an earlier one
+			results[i] = probeResult{skipped: true, pending: true}
+		}
 	}
 	m.apply(members, results)
+	m.rolesKnown = true
 	m.c.markRolesKnown()
+	return true
 }
 
 // follow closes the probe connections of nodes no longer members and
@@ -216,15 +302,23 @@ func (m *monitor) follow(members []*node) {
 		if m.slot[i] == now[i] {
 			continue
 		}
-		if pc := m.probeConns[i]; pc != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			_ = pc.Close(ctx)
-			cancel()
-			m.probeConns[i] = nil
-		}
-		m.lagging[i], m.noControl[i] = false, false
 		m.slot[i] = now[i]
+		if !m.probing[i] { // else when that probe ends (see round)
+			m.forget(i)
+		}
 	}
+}
+
+// forget closes the probe connection at index i and starts its state
+// afresh; no probe of it may be under way.
+func (m *monitor) forget(i int) {
+	if pc := m.probeConns[i]; pc != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_ = pc.Close(ctx)
+		cancel()
+		m.probeConns[i] = nil
+	}
+	m.lagging[i], m.noControl[i], m.timeouts[i], m.lastOK[i] = false, false, 0, false
 }
 
 // needsConnect says whether probing node i must open a connection first:
@@ -274,7 +368,7 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 		cancel()
 		if err != nil {
 			if timedOut {
-				err = errProbeTimeout // it accepted the connection and never answered
+				err = errProbeConnectTimeout // it accepted the connection and never answered
 			}
 			return err
 		}
@@ -365,17 +459,26 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 		r := results[n.index]
 		switch {
 		case r.skipped:
-		case isTooManyConnections(r.err):
+		case probeFull(n, r):
 			// It answered, refusing the probe's new connection for want of
 			// a free slot: full, not down. Until its backoff passes it
 			// gets no new connection attempt (see refused.go).
 			n.refused(r.err, m.interval)
-			n.setCause(r.err)
+			if isTooManyConnections(r.err) {
+				n.setCause(r.err) // a timeout keeps the 53300 as the cause
+			}
 		case r.err != nil:
+			m.lastOK[n.index] = false
 			n.failures.Add(1)
 			// Counted from the round's start, less half an interval, so that
 			// a backoff of k intervals means k ticks despite scheduling jitter.
-			n.nextProbe.Store(m.roundStart + int64(m.backoff(n.failures.Load())-m.interval/2))
+			// The round that started the probe, which may have ended after
+			// a later one began.
+			start := r.round
+			if start == 0 {
+				start = m.roundStart
+			}
+			n.nextProbe.Store(start + int64(m.backoff(n.failures.Load())-m.interval/2))
 			timedOut := errors.Is(r.err, errProbeTimeout)
 			// Frozen in two steps: one probe timeout may be a loaded machine
 			// (two CI runs on two cores made a 500 ms probe time out on a
@@ -383,9 +486,23 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			// Reads in flight are cut only after a second timeout in a row,
 			// or a definite failure.
 			wasFrozen := n.frozen.Swap(timedOut)
+			if timedOut {
+				m.timeouts[n.index]++
+			} else {
+				m.timeouts[n.index] = 0
+			}
 			n.setCause(r.err)
-			if n.setDown() {
+			wentDown := n.setDown()
+			switch {
+			case timedOut && !wasFrozen:
+				// The first timeout in a row: no new reads, nothing cut.
+				c.logTimedOut(n)
+			case timedOut && m.timeouts[n.index] == 2:
+				c.logFrozen(n) // the second: now reads in flight are cut
+			case wentDown:
 				c.logDown(n, r.err)
+			}
+			if wentDown {
 				n.resetPool()
 			}
 			if n.standby.Load() && (!timedOut || wasFrozen) {
@@ -395,6 +512,8 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 			}
 		default:
 			n.failures.Store(0)
+			m.timeouts[n.index] = 0
+			m.lastOK[n.index] = true
 			n.setCause(nil)
 			n.frozen.Store(false)
 			wasStandby := n.standby.Swap(r.standby)
@@ -462,6 +581,17 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 	m.updateStaleness(primary, nodes, results)
 }
 
+// probeFull says whether a failed probe r finds n full rather than down:
+// it refused the probe's new connection with 53300, or the connection
+// timed out while the node's last answer was 53300 (no connection opened
+// since). A full server on a loaded machine answers its refusal late, as
+// connectFailed's rule for traffic has it; a timeout on an open probe
+// connection is still a freeze.
+func probeFull(n *node, r probeResult) bool {
+	return isTooManyConnections(r.err) ||
+		errors.Is(r.err, errProbeConnectTimeout) && n.fullStreak.Load() != 0
+}
+
 // smoothRTT folds one probe's latency into a node's smoothed round-trip
 // time: an exponentially weighted moving average giving the new sample a
 // fifth of the weight, as MongoDB's server selection does, so that one slow
@@ -493,10 +623,16 @@ func (m *monitor) backoff(f int32) time.Duration {
 // follows a promotion only when the current one is gone or has become a
 // standby and exactly one node answers as writable; two writable nodes are
 // reported and never resolved by guessing.
+//
+// A node whose probe is still under way (pending) counts as what its last
+// probe said: a slow primary is neither given up nor outvoted by a node
+// promoted meanwhile, and one whose last probe failed (frozen) is not
+// waited for.
 func (m *monitor) choosePrimary(cur *node, nodes []*node, results []probeResult) *node {
 	var writable []*node
 	for _, n := range nodes {
-		if r := results[n.index]; !r.skipped && r.err == nil && !r.standby {
+		if r := results[n.index]; !r.skipped && r.err == nil && !r.standby ||
+			r.pending && m.lastOK[n.index] && !n.standby.Load() {
 			writable = append(writable, n)
 		}
 	}
@@ -515,6 +651,9 @@ func (m *monitor) choosePrimary(cur *node, nodes []*node, results []probeResult)
 	}
 	if cur != nil && slices.Contains(nodes, cur) {
 		r := results[cur.index]
+		if r.pending && m.lastOK[cur.index] && !cur.standby.Load() {
+			return cur // its last probe found it writable
+		}
 		answered := !r.skipped && r.err == nil
 		if answered && !r.standby {
 			return cur

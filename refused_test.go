@@ -131,3 +131,37 @@ func TestTimeoutAfterRefusalStaysFull(t *testing.T) {
 		t.Fatalf("after a timeout following 53300: up %v, full %v, streak %d; want up, full, 2", n.up.Load(), n.serverFull(), n.fullStreak.Load())
 	}
 }
+
+// The monitor's rule is traffic's: a probe whose new connection timed out
+// while the node's last answer was 53300 keeps it full and backed off, not
+// down (issue 19, the fleet's leftover). A timeout on a node that refused
+// nothing, or on an open probe connection, is still a freeze.
+func TestProbeConnectTimeoutAfterRefusalStaysFull(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	c := fc.c
+	m := &monitor{c: c, interval: time.Second, lagging: make([]bool, 3), noControl: make([]bool, 3)}
+	ok := probeResult{standby: true, lsn: 100, flushLSN: 100, timeline: 1, replayedTLI: 1, started: monoNow()}
+	primary := probeResult{lsn: 100, flushLSN: 100, timeline: 1, started: monoNow()}
+	round := func(r1, r2 probeResult) { m.apply(c.nodes, []probeResult{primary, r1, r2}) }
+	full, fresh := c.nodes[1], c.nodes[2]
+
+	round(probeResult{err: errTooManyClients}, ok)
+	full.fullUntil.Store(time.Now().UnixNano() - 1) // the backoff passed
+	round(probeResult{err: errProbeConnectTimeout}, probeResult{err: errProbeConnectTimeout})
+	if !full.up.Load() || !full.serverFull() || full.fullStreak.Load() != 2 {
+		t.Fatalf("after a probe connect timeout following 53300: up %v, full %v, streak %d; want up, full, 2",
+			full.up.Load(), full.serverFull(), full.fullStreak.Load())
+	}
+	if st := full.status(false, 0); st.State == StateDown || st.State == StateFrozen {
+		t.Fatalf("full node reported %s", st.State)
+	}
+	if fresh.up.Load() {
+		t.Fatal("a probe connect timeout on a node that refused nothing left it up")
+	}
+	// A query that timed out on an open probe connection: a freeze, even
+	// on a node marked full.
+	round(probeResult{err: errProbeTimeout}, ok)
+	if full.up.Load() {
+		t.Fatal("a probe query timeout left the node up")
+	}
+}

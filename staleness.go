@@ -153,7 +153,7 @@ func (m *monitor) updateStaleness(primary *node, nodes []*node, results []probeR
 		switch r := results[primary.index]; {
 		case r.skipped:
 		case r.err != nil:
-			if s.down == 0 && !isTooManyConnections(r.err) { // full is not down
+			if s.down == 0 && !probeFull(primary, r) { // full is not down
 				s.down = r.started
 			}
 		case !r.standby:
