@@ -232,30 +232,53 @@ func (c *conn) primaryLeaseUnpinned(ctx context.Context) (*lease, error) {
 // primaryLease pins a connection to the primary for the rest of the
 // checkout.
 func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
+	return c.primaryLeaseFor(ctx, &primaryWait{})
+}
+
+// writeLease is primaryLease for a statement that may change data: when
+// the primary cannot be reached (a crash before the promotion), it waits
+// within primary_wait for one that can, the same node back or a promoted
+// one, instead of failing at once. Only a connection that could not be
+// opened is waited out: nothing was sent on it.
+func (c *conn) writeLease(ctx context.Context) (*lease, error) {
+	return c.primaryLeaseFor(ctx, &primaryWait{})
+}
+
+func (c *conn) primaryLeaseFor(ctx context.Context, w *primaryWait) (*lease, error) {
 	c.pinned = true
 	if c.primary.held() {
 		return &c.primary, nil
 	}
-	if c.c.closed.Load() {
-		return nil, ErrClosed
+	for {
+		if c.c.closed.Load() {
+			return nil, ErrClosed
+		}
+		p, err := c.c.waitPrimary(ctx, w)
+		if err != nil {
+			return nil, err
+		}
+		if c.replica.held() && c.replica.node == p {
+			// The replica it holds was promoted: that connection is the
+			// primary's now, and its pool may have no other slot.
+			c.primary, c.replica = c.replica, lease{}
+			return &c.primary, nil
+		}
+		// A full pool's connections may all be held by idle conns for their
+		// sessions: acquirePrimary takes one from them.
+		err = c.c.acquirePrimary(ctx, p, &c.primary)
+		if err == nil {
+			return &c.primary, nil
+		}
+		if !w.reachable || ctx.Err() != nil || c.c.cfg.PrimaryWait < 0 || !isConnectionError(err) {
+			c.c.primaryFailed(err)
+			return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
+		}
+		// Marked down (the monitor probes it now), unless it only
+		// terminated this connection: then look again a round later.
+		c.c.connectFailed(p, err)
+		w.retry = p.up.Load()
+		w.cause = fmt.Errorf("primary %s: %w", p.addr, err)
 	}
-	p, err := c.c.waitPrimary(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	if c.replica.held() && c.replica.node == p {
-		// The replica it holds was promoted: that connection is the
-		// primary's now, and its pool may have no other slot.
-		c.primary, c.replica = c.replica, lease{}
-		return &c.primary, nil
-	}
-	// A full pool's connections may all be held by idle conns for their
-	// sessions: acquirePrimary takes one from them.
-	if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
-		c.c.primaryFailed(err)
-		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
-	}
-	return &c.primary, nil
 }
 
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -273,7 +296,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			// A plain setting does not pin the checkout: record decides.
 			l, err = c.primaryLeaseUnpinned(ctx)
 		} else {
-			l, err = c.primaryLease(ctx)
+			l, err = c.writeLease(ctx)
 		}
 		if err != nil {
 			return nil, err
@@ -303,19 +326,23 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // with 25006, on the primary the monitor finds next (waitPrimary kicks it).
 // On no new primary within primary_wait it returns the first error.
 func (c *conn) rerunOnNewPrimary(ctx context.Context, o *routeOptions, old *node, query string, args []driver.NamedValue, first error) (driver.Result, error) {
+	l, err := c.rerunLease(ctx, old, first)
+	if err != nil {
+		return nil, err
+	}
+	return c.execOn(ctx, o, l, query, args, ReasonWrite)
+}
+
+// rerunLease gives up the primary connection of old, which refused a write
+// with 25006 (first), and leases one on the primary the monitor finds next
+// (waitPrimary kicks it), within primary_wait.
+func (c *conn) rerunLease(ctx context.Context, old *node, first error) (*lease, error) {
 	c.primary.release()
-	p, err := c.c.waitPrimary(ctx, old)
+	l, err := c.primaryLeaseFor(ctx, &primaryWait{not: old})
 	if err != nil {
 		return nil, fmt.Errorf("%w (and %w)", first, err)
 	}
-	if c.replica.held() && c.replica.node == p {
-		c.primary, c.replica = c.replica, lease{}
-	} else if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
-		c.c.primaryFailed(err)
-		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
-	}
-	c.pinned = true
-	return c.execOn(ctx, o, &c.primary, query, args, ReasonWrite)
+	return l, nil
 }
 
 // execOn runs one statement through Exec on a held lease.
@@ -541,6 +568,15 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		return nil, err
 	}
 	rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
+	if err != nil && isReadOnlyViolation(err) && !c.sticky {
+		// A write through Query (INSERT … RETURNING) that the node
+		// believed primary refused as a standby: as in ExecContext, it
+		// runs once on the new primary. pgx reads the first row before
+		// QueryContext returns, so the caller has seen nothing of it.
+		if l, err = c.rerunLease(ctx, l.node, err); err == nil {
+			rows, err = c.queryOn(ctx, o, l, query, args, reason, cl)
+		}
+	}
 	if err != nil {
 		c.c.primaryFailed(err)
 		if c.mayRerunOnPrimary(cl, err) {
