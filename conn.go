@@ -232,30 +232,53 @@ func (c *conn) primaryLeaseUnpinned(ctx context.Context) (*lease, error) {
 // primaryLease pins a connection to the primary for the rest of the
 // checkout.
 func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
+	return c.primaryLeaseFor(ctx, &primaryWait{})
+}
+
+// writeLease is primaryLease for a statement that may change data: when
+// the primary cannot be reached (a crash before the promotion), it waits
+// within primary_wait for one that can, the same node back or a promoted
+// one, instead of failing at once. Only a connection that could not be
+// opened is waited out: nothing was sent on it.
+func (c *conn) writeLease(ctx context.Context) (*lease, error) {
+	return c.primaryLeaseFor(ctx, &primaryWait{})
+}
+
+func (c *conn) primaryLeaseFor(ctx context.Context, w *primaryWait) (*lease, error) {
 	c.pinned = true
 	if c.primary.held() {
 		return &c.primary, nil
 	}
-	if c.c.closed.Load() {
-		return nil, ErrClosed
+	for {
+		if c.c.closed.Load() {
+			return nil, ErrClosed
+		}
+		p, err := c.c.waitPrimary(ctx, w)
+		if err != nil {
+			return nil, err
+		}
+		if c.replica.held() && c.replica.node == p {
+			// The replica it holds was promoted: that connection is the
+			// primary's now, and its pool may have no other slot.
+			c.primary, c.replica = c.replica, lease{}
+			return &c.primary, nil
+		}
+		// A full pool's connections may all be held by idle conns for their
+		// sessions: acquirePrimary takes one from them.
+		err = c.c.acquirePrimary(ctx, p, &c.primary)
+		if err == nil {
+			return &c.primary, nil
+		}
+		if !w.reachable || ctx.Err() != nil || c.c.cfg.PrimaryWait < 0 || !isConnectionError(err) {
+			c.c.primaryFailed(err)
+			return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
+		}
+		// Marked down (the monitor probes it now), unless it only
+		// terminated this connection: then look again a round later.
+		c.c.connectFailed(p, err)
+		w.retry = p.up.Load()
+		w.cause = fmt.Errorf("primary %s: %w", p.addr, err)
 	}
-	p, err := c.c.waitPrimary(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	if c.replica.held() && c.replica.node == p {
-		// The replica it holds was promoted: that connection is the
-		// primary's now, and its pool may have no other slot.
-		c.primary, c.replica = c.replica, lease{}
-		return &c.primary, nil
-	}
-	// A full pool's connections may all be held by idle conns for their
-	// sessions: acquirePrimary takes one from them.
-	if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
-		c.c.primaryFailed(err)
-		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
-	}
-	return &c.primary, nil
 }
 
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -273,7 +296,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			// A plain setting does not pin the checkout: record decides.
 			l, err = c.primaryLeaseUnpinned(ctx)
 		} else {
-			l, err = c.primaryLease(ctx)
+			l, err = c.writeLease(ctx)
 		}
 		if err != nil {
 			return nil, err
@@ -303,19 +326,23 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // with 25006, on the primary the monitor finds next (waitPrimary kicks it).
 // On no new primary within primary_wait it returns the first error.
 func (c *conn) rerunOnNewPrimary(ctx context.Context, o *routeOptions, old *node, query string, args []driver.NamedValue, first error) (driver.Result, error) {
+	l, err := c.rerunLease(ctx, old, first)
+	if err != nil {
+		return nil, err
+	}
+	return c.execOn(ctx, o, l, query, args, ReasonWrite)
+}
+
+// rerunLease gives up the primary connection of old, which refused a write
+// with 25006 (first), and leases one on the primary the monitor finds next
+// (waitPrimary kicks it), within primary_wait.
+func (c *conn) rerunLease(ctx context.Context, old *node, first error) (*lease, error) {
 	c.primary.release()
-	p, err := c.c.waitPrimary(ctx, old)
+	l, err := c.primaryLeaseFor(ctx, &primaryWait{not: old})
 	if err != nil {
 		return nil, fmt.Errorf("%w (and %w)", first, err)
 	}
-	if c.replica.held() && c.replica.node == p {
-		c.primary, c.replica = c.replica, lease{}
-	} else if err := c.c.acquirePrimary(ctx, p, &c.primary); err != nil {
-		c.c.primaryFailed(err)
-		return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
-	}
-	c.pinned = true
-	return c.execOn(ctx, o, &c.primary, query, args, ReasonWrite)
+	return l, nil
 }
 
 // execOn runs one statement through Exec on a held lease.
@@ -530,17 +557,100 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		l, err = c.primaryLease(ctx)
 	}
 	if err != nil {
+		if isConnectionError(err) && c.txLease == nil && !c.sticky {
+			// Nothing was sent: whatever the statement, it may wait for
+			// the primary the monitor finds next.
+			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, err)
+		}
 		if p, perr := c.c.primary(); perr == nil {
 			c.record(o, outcome{node: p, reason: reason, cl: cl, err: err, query: true, unsent: true})
 		}
 		return nil, err
 	}
 	rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
+	if err != nil && isReadOnlyViolation(err) && !c.sticky {
+		// A write through Query (INSERT … RETURNING) that the node
+		// believed primary refused as a standby: as in ExecContext, it
+		// runs once on the new primary. pgx reads the first row before
+		// QueryContext returns, so the caller has seen nothing of it.
+		if l, err = c.rerunLease(ctx, l.node, err); err == nil {
+			rows, err = c.queryOn(ctx, o, l, query, args, reason, cl)
+		}
+	}
 	if err != nil {
 		c.c.primaryFailed(err)
+		if c.mayRerunOnPrimary(cl, err) {
+			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, err)
+		}
 		return nil, err
 	}
 	return rows, nil
+}
+
+// mayRerunOnPrimary says whether a read whose primary connection broke
+// before its first row may run again: a text without effect wherever it
+// runs (it calls only known built-ins), outside a transaction, on a conn
+// with no session state to lose. A failover or a switchover then costs
+// the reads that need the primary (sessions, the default mode's reads
+// after a write) a wait, not an error. Anything else may have done
+// something: its outcome is unknown, and it is never run again.
+func (c *conn) mayRerunOnPrimary(cl classification, err error) bool {
+	return cl.pure && !cl.sessionState && !cl.settings && c.txLease == nil && !c.sticky && isConnectionError(err)
+}
+
+// rerunOnPrimary runs a statement again on the primary, as the monitor
+// finds it, after failed: a connection to the primary that could not be
+// opened (nothing was sent), or one that broke before a read's first row
+// when mayRerunOnPrimary allows. It tries until it gets an answer that is
+// not a broken connection, a statement that was sent fails in a way that
+// does not allow another try, or primary_wait (and ctx) ends; between
+// tries it backs off up to one probe interval, so a fleet does not hammer
+// a dead host.
+func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, failed error) (driver.Rows, error) {
+	wait := c.c.cfg.PrimaryWait
+	if wait < 0 {
+		return nil, failed
+	}
+	if wait == 0 {
+		wait = DefaultPrimaryWait
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	pause, most := 5*time.Millisecond, probeInterval(&c.c.cfg)
+	err := failed
+	for {
+		c.primary.discard() // broken: never back to the pool
+		c.primary.release()
+		l, lerr := c.primaryLease(wctx)
+		if lerr == nil {
+			rows, qerr := c.queryOn(ctx, o, l, query, args, reason, cl)
+			if qerr == nil {
+				return rows, nil
+			}
+			c.c.primaryFailed(qerr)
+			if !c.mayRerunOnPrimary(cl, qerr) {
+				return nil, qerr // sent: its outcome is unknown
+			}
+			lerr = qerr
+		}
+		if wctx.Err() != nil || !isConnectionError(lerr) {
+			if wctx.Err() != nil && ctx.Err() == nil {
+				lerr = fmt.Errorf("%w: none answered within primary_wait (%v): %w", ErrNoPrimary, wait, err)
+			}
+			if p, perr := c.c.primary(); perr == nil && !c.primary.held() {
+				c.record(o, outcome{node: p, reason: reason, cl: cl, err: lerr, query: true, unsent: true})
+			}
+			return nil, lerr
+		}
+		err = lerr
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-wctx.Done():
+			t.Stop()
+		}
+		pause = min(2*pause, most)
+	}
 }
 
 // closeOpenWrite records the checkout's query-path write as acknowledged.
@@ -615,7 +725,7 @@ var txBounds = classification{}
 // (see primaryRerun) is re-run on the primary.
 func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, p plan, cl classification) (driver.Rows, error) {
 	maxLag, minLSN, needPrimary := c.replicaBounds(o, cl)
-	c.c.awaitFirstProbes(ctx, maxLag)
+	c.c.awaitFirstProbes(ctx)
 	if needPrimary {
 		// The position the read needs is not known yet: ask the primary
 		// for it once, then a replica may serve the read (see catchUp).
@@ -798,7 +908,7 @@ func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, a
 // and an error only when ctx ended or a replica refused the conn's
 // settings (errSettingsRefused: the primary must serve the read).
 func (c *conn) nextReplica(ctx context.Context, maxLag time.Duration, minLSN uint64, tried *uint64, lastErr *error) (*lease, error) {
-	c.c.awaitFirstProbes(ctx, maxLag)
+	c.c.awaitFirstProbes(ctx)
 	l := &c.replica
 	if l.held() {
 		if l.node.usableReplica(maxLag, minLSN) {

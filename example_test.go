@@ -24,7 +24,8 @@ func Example() {
 	if _, err := db.ExecContext(ctx, "UPDATE products SET stock = stock - 1 WHERE id = $1", 42); err != nil {
 		log.Print(err)
 	}
-	// A read: a healthy, caught-up replica.
+	// A read: a healthy, caught-up replica that has replayed the UPDATE
+	// (the default, read_your_writes=connector), else the primary.
 	var name string
 	if err := db.QueryRowContext(ctx, "SELECT name FROM products WHERE id = $1", 42).Scan(&name); err != nil {
 		log.Print(err)

@@ -77,14 +77,14 @@ func (n *node) withinLag(maxLag time.Duration) bool {
 	return time.Duration(now-known) <= maxLag
 }
 
-// awaitFirstProbes holds a read bounded by maxLag on a connector whose
-// monitor has not finished its first round: until then no replica is known
-// to be within any bound, and the read would go to the primary. It waits
-// at most one probe interval (a round waiting for a node that does not
-// answer takes longer); a read with no bound does not wait.
-func (c *Connector) awaitFirstProbes(ctx context.Context, maxLag time.Duration) {
+// awaitFirstProbes holds a read on a connector whose monitor has not
+// finished its first round: until then no replica is known to be up, or
+// within any bound, and the read would go to the primary (or, with none
+// known yet, wait for one). It waits at most one probe interval (a round
+// waiting for a node that does not answer takes longer).
+func (c *Connector) awaitFirstProbes(ctx context.Context) {
 	done := c.rolesKnown
-	if done == nil || maxLag == noLagLimit {
+	if done == nil {
 		return // no monitor (routing unit tests)
 	}
 	select {

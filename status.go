@@ -51,7 +51,12 @@ type NodeStatus struct {
 	// failed, database does not exist, connection refused, timeout, TLS
 	// error…). It is nil in the other states.
 	Cause *Cause `json:"cause"`
-	// LagBytes and Lag measure a replica against the primary.
+	// LagBytes and Lag measure a replica against the primary. Lag is how
+	// stale a read it serves may be: how long ago the primary may first
+	// have had a commit the replica is not known to have, the age of the
+	// probes that found it out included (the quantity max_replica_lag
+	// bounds; see docs/guarantees.md). A replica is lagging exactly when
+	// Lag is over max_replica_lag.
 	LagBytes int64         `json:"lag_bytes"`
 	Lag      time.Duration `json:"lag_ns"`
 	// LastProbe is when the node last answered a probe (zero: never).
@@ -143,6 +148,8 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	if isPrimary || !n.standby.Load() {
 		ns.Role = RolePrimary
 		ns.LagBytes, ns.Lag = 0, 0
+	} else if st := n.staleness(); st != noLagLimit && !n.offTimeline.Load() {
+		ns.Lag = st // what routing compares with max_replica_lag
 	}
 	if t := n.probedAt.Load(); t != 0 {
 		ns.LastProbe = time.Unix(0, t)

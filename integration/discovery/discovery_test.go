@@ -116,6 +116,22 @@ func writePort(t *testing.T, ctx context.Context, db *sql.DB) int {
 	return port
 }
 
+// probedAfterWrite waits until db's write just made is replayed on the
+// replicas and a probe round that began after that found every node.
+func probedAfterWrite(t *testing.T, ctx context.Context, c *pgreplica.Connector) {
+	t.Helper()
+	testcluster.WaitReplayed(t, ctx)
+	replayed := time.Now()
+	testcluster.WaitUntil(t, liveness, "a probe round after the write", func() bool {
+		for _, n := range c.Status().Nodes {
+			if !n.LastProbe.After(replayed) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 var tableOnce sync.Once
 
 func writesTable(t *testing.T, ctx context.Context) {
@@ -156,9 +172,12 @@ func TestDNSAddressesBecomeNodes(t *testing.T) {
 	if p := writePort(t, ctx, db); p != cl.Nodes[0].Port {
 		t.Fatalf("a write answered by %s", testcluster.Role(p))
 	}
+	// The default mode: reads follow db's write to a replica once one is
+	// known to have it; both are, once a probe round after it found them.
+	probedAfterWrite(t, ctx, c)
 	got := readPorts(t, ctx, db, 60)
 	if got[cl.Nodes[1].Port] == 0 || got[cl.Nodes[2].Port] == 0 || got[cl.Nodes[1].Port]+got[cl.Nodes[2].Port] != 60 {
-		t.Fatalf("60 reads by port: %v, want replica1 and replica2 only", got)
+		t.Fatalf("60 reads by port: %v, want replica1 and replica2 only; status %+v", got, c.Status())
 	}
 
 	// A pod replaced: replica2's address leaves, replica3's joins.
@@ -203,9 +222,12 @@ func TestSRVRecordsGiveHostAndPort(t *testing.T) {
 	if p := writePort(t, ctx, db); p != cl.Nodes[0].Port {
 		t.Fatalf("a write answered by %s", testcluster.Role(p))
 	}
+	// The default mode: reads follow db's write to a replica once one is
+	// known to have it; both are, once a probe round after it found them.
+	probedAfterWrite(t, ctx, c)
 	got := readPorts(t, ctx, db, 60)
 	if got[cl.Nodes[1].Port] == 0 || got[cl.Nodes[2].Port] == 0 || got[cl.Nodes[1].Port]+got[cl.Nodes[2].Port] != 60 {
-		t.Fatalf("60 reads by port: %v, want replica1 and replica2 only", got)
+		t.Fatalf("60 reads by port: %v, want replica1 and replica2 only; status %+v", got, c.Status())
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,15 +27,15 @@ func nodeDSN(t *testing.T, i int, edit func(u *url.URL)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if edit != nil {
-		edit(u)
-	}
 	q := u.Query()
 	for _, p := range dsnParams {
 		k, v, _ := strings.Cut(p, "=")
 		q.Set(k, v)
 	}
 	u.RawQuery = q.Encode()
+	if edit != nil {
+		edit(u) // after dsnParams: a test's own keys win
+	}
 	return u.String()
 }
 
@@ -96,17 +97,31 @@ func TestOneHostPrimaryIsHealthy(t *testing.T) {
 
 // TestOneHostStandbyHasNoPrimary: a DSN naming only a standby has no
 // primary, and says so: no_primary, 503, a non-zero exit, the node shown as
-// a replica. Writes fail with ErrNoPrimary; reads are served by the standby.
+// a replica. Writes fail with ErrNoPrimary. With no primary to measure it
+// against, nothing bounds how stale the standby is: it is lagging, and a
+// read under max_replica_lag fails with ErrNoPrimary too; with
+// max_replica_lag=off the standby serves it.
 func TestOneHostStandbyHasNoPrimary(t *testing.T) {
-	dsn := nodeDSN(t, 1, nil)
+	// A short primary_wait: the write and the bounded read wait that long
+	// for a primary.
+	withKeys := func(kv ...string) func(u *url.URL) {
+		return func(u *url.URL) {
+			q := u.Query()
+			for i := 0; i < len(kv); i += 2 {
+				q.Set(kv[i], kv[i+1])
+			}
+			u.RawQuery = q.Encode()
+		}
+	}
+	dsn := nodeDSN(t, 1, withKeys("primary_wait", "1s"))
 	o := openDSN(t, dsn)
 	var s pgreplica.Status
 	testcluster.WaitUntil(t, 30*time.Second, "the standby is probed and no primary known", func() bool {
 		s = o.c.Status()
 		return !s.Nodes[0].LastProbe.IsZero() && s.Primary == ""
 	})
-	if s.PrimaryUp || s.Nodes[0].Role != pgreplica.RoleReplica || s.Nodes[0].State != healthy {
-		t.Errorf("status = %+v, want no primary and a healthy replica", s)
+	if s.PrimaryUp || s.Nodes[0].Role != pgreplica.RoleReplica || s.Nodes[0].State != lagging {
+		t.Errorf("status = %+v, want no primary and a lagging replica (its staleness is unknown)", s)
 	}
 	if code, body := serve(t, pgreplica.HealthHandler(o.c)); code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"no_primary"`) {
 		t.Errorf("health: %d %s, want 503 no_primary", code, body)
@@ -115,17 +130,28 @@ func TestOneHostStandbyHasNoPrimary(t *testing.T) {
 	if _, err := o.db.ExecContext(ctx, "CREATE TABLE never_written (x int)"); !errors.Is(err, pgreplica.ErrNoPrimary) {
 		t.Errorf("a write got %v, want ErrNoPrimary", err)
 	}
-	rctx, route := pgreplica.WithRoute(ctx)
-	if port := testcluster.Port(t, rctx, o.db); port != testcluster.Cluster().Nodes[1].Port || route.Reason() != pgreplica.ReasonRead {
-		t.Errorf("a read answered by port %d (%s), want the standby (read)", port, route.Reason())
+	var port int
+	if err := o.db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); !errors.Is(err, pgreplica.ErrNoPrimary) {
+		t.Errorf("a read under max_replica_lag got port %d, err %v; want ErrNoPrimary", port, err)
 	}
 	code, out := cliDSN(t, dsn, "status")
 	t.Logf("pgreplica status (exit %d):\n%s", code, out)
 	if code != 1 || !strings.HasPrefix(out, "cluster no_primary") || !strings.Contains(out, "no node answers as writable") {
 		t.Errorf("pgreplica status: exit %d\n%s", code, out)
 	}
-	if rows := strings.Split(out, "\n"); len(rows) < 3 || len(strings.Fields(rows[2])) < 3 || strings.Fields(rows[2])[1] != pgreplica.RoleReplica {
+	rows := strings.Split(out, "\n")
+	if len(rows) < 3 {
+		t.Fatalf("pgreplica status printed:\n%s", out)
+	}
+	if col := slices.Index(strings.Fields(rows[1]), "ROLE"); col < 0 || len(strings.Fields(rows[2])) <= col || strings.Fields(rows[2])[col] != pgreplica.RoleReplica {
 		t.Errorf("the standby's row does not show role replica:\n%s", out)
+	}
+
+	unbounded := openDSN(t, nodeDSN(t, 1, withKeys("primary_wait", "1s", "max_replica_lag", "off")))
+	rctx, route := pgreplica.WithRoute(ctx)
+	if err := unbounded.db.QueryRowContext(rctx, "SELECT inet_server_port()").Scan(&port); err != nil || port != testcluster.Cluster().Nodes[1].Port || route.Reason() != pgreplica.ReasonRead {
+		t.Errorf("with max_replica_lag=off a read answered by port %d (%s), err %v; want the standby (read)", port, route.Reason(), err)
+		t.Logf("status: %+v", unbounded.c.Status())
 	}
 }
 

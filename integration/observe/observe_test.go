@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -200,10 +201,15 @@ func cliStates(t *testing.T) (code int, summary string, states map[string]string
 	if len(lines) < 2 || !strings.HasPrefix(lines[1], "NODE ") {
 		t.Fatalf("pgreplica status printed:\n%s", out)
 	}
+	// The STATE column, found by its header: columns come and go (FROM).
+	col := slices.Index(strings.Fields(lines[1]), "STATE")
+	if col < 0 {
+		t.Fatalf("pgreplica status has no STATE column:\n%s", out)
+	}
 	states = map[string]string{}
 	for _, l := range lines[2:] {
 		f := strings.Fields(l)
-		states[f[0]] = f[2]
+		states[f[0]] = f[col]
 	}
 	t.Logf("pgreplica status (exit %d):\n%s", code, out)
 	return code, lines[0], states

@@ -49,12 +49,18 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("synchronous_mode on, no sync_standby: %+v", st)
 	}
 
+	// In synchronous mode Patroni switches over only to the sync standby
+	// (412 "candidate name does not match with sync_standby" otherwise).
 	var candidate *Member
-	for _, m := range c.Members {
-		if m != leader {
-			candidate = m
-			break
+	for _, s := range st {
+		for _, m := range c.Members {
+			if m.Name == s.Name && s.Role == "sync_standby" {
+				candidate = m
+			}
 		}
+	}
+	if candidate == nil {
+		t.Fatalf("no sync_standby member: %+v", st)
 	}
 	if err := c.Switchover(ctx, leader, candidate); err != nil {
 		t.Fatal(err)
