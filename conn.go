@@ -560,7 +560,8 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		if isConnectionError(err) && c.txLease == nil && !c.sticky {
 			// Nothing was sent: whatever the statement, it may wait for
 			// the primary the monitor finds next.
-			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, err)
+			p, _ := c.c.primary()
+			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, p, err)
 		}
 		if p, perr := c.c.primary(); perr == nil {
 			c.record(o, outcome{node: p, reason: reason, cl: cl, err: err, query: true, unsent: true})
@@ -580,7 +581,7 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 	if err != nil {
 		c.c.primaryFailed(err)
 		if c.mayRerunOnPrimary(cl, err) {
-			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, err)
+			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, l.node, err)
 		}
 		return nil, err
 	}
@@ -606,7 +607,7 @@ func (c *conn) mayRerunOnPrimary(cl classification, err error) bool {
 // does not allow another try, or primary_wait (and ctx) ends; between
 // tries it backs off up to one probe interval, so a fleet does not hammer
 // a dead host.
-func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, failed error) (driver.Rows, error) {
+func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, tried *node, failed error) (driver.Rows, error) {
 	wait := c.c.cfg.PrimaryWait
 	if wait < 0 {
 		return nil, failed
@@ -623,6 +624,7 @@ func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string
 		c.primary.release()
 		l, lerr := c.primaryLease(wctx)
 		if lerr == nil {
+			tried = l.node
 			rows, qerr := c.queryOn(ctx, o, l, query, args, reason, cl)
 			if qerr == nil {
 				return rows, nil
@@ -637,8 +639,9 @@ func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string
 			if wctx.Err() != nil && ctx.Err() == nil {
 				lerr = fmt.Errorf("%w: none answered within primary_wait (%v): %w", ErrNoPrimary, wait, err)
 			}
-			if p, perr := c.c.primary(); perr == nil && !c.primary.held() {
-				c.record(o, outcome{node: p, reason: reason, cl: cl, err: lerr, query: true, unsent: true})
+			if tried != nil && !c.primary.held() {
+				// The node it last tried, or the primary it was for.
+				c.record(o, outcome{node: tried, reason: reason, cl: cl, err: lerr, query: true, unsent: true})
 			}
 			return nil, lerr
 		}

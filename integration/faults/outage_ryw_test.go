@@ -16,7 +16,8 @@ import (
 // covered before the stop keeps reading from the replicas that replayed
 // them; one whose last write no probe covered cannot tell which replica
 // has it (asynchronous replication may have lost it), so its reads go to
-// the primary, and fail, until the primary is back. With
+// the primary: they wait for it up to primary_wait, as writes do, and then
+// fail with ErrNoPrimary, until the primary is back. With
 // read_your_writes=off both would read from the replicas.
 func TestDefaultModeReadsWhilePrimaryDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -27,7 +28,8 @@ func TestDefaultModeReadsWhilePrimaryDown(t *testing.T) {
 	// covered: probes every 200ms. uncovered: one probe round when opened,
 	// the next an hour later, so no probe follows its write.
 	covered := testcluster.Open(t, monitorParams, "hedge_after=off")
-	uncovered := testcluster.Open(t, "monitor_interval=1h", "hedge_after=off")
+	// A short primary_wait: each of its reads below waits that long.
+	uncovered := testcluster.Open(t, "monitor_interval=1h", "hedge_after=off", "primary_wait=1s")
 	for _, c := range []*pgreplica.Connector{connector(t, covered), connector(t, uncovered)} {
 		for _, n := range cl.Nodes {
 			testcluster.WaitUntil(t, 30*time.Second, n.Addr()+" probed healthy", func() bool { return nodeState(c, n.Addr()) == pgreplica.StateHealthy })
@@ -68,16 +70,14 @@ func TestDefaultModeReadsWhilePrimaryDown(t *testing.T) {
 			t.Fatalf("covered, read %d with the primary down: %v, %s, %d rows; want a replica with the row", i, err, testcluster.Role(port), n)
 		}
 	}
-	// uncovered: to the primary for its session, which refuses.
-	for i := range 5 {
+	// uncovered: to the primary for its session, which is down: the read
+	// waits primary_wait for one, then fails.
+	for i := range 3 {
 		rctx, route := pgreplica.WithRoute(ctx)
 		var port, n int
 		err := uncovered.QueryRowContext(rctx, count, 2).Scan(&port, &n)
-		if err == nil || route.Node() != primary.Addr() || route.Reason() != pgreplica.ReasonSession {
-			t.Fatalf("uncovered, read %d with the primary down: %v from %s (%s), %d rows; want an error from the primary for session", i, err, route.Node(), route.Reason(), n)
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("uncovered, read %d: %v; want the primary's refusal, not a wait", i, err)
+		if !errors.Is(err, pgreplica.ErrNoPrimary) || route.Node() != primary.Addr() || route.Reason() != pgreplica.ReasonSession {
+			t.Fatalf("uncovered, read %d with the primary down: %v from %s (%s), %d rows; want ErrNoPrimary, for session, recorded against the primary", i, err, route.Node(), route.Reason(), n)
 		}
 	}
 
