@@ -177,13 +177,22 @@ func (m *monitor) run() {
 	defer cancel()
 	ticker := time.NewTicker(m.interval)
 	defer ticker.Stop()
+	if !m.round(ctx, nil) {
+		return
+	}
 	for {
-		if !m.round(ctx) {
-			return
-		}
 		select {
 		case <-m.stopCh:
 			return
+		case d := <-m.results:
+			// A probe that outlasted its round ended: apply it now, not at
+			// the end of the next round (a frozen node's second timeout
+			// aborts the reads stuck on it: they must not wait another
+			// interval for that).
+			if !m.round(ctx, &d) {
+				return
+			}
+			continue
 		case <-ticker.C:
 			m.c.updateHedgeDelays()
 		case <-m.kickCh:
@@ -193,6 +202,9 @@ func (m *monitor) run() {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
+		}
+		if !m.round(ctx, nil) {
+			return
 		}
 	}
 }
@@ -211,8 +223,10 @@ func (m *monitor) closeProbeConns() {
 // round probes every node at once, each bounded by the probe timeout, and
 // then applies what they said: once every probe it started has ended, or
 // after one interval (see monitor), with the answers of earlier rounds'
-// probes that ended meanwhile. It returns false when the monitor stops.
-func (m *monitor) round(ctx context.Context) bool {
+// probes that ended meanwhile. Given one such answer (late), it starts no
+// probe and applies the answers that have arrived. It returns false when
+// the monitor stops.
+func (m *monitor) round(ctx context.Context, late *probeDone) bool {
 	members := m.c.allNodes() // discovery may change them between rounds
 	m.follow(members)
 	results := make([]probeResult, maxNodes) // by node.index
@@ -225,6 +239,8 @@ func (m *monitor) round(ctx context.Context) bool {
 		switch {
 		case m.probing[i]:
 			results[i] = probeResult{skipped: true, pending: true}
+		case late != nil:
+			results[i].skipped = true
 		case !n.up.Load() && now < n.nextProbe.Load() ||
 			m.needsConnect(i) && n.fullBlocks(fullProbation):
 			results[i].skipped = true
@@ -251,6 +267,9 @@ func (m *monitor) round(ctx context.Context) bool {
 			return
 		}
 		results[i] = d.r
+	}
+	if late != nil {
+		take(*late)
 	}
 	var deadline <-chan time.Time
 	if m.rolesKnown {
