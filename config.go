@@ -165,6 +165,11 @@ type Config struct {
 	// connects to; nil means net.DefaultResolver. The DSN key
 	// discovery_dns_server=host:port sets one that asks that server.
 	Resolver *net.Resolver
+
+	// fixedPool says, by DSN position, whether a node's pool size is its
+	// own (its connection string's pool_max_conns): set by resolve. The
+	// others follow the role (rolesettings.go).
+	fixedPool []bool
 }
 
 // ReadYourWrites is the scope in which reads see earlier writes without
@@ -241,11 +246,14 @@ func (cfg Config) resolve() (Config, error) {
 	}
 
 	nodes := make([]*pgxpool.Config, 0, 1+len(cfg.Replicas))
+	cfg.fixedPool = make([]bool, 0, 1+len(cfg.Replicas))
 	for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
 		size := cfg.poolSize(i == 0)
-		if explicitMaxConns(pc) {
+		fixed := explicitMaxConns(pc)
+		if fixed {
 			size = pc.MaxConns
 		}
+		cfg.fixedPool = append(cfg.fixedPool, fixed)
 		if pc.MinConns > size || pc.MinIdleConns > size {
 			return cfg, fmt.Errorf("%s: its pool may hold %d connections, fewer than its MinConns (pool_min_conns) %d or MinIdleConns (pool_min_idle_conns) %d: raise its pool size (pool_max_conns, primary_max_conns, replica_max_conns) or lower those",
 				nodeLabel(i), size, pc.MinConns, pc.MinIdleConns)
@@ -262,6 +270,15 @@ func (cfg Config) resolve() (Config, error) {
 	}
 	cfg.Primary, cfg.Replicas = nodes[0], nodes[1:]
 	return cfg, nil
+}
+
+// roleSizes are the pool sizes of a node at DSN position i by role, zero
+// when its own connection string fixes its size.
+func (cfg *Config) roleSizes(i int) roleSizes {
+	if i < len(cfg.fixedPool) && cfg.fixedPool[i] {
+		return roleSizes{}
+	}
+	return roleSizes{cfg.poolSize(false), cfg.poolSize(true)}
 }
 
 // poolSize is a role's pool size from the Config's own fields: the role's

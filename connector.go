@@ -119,7 +119,7 @@ func newConnector(cfg Config) (*Connector, error) {
 		c.topo.Store(newTopology(nil, c.nodes))
 	} else {
 		for i, pc := range append([]*pgxpool.Config{cfg.Primary}, cfg.Replicas...) {
-			n, err := newNode(i, pc)
+			n, err := newNode(i, pc, cfg.roleSizes(i))
 			if err != nil {
 				c.closeNodes()
 				return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, nodeLabel(i), err)

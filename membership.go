@@ -269,7 +269,7 @@ func (m *membership) prune() {
 // newMemberNode builds the node of a discovered member: the Primary's pool
 // configuration with the member's host and port, sized as a replica's.
 func (m *membership) newMemberNode(index int, mb Member) *node {
-	n, err := newNode(index, m.nodeConfig(mb))
+	n, err := newNode(index, m.nodeConfig(mb), roleSizes{m.c.cfg.poolSize(false), m.c.cfg.poolSize(true)})
 	if err != nil {
 		m.c.log.Warn("pgreplica: discovered member left out", "node", mb.addr(), "error", m.safeText(err))
 		return nil

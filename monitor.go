@@ -52,6 +52,14 @@ const historyLen = 600
 
 // monitor probes every node on its own connection (so a full pool cannot
 // starve it) each interval, or at once when traffic saw a failure.
+//
+// No node's probe waits for another's: a round lasts at most one interval
+// (the first round excepted: it waits for every node, so that roles are
+// known before the first write), and a probe still under way then is
+// applied by the round in which it ends; until then its node is not probed
+// again and keeps what its last probe said. A frozen node, each of whose
+// probes waits for a timeout, so never delays another node's state, nor
+// following a promotion.
 type monitor struct {
 	c        *Connector
 	interval time.Duration
@@ -63,12 +71,23 @@ type monitor struct {
 	kickCh         chan struct{}
 	stopCh         chan struct{}
 	done           chan struct{}
+	// results brings each probe's answer back to the monitor goroutine;
+	// probes counts the probes under way, so that none outlives stop.
+	results chan probeDone
+	probes  sync.WaitGroup
 
 	// Owned by the monitor goroutine; indexed by node.index. slot is the
 	// node each index held at the last round: discovery may give a removed
 	// node's index to a new one (see membership.go), whose state starts
 	// afresh.
-	slot       [maxNodes]*node
+	slot [maxNodes]*node
+	// probing says whether a probe of the node at an index is under way:
+	// until it ends, that probe's goroutine owns probeConns and noControl
+	// at the index. lastOK says whether the node's last probe that ended
+	// answered: while the next one runs, what it said stands.
+	probing    [maxNodes]bool
+	lastOK     [maxNodes]bool
+	rolesKnown bool // the first round was applied
 	probeConns []*pgx.Conn
 	history    []lsnSample // the current primary's flush positions on its current timeline, oldest first
 	historyOf  *node       // the primary history was taken on
@@ -77,12 +96,15 @@ type monitor struct {
 	noControl  []bool        // the node refused pg_control_*(): probe with probeNoControlSQL
 	timeouts   [maxNodes]int // probe timeouts in a row (see apply: frozen in two steps)
 	splitBrain bool
-	roundStart int64      // unix nanos at which the current round began
+	roundStart int64      // unix nanos at which the current round began (see probeResult.round)
 	stale      staleClock // see staleness.go
 }
 
 type probeResult struct {
-	skipped  bool
+	skipped bool
+	// pending: the node's probe is still under way (skipped is set too):
+	// it keeps what its last probe said.
+	pending  bool
 	err      error
 	standby  bool
 	lsn      uint64 // insert (primary) or replay (standby) position
@@ -98,6 +120,15 @@ type probeResult struct {
 	// clock (unix nanos) is the primary's clock_timestamp(), or a
 	// standby's last replayed commit's timestamp; 0: none (staleness.go).
 	clock int64
+	// round is the unix nanos start of the round that started the probe
+	// (0: the current round's).
+	round int64
+}
+
+// probeDone is one probe's answer, sent back to the monitor goroutine.
+type probeDone struct {
+	n *node
+	r probeResult
 }
 
 func startMonitor(c *Connector) *monitor {
@@ -110,6 +141,7 @@ func startMonitor(c *Connector) *monitor {
 		kickCh:         make(chan struct{}, 1),
 		stopCh:         make(chan struct{}),
 		done:           make(chan struct{}),
+		results:        make(chan probeDone, maxNodes), // one probe per index at most: sends never block
 		probeConns:     make([]*pgx.Conn, maxNodes),
 		lagging:        make([]bool, maxNodes),
 		noControl:      make([]bool, maxNodes),
@@ -140,13 +172,27 @@ func (m *monitor) stop() {
 func (m *monitor) run() {
 	defer close(m.done)
 	defer m.closeProbeConns()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer m.probes.Wait() // after cancel: a stop must not wait for a frozen node's timeout
+	defer cancel()
 	ticker := time.NewTicker(m.interval)
 	defer ticker.Stop()
+	if !m.round(ctx, nil) {
+		return
+	}
 	for {
-		m.round()
 		select {
 		case <-m.stopCh:
 			return
+		case d := <-m.results:
+			// A probe that outlasted its round ended: apply it now, not at
+			// the end of the next round (a frozen node's second timeout
+			// aborts the reads stuck on it: they must not wait another
+			// interval for that).
+			if !m.round(ctx, &d) {
+				return
+			}
+			continue
 		case <-ticker.C:
 			m.c.updateHedgeDelays()
 		case <-m.kickCh:
@@ -156,6 +202,9 @@ func (m *monitor) run() {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
+		}
+		if !m.round(ctx, nil) {
+			return
 		}
 	}
 }
@@ -172,38 +221,93 @@ func (m *monitor) closeProbeConns() {
 }
 
 // round probes every node at once, each bounded by the probe timeout, and
-// then applies what they said.
-func (m *monitor) round() {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { // a stop must not wait for a frozen node's timeout
-		select {
-		case <-m.stopCh:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+// then applies what they said: once every probe it started has ended, or
+// after one interval (see monitor), with the answers of earlier rounds'
+// probes that ended meanwhile. Given one such answer (late), it starts no
+// probe and applies the answers that have arrived. It returns false when
+// the monitor stops.
+func (m *monitor) round(ctx context.Context, late *probeDone) bool {
 	members := m.c.allNodes() // discovery may change them between rounds
 	m.follow(members)
 	results := make([]probeResult, maxNodes) // by node.index
 	now := time.Now().UnixNano()
 	m.roundStart = now
-	var wg sync.WaitGroup
+	var started [maxNodes]bool
+	waiting := 0
 	for _, n := range members {
 		i := n.index
-		if !n.up.Load() && now < n.nextProbe.Load() ||
-			m.needsConnect(i) && n.fullBlocks(fullProbation) {
+		switch {
+		case m.probing[i]:
+			results[i] = probeResult{skipped: true, pending: true}
+		case late != nil:
 			results[i].skipped = true
-			continue
+		case !n.up.Load() && now < n.nextProbe.Load() ||
+			m.needsConnect(i) && n.fullBlocks(fullProbation):
+			results[i].skipped = true
+		default:
+			m.probing[i], started[i] = true, true
+			waiting++
+			m.probes.Go(func() {
+				r := m.probe(ctx, n)
+				r.round = now
+				m.results <- probeDone{n, r}
+			})
 		}
-		wg.Go(func() { results[i] = m.probe(ctx, n) })
 	}
-	wg.Wait()
+	take := func(d probeDone) {
+		i := d.n.index
+		m.probing[i] = false
+		if started[i] {
+			waiting--
+		}
+		if m.slot[i] != d.n {
+			// It left the members while it was probed (its index may hold
+			// another node now): what it said is of no use.
+			m.forget(i)
+			return
+		}
+		results[i] = d.r
+	}
+	if late != nil {
+		take(*late)
+	}
+	var deadline <-chan time.Time
+	if m.rolesKnown {
+		t := time.NewTimer(m.interval)
+		defer t.Stop()
+		deadline = t.C
+	}
+wait:
+	for waiting > 0 {
+		select {
+		case d := <-m.results:
+			take(d)
+		case <-deadline:
+			break wait
+		case <-m.stopCh:
+			return false
+		}
+	}
+	for more := true; more; { // answers of earlier rounds' probes that ended meanwhile
+		select {
+		case d := <-m.results:
+			take(d)
+		default:
+			more = false
+		}
+	}
 	if ctx.Err() != nil {
-		return // stopping
+		return false // stopping
+	}
+	for i := range results {
+		if m.probing[i] { // started by this round or an earlier one
+			results[i] = probeResult{skipped: true, pending: true}
+		}
 	}
 	m.apply(members, results)
+	m.rolesKnown = true
 	m.c.markRolesKnown()
+	return true
 }
 
 // follow closes the probe connections of nodes no longer members and
@@ -217,15 +321,23 @@ func (m *monitor) follow(members []*node) {
 		if m.slot[i] == now[i] {
 			continue
 		}
-		if pc := m.probeConns[i]; pc != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			_ = pc.Close(ctx)
-			cancel()
-			m.probeConns[i] = nil
-		}
-		m.lagging[i], m.noControl[i], m.timeouts[i] = false, false, 0
 		m.slot[i] = now[i]
+		if !m.probing[i] { // else when that probe ends (see round)
+			m.forget(i)
+		}
 	}
+}
+
+// forget closes the probe connection at index i and starts its state
+// afresh; no probe of it may be under way.
+func (m *monitor) forget(i int) {
+	if pc := m.probeConns[i]; pc != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_ = pc.Close(ctx)
+		cancel()
+		m.probeConns[i] = nil
+	}
+	m.lagging[i], m.noControl[i], m.timeouts[i], m.lastOK[i] = false, false, 0, false
 }
 
 // needsConnect says whether probing node i must open a connection first:
@@ -375,10 +487,17 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 				n.setCause(r.err) // a timeout keeps the 53300 as the cause
 			}
 		case r.err != nil:
+			m.lastOK[n.index] = false
 			n.failures.Add(1)
 			// Counted from the round's start, less half an interval, so that
 			// a backoff of k intervals means k ticks despite scheduling jitter.
-			n.nextProbe.Store(m.roundStart + int64(m.backoff(n.failures.Load())-m.interval/2))
+			// The round that started the probe, which may have ended after
+			// a later one began.
+			start := r.round
+			if start == 0 {
+				start = m.roundStart
+			}
+			n.nextProbe.Store(start + int64(m.backoff(n.failures.Load())-m.interval/2))
 			timedOut := errors.Is(r.err, errProbeTimeout)
 			// Frozen in two steps: one probe timeout may be a loaded machine
 			// (two CI runs on two cores made a 500 ms probe time out on a
@@ -413,9 +532,13 @@ func (m *monitor) apply(nodes []*node, results []probeResult) {
 		default:
 			n.failures.Store(0)
 			m.timeouts[n.index] = 0
+			m.lastOK[n.index] = true
 			n.setCause(nil)
 			n.frozen.Store(false)
 			wasStandby := n.standby.Swap(r.standby)
+			if wasStandby != r.standby {
+				n.followRole()
+			}
 			n.probedAt.Store(nowWall)
 			n.probeNanos.Store(int64(r.latency))
 			if r.standby {
@@ -522,10 +645,16 @@ func (m *monitor) backoff(f int32) time.Duration {
 // follows a promotion only when the current one is gone or has become a
 // standby and exactly one node answers as writable; two writable nodes are
 // reported and never resolved by guessing.
+//
+// A node whose probe is still under way (pending) counts as what its last
+// probe said: a slow primary is neither given up nor outvoted by a node
+// promoted meanwhile, and one whose last probe failed (frozen) is not
+// waited for.
 func (m *monitor) choosePrimary(cur *node, nodes []*node, results []probeResult) *node {
 	var writable []*node
 	for _, n := range nodes {
-		if r := results[n.index]; !r.skipped && r.err == nil && !r.standby {
+		if r := results[n.index]; !r.skipped && r.err == nil && !r.standby ||
+			r.pending && m.lastOK[n.index] && !n.standby.Load() {
 			writable = append(writable, n)
 		}
 	}
@@ -544,6 +673,9 @@ func (m *monitor) choosePrimary(cur *node, nodes []*node, results []probeResult)
 	}
 	if cur != nil && slices.Contains(nodes, cur) {
 		r := results[cur.index]
+		if r.pending && m.lastOK[cur.index] && !cur.standby.Load() {
+			return cur // its last probe found it writable
+		}
 		answered := !r.skipped && r.err == nil
 		if answered && !r.standby {
 			return cur

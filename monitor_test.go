@@ -72,3 +72,32 @@ func TestNoteTimeline(t *testing.T) {
 		}
 	}
 }
+
+// A node whose probe is still under way counts as what its last probe
+// said: a primary that answered last time is kept (and a second writable
+// node is a split brain), one whose last probe failed is not waited for.
+func TestPendingProbeKeepsLastAnswer(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	c := fc.c
+	m := &monitor{c: c, interval: time.Second, lagging: make([]bool, 3), noControl: make([]bool, 3)}
+	ok := func(standby bool) probeResult {
+		return probeResult{standby: standby, lsn: 100, flushLSN: 100, timeline: 1, replayedTLI: 1, started: monoNow()}
+	}
+	pending := probeResult{skipped: true, pending: true}
+	m.apply(c.nodes, []probeResult{ok(false), ok(true), ok(true)})
+	// node0's probe is slow; node2 answers as writable meanwhile.
+	m.apply(c.nodes, []probeResult{pending, ok(true), ok(false)})
+	if p := c.topo.Load().primary; p != c.nodes[0] || !m.splitBrain {
+		t.Fatalf("primary %s, split brain %v; want node0 kept, split brain reported", p.addr, m.splitBrain)
+	}
+	// node0's probe timed out with no other writable node (kept, it may
+	// come back); its next probe is under way when node2 is promoted.
+	m.apply(c.nodes, []probeResult{{err: errProbeTimeout}, ok(true), ok(true)})
+	if p := c.topo.Load().primary; p != c.nodes[0] {
+		t.Fatalf("primary %s after a timeout and no other writable node, want node0 kept", p.addr)
+	}
+	m.apply(c.nodes, []probeResult{pending, ok(true), ok(false)})
+	if p := c.topo.Load().primary; p != c.nodes[2] || m.splitBrain {
+		t.Fatalf("primary %s, split brain %v; want node2 followed", p.addr, m.splitBrain)
+	}
+}

@@ -34,6 +34,16 @@ type node struct {
 	// rather than inside pgxpool lets a read stop waiting when the node is
 	// marked down; pgxpool's own wait only ends with the caller's context.
 	slots chan struct{}
+	// Settings by role (rolesettings.go): the pool sizes (zero: its own),
+	// the leases admitted at once now, the slots the limit holds (held)
+	// and those it takes from the next releases (owed), and the connect
+	// timeouts.
+	sizes          roleSizes
+	limitMu        sync.Mutex
+	limit          atomic.Int32
+	held, owed     atomic.Int32
+	primaryTimeout time.Duration
+	replicaTimeout time.Duration
 	// wrapper builds the *stdlib.Conn for a physical connection the first
 	// time it is used; see acquire.
 	wrapper driver.Connector
@@ -121,14 +131,31 @@ type node struct {
 // and a read should move on to another node instead.
 const defaultReplicaConnectTimeout = 2 * time.Second
 
-func newNode(index int, cfg *pgxpool.Config) (*node, error) {
-	n := &node{index: index, addr: addrOf(cfg), source: SourceDSN, conns: make(map[*trackedConn]struct{})}
+// newNode builds the node at index of the members from its pool
+// configuration. sizes are its pool sizes by role (rolesettings.go); zero
+// keeps cfg.MaxConns whatever its role.
+func newNode(index int, cfg *pgxpool.Config, sizes roleSizes) (*node, error) {
+	n := &node{index: index, addr: addrOf(cfg), source: SourceDSN, conns: make(map[*trackedConn]struct{}), sizes: sizes}
 	n.closed, n.closeDials = context.WithCancel(context.Background())
 	cfg = cfg.Copy()
-	if index != 0 && cfg.ConnConfig.ConnectTimeout == 0 {
-		cfg.ConnConfig.ConnectTimeout = defaultReplicaConnectTimeout
+	n.primaryTimeout, n.replicaTimeout = cfg.ConnConfig.ConnectTimeout, cfg.ConnConfig.ConnectTimeout
+	if n.replicaTimeout == 0 {
+		n.replicaTimeout = defaultReplicaConnectTimeout
 	}
-	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc, cfg.ConnConfig.ConnectTimeout)
+	if sizes[0] != 0 {
+		cfg.MaxConns = max(sizes[0], sizes[1])
+	}
+	next := cfg.BeforeConnect
+	cfg.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
+		if t := n.connectTimeout(); t > 0 { // the role's, now
+			cc.ConnectTimeout = t
+		}
+		if next != nil {
+			return next(ctx, cc)
+		}
+		return nil
+	}
+	cfg.ConnConfig.DialFunc = n.dialFunc(cfg.ConnConfig.DialFunc)
 	cfg.ConnConfig.AfterConnect = n.afterConnect(cfg.ConnConfig.AfterConnect)
 	n.probeConfig = cfg.ConnConfig.Copy()
 	n.probeConfig.Tracer = nil // probes are not the application's statements
@@ -145,6 +172,8 @@ func newNode(index int, cfg *pgxpool.Config) (*node, error) {
 	}
 	n.pool, n.wrapper = pool, stdlib.GetPoolConnector(pool)
 	n.slots = make(chan struct{}, pool.Config().MaxConns) // pgxpool's default when cfg left it 0
+	n.limit.Store(int32(cap(n.slots)))
+	n.followRole()
 	return n, nil
 }
 
@@ -159,8 +188,9 @@ var errNodeDown = errors.New("pgreplica: node is marked down")
 // until it returns). A dial to a replica marked down fails at once; one in
 // progress when it is marked down is abandoned; every dial is bounded by
 // the connect timeout. Sockets are tracked so abortConns can close them.
-func (n *node) dialFunc(dial pgconn.DialFunc, timeout time.Duration) pgconn.DialFunc {
+func (n *node) dialFunc(dial pgconn.DialFunc) pgconn.DialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		timeout := n.connectTimeout() // the role's, now
 		e := n.downEpoch()
 		if ctx.Value(probeDial{}) != nil {
 			e = noEpoch // the monitor must reach a node routing gave up on
@@ -473,7 +503,7 @@ func (n *node) acquireAbortable(ctx context.Context, l *lease, abort <-chan stru
 // slot, giving the slot back if that fails.
 func (n *node) leaseConn(ctx context.Context, l *lease) error {
 	if err := n.acquireConn(ctx, l); err != nil {
-		<-n.slots
+		n.freeSlot()
 		return err
 	}
 	n.inFlight.Add(1)
@@ -570,7 +600,7 @@ func (l *lease) release() {
 	}
 	n := l.node
 	if n.slots != nil {
-		<-n.slots
+		n.freeSlot()
 	}
 	*l = lease{}
 	if n.inFlight.Add(-1) == 0 && n.closing.Load() {

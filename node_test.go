@@ -19,7 +19,7 @@ func newTestNode(t *testing.T, maxConns int32) *node {
 		t.Fatal(err)
 	}
 	cfg.MaxConns = maxConns
-	n, err := newNode(1, cfg)
+	n, err := newNode(1, cfg, roleSizes{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestDialEndsWhenMarkedDown(t *testing.T) {
 		close(started)
 		<-ctx.Done() // a dropped SYN: nothing comes back
 		return nil, ctx.Err()
-	}, time.Minute)
+	})
 	done := make(chan error, 1)
 	go func() {
 		_, err := dial(context.Background(), "tcp", n.addr)
@@ -60,7 +60,7 @@ func TestDialEndsWhenMarkedDown(t *testing.T) {
 	ok := n.dialFunc(func(context.Context, string, string) (net.Conn, error) {
 		c, _ := net.Pipe()
 		return c, nil
-	}, time.Minute)
+	})
 	c, err := ok(context.Background(), "tcp", n.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -72,10 +72,11 @@ func TestDialEndsWhenMarkedDown(t *testing.T) {
 // even when the caller's context is not (pgx's cancel requests use 15 s).
 func TestDialBoundedByConnectTimeout(t *testing.T) {
 	n := newTestNode(t, 1)
+	n.replicaTimeout = 100 * time.Millisecond
 	dial := n.dialFunc(func(ctx context.Context, _, _ string) (net.Conn, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
-	}, 100*time.Millisecond)
+	})
 	start := time.Now()
 	if _, err := dial(context.Background(), "tcp", n.addr); err == nil {
 		t.Fatal("dial succeeded")

@@ -192,7 +192,7 @@ func (n *node) status(isPrimary bool, maxLag time.Duration) NodeStatus {
 	if n.pool != nil {
 		st := n.pool.Stat()
 		ns.Pool = PoolStatus{
-			Max:               st.MaxConns(),
+			Max:               n.limit.Load(), // the role's (rolesettings.go)
 			Total:             st.TotalConns(),
 			Idle:              st.IdleConns(),
 			Acquired:          st.AcquiredConns(),

@@ -215,6 +215,11 @@ func TestLaggingReplica(t *testing.T) {
 		}
 	}()
 
+	// Healthy first: before its first probe round a fresh connector knows
+	// nothing of the replica's lag and reports it lagging already, and
+	// the round that follows may find it within the bound still (seen:
+	// "lagging reported 49µs later", then a read served by it).
+	testcluster.WaitUntil(t, time.Minute, "replica1 healthy", func() bool { return nodeState(c, lagger.Addr()) == pgreplica.StateHealthy })
 	if err := lagger.PauseReplay(ctx); err != nil {
 		t.Fatal(err)
 	}
