@@ -241,7 +241,7 @@ func (c *conn) primaryLease(ctx context.Context) (*lease, error) {
 // one, instead of failing at once. Only a connection that could not be
 // opened is waited out: nothing was sent on it.
 func (c *conn) writeLease(ctx context.Context) (*lease, error) {
-	return c.primaryLeaseFor(ctx, &primaryWait{})
+	return c.primaryLeaseFor(ctx, &primaryWait{reachable: true})
 }
 
 func (c *conn) primaryLeaseFor(ctx context.Context, w *primaryWait) (*lease, error) {
@@ -338,7 +338,7 @@ func (c *conn) rerunOnNewPrimary(ctx context.Context, o *routeOptions, old *node
 // (waitPrimary kicks it), within primary_wait.
 func (c *conn) rerunLease(ctx context.Context, old *node, first error) (*lease, error) {
 	c.primary.release()
-	l, err := c.primaryLeaseFor(ctx, &primaryWait{not: old})
+	l, err := c.primaryLeaseFor(ctx, &primaryWait{not: old, reachable: true})
 	if err != nil {
 		return nil, fmt.Errorf("%w (and %w)", first, err)
 	}
@@ -551,9 +551,12 @@ func mayHaveRun(err error) bool {
 func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
 	var l *lease
 	var err error
-	if cl.settings {
+	switch {
+	case cl.settings:
 		l, err = c.primaryLeaseUnpinned(ctx) // record decides
-	} else {
+	case !cl.readOnly:
+		l, err = c.writeLease(ctx) // it may write: wait out a crash as Exec does
+	default:
 		l, err = c.primaryLease(ctx)
 	}
 	if err != nil {
@@ -996,7 +999,11 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 // beginOnPrimary starts a transaction on the primary and makes its lease
 // the conn's txLease.
 func (c *conn) beginOnPrimary(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	l, err := c.primaryLease(ctx)
+	lease := c.writeLease // nothing is sent before BEGIN: wait out a crash
+	if opts.ReadOnly {
+		lease = c.primaryLease
+	}
+	l, err := lease(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/pgreplica/pgreplica/internal/testcluster"
 )
 
-// The zz_ tests run last and in order, each on the cluster the previous
+// The zz tests run last and in order, each on the cluster the previous
 // one left: TestFirstHostDownReplicaPromoted leaves Nodes[0] stopped,
 // Nodes[1] the primary and Nodes[2] a standby of the stopped node.
 
