@@ -269,7 +269,7 @@ func (c *conn) primaryLeaseFor(ctx context.Context, w *primaryWait) (*lease, err
 		if err == nil {
 			return &c.primary, nil
 		}
-		if !w.reachable || ctx.Err() != nil || c.c.cfg.PrimaryWait < 0 || !isConnectionError(err) {
+		if !w.reachable || ctx.Err() != nil || c.c.cfg.PrimaryWait < 0 || !isOutage(err) {
 			c.c.primaryFailed(err)
 			return nil, fmt.Errorf("pgreplica: primary %s: %w", p.addr, err)
 		}
@@ -560,7 +560,7 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 		l, err = c.primaryLease(ctx)
 	}
 	if err != nil {
-		if isConnectionError(err) && c.txLease == nil && !c.sticky {
+		if isOutage(err) && c.txLease == nil && !c.sticky {
 			// Nothing was sent: whatever the statement, it may wait for
 			// the primary the monitor finds next.
 			p, _ := c.c.primary()
@@ -599,7 +599,7 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 // after a write) a wait, not an error. Anything else may have done
 // something: its outcome is unknown, and it is never run again.
 func (c *conn) mayRerunOnPrimary(cl classification, err error) bool {
-	return cl.pure && !cl.sessionState && !cl.settings && c.txLease == nil && !c.sticky && isConnectionError(err)
+	return cl.pure && !cl.sessionState && !cl.settings && c.txLease == nil && !c.sticky && isOutage(err)
 }
 
 // rerunOnPrimary runs a statement again on the primary, as the monitor
@@ -638,7 +638,7 @@ func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string
 			}
 			lerr = qerr
 		}
-		if wctx.Err() != nil || !isConnectionError(lerr) {
+		if wctx.Err() != nil || !isOutage(lerr) {
 			if wctx.Err() != nil && ctx.Err() == nil {
 				lerr = fmt.Errorf("%w: none answered within primary_wait (%v): %w", ErrNoPrimary, wait, err)
 			}

@@ -137,6 +137,28 @@ var sqlStateReasons = map[string]string{
 	"42501": "permission denied",
 }
 
+// refusesLogin says whether c is a refusal that no wait ends: the server,
+// or its TLS, refused this login itself (a wrong password, a missing
+// database or role, no permission, a certificate that does not verify).
+// A failover or a restart ends the others: refused, reset, timed out, a
+// server shutting down or starting, full.
+func (c Cause) refusesLogin() bool {
+	switch code := c.SQLState; {
+	case c.Reason == "TLS error":
+		return true
+	case code == "", code == "57P01", code == "57P02", code == "57P03", code == "53300", code[:2] == "08":
+		return false
+	}
+	return true
+}
+
+// isOutage reports a connection error that a failover or a restart ends,
+// one worth waiting out within primary_wait; a refused login is reported
+// at once.
+func isOutage(err error) bool {
+	return isConnectionError(err) && !errorCause(err).refusesLogin()
+}
+
 // errorCause classifies err for logs and status, never quoting it.
 func errorCause(err error) Cause {
 	if err == nil {

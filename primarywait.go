@@ -143,7 +143,7 @@ func (c *Connector) primaryReady(w *primaryWait) (*node, bool) {
 		}
 	}
 	p := c.topo.Load().primary
-	return p, p != nil && p != w.not && (!w.reachable || p.up.Load())
+	return p, p != nil && p != w.not && (!w.reachable || p.up.Load() || p.refusesLogin())
 }
 
 // waitRolesKnown waits, bounded like waitPrimary, for the first probe round,
@@ -170,4 +170,12 @@ func (c *Connector) waitRolesKnown(ctx context.Context) {
 	case <-timer.C:
 	case <-ctx.Done():
 	}
+}
+
+// refusesLogin says whether the node is down because it refused the login
+// itself (Cause.refusesLogin): a statement tries it, and gets the server's
+// own error at once, rather than waiting primary_wait for nothing.
+func (n *node) refusesLogin() bool {
+	cause := n.cause.Load()
+	return !n.up.Load() && cause != nil && cause.refusesLogin()
 }
