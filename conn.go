@@ -740,10 +740,21 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 			return c.queryPrimary(ctx, o, query, args, ReasonSession, cl)
 		}
 	}
+	// picked is a replica the policy chose for this read already, with the
+	// same bounds and nothing tried yet: the first hedged attempt takes it
+	// rather than asking the policy again. In the default
+	// read_your_writes=connector mode every read of a *sql.DB that ever
+	// wrote has a minLSN, and choosing twice was ~330 instructions of a
+	// ~28,000-instruction point read (callgrind, BENCHMARKS.md).
+	var picked *node
 	if minLSN != 0 {
 		// Known positions may be a probe old: ask a replica. If none has
 		// it, the loop below finds none usable and ends as before.
-		c.catchUp(ctx, maxLag, minLSN, 0)
+		if n, err := c.c.pickReplica(c, maxLag, minLSN, 0); n != nil && err == nil {
+			picked = n // one is known to have it already
+		} else {
+			c.catchUp(ctx, maxLag, minLSN, 0)
+		}
 	}
 	first := c.statements == 0
 	reason := p.reason
@@ -762,7 +773,7 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 		if hedgeable {
 			hedgeable = false
 			var won bool
-			l, rows, err, won = c.queryHedged(ctx, o, query, args, reason, cl, p.hedge, maxLag, minLSN, &tried)
+			l, rows, err, won = c.queryHedged(ctx, o, query, args, reason, cl, p.hedge, maxLag, minLSN, &tried, picked)
 			if won {
 				return c.result(l.node, rows), nil
 			}
@@ -856,16 +867,19 @@ func (c *conn) queryReplica(ctx context.Context, o *routeOptions, query string, 
 	return c.queryPrimary(ctx, o, query, args, reason, cl)
 }
 
-// queryHedged runs a checkout's first read on a usable replica with a hedge
-// armed (see hedge.go). It returns the lease the first attempt ran on, its
+// queryHedged runs a checkout's first read on a usable replica (picked, if
+// the caller's policy call chose one already) with a hedge armed (see
+// hedge.go). It returns the lease the first attempt ran on, its
 // node's connection held unless opening it failed (err says why), and the
 // attempt's outcome; won reports that the hedge answered first instead:
 // rows are then the hedge's, on c.replica. A nil lease means no replica
 // was usable (err is set only if the policy failed).
-func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, scope hedgeScope, maxLag time.Duration, minLSN uint64, tried *uint64) (l *lease, rows driver.Rows, err error, won bool) {
-	n, err := c.c.pickReplica(c, maxLag, minLSN, *tried)
-	if n == nil || err != nil {
-		return nil, nil, err, false
+func (c *conn) queryHedged(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, scope hedgeScope, maxLag time.Duration, minLSN uint64, tried *uint64, picked *node) (l *lease, rows driver.Rows, err error, won bool) {
+	n := picked
+	if n == nil {
+		if n, err = c.c.pickReplica(c, maxLag, minLSN, *tried); n == nil || err != nil {
+			return nil, nil, err, false
+		}
 	}
 	l = &c.replica
 	h := c.armHedge(ctx, n, query, args, scope == hedgeAny, maxLag, minLSN, *tried)

@@ -62,8 +62,6 @@ var dsnParams = flag.String("dsn-params", "", "query parameters added to pgrepli
 
 // The databases every benchmark shares, opened once by TestMain.
 var (
-	cluster *sandbox.Cluster
-
 	direct struct{ primary, replica *sql.DB } // driver "pgx", one node each
 	routed *sql.DB                            // driver "pgreplica", whole cluster
 	conn   *pgreplica.Connector               // behind routed, for its counters
@@ -81,7 +79,19 @@ func TestMain(m *testing.M) {
 func runWithCluster(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := sandbox.Start(ctx, sandbox.Options{Replicas: 1})
+	if dsn := os.Getenv("PGREPLICA_BENCH_DSN"); dsn != "" {
+		c, err := externalCluster(dsn)
+		if err == nil {
+			err = setup(ctx, c)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench setup (PGREPLICA_BENCH_DSN):", err)
+			return 1
+		}
+		defer closeDBs()
+		return m.Run()
+	}
+	sc, err := sandbox.Start(ctx, sandbox.Options{Replicas: 1})
 	if err != nil {
 		if errors.Is(err, sandbox.ErrUnavailable) && os.Getenv("PGREPLICA_INTEGRATION") != "require" {
 			fmt.Println("SKIP benchmarks: no PostgreSQL server binaries (apt-get install postgresql) and no Docker daemon;",
@@ -91,13 +101,12 @@ func runWithCluster(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "bench cluster:", err)
 		return 1
 	}
-	cluster = c
 	defer func() {
-		if err := c.Close(); err != nil {
+		if err := sc.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "closing the bench cluster:", err)
 		}
 	}()
-	if err := setup(ctx, c); err != nil {
+	if err := setup(ctx, sandboxCluster{sc}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench setup:", err)
 		return 1
 	}
@@ -108,8 +117,9 @@ func runWithCluster(m *testing.M) int {
 // setup creates and fills items on the primary, waits for the replica to
 // replay it, opens the three *sql.DBs with identical settings, warms every
 // connection and checks that pgreplica sends the read to the replica.
-func setup(ctx context.Context, c *sandbox.Cluster) error {
+func setup(ctx context.Context, c benchCluster) error {
 	err := c.Exec(ctx, 0, fmt.Sprintf(`
+		DROP TABLE IF EXISTS items;
 		CREATE TABLE items (id int PRIMARY KEY, name text, price numeric);
 		INSERT INTO items SELECT i, 'item ' || i, (i %% 1000) + 0.99 FROM generate_series(1, %d) i`, rows))
 	if err != nil {
@@ -159,7 +169,7 @@ func setup(ctx context.Context, c *sandbox.Cluster) error {
 	if err := routed.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
 		return err
 	}
-	if want := c.Nodes[1].Port; port != want {
+	if want := c.ReplicaPort(); port != want {
 		return fmt.Errorf("pgreplica read served by port %d, want the replica's %d", port, want)
 	}
 
@@ -285,6 +295,9 @@ type side struct {
 // served at least b.N statements during it and the other node none.
 func routedTo(b *testing.B, want int, run func()) {
 	b.StopTimer() // Status allocates: keep it out of the numbers
+	if want != 0 {
+		settleReads(b)
+	}
 	before := conn.Status()
 	b.StartTimer()
 	run()
@@ -302,6 +315,33 @@ func routedTo(b *testing.B, want int, run func()) {
 		if hedges > 0 {
 			b.ReportMetric(float64(hedges)/float64(b.N), fmt.Sprintf("hedges-to-node%d/op", i))
 		}
+	}
+}
+
+// settleReads waits, untimed, until a plain read through pgreplica is
+// served by the replica with no statement on the primary. In the default
+// read_your_writes=connector mode, the first read after pgreplica's own
+// writes (setup's warm-up, BenchmarkUpdate) asks the primary for its WAL
+// position once, unless a monitor probe has covered the writes already:
+// one primary statement that would fail routedTo's check, and is no part
+// of the read path being measured.
+func settleReads(b *testing.B) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		before := conn.Status()
+		ctx, route := pgreplica.WithRoute(context.Background())
+		var one int
+		if err := routed.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+			b.Fatal(err)
+		}
+		after := conn.Status()
+		if route.Reason() == pgreplica.ReasonRead && after.Nodes[0].Statements == before.Nodes[0].Statements {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("pgreplica's reads never settled on the replica (last: %s for %s)", route.Node(), route.Reason())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -399,6 +439,12 @@ const alternatingBatch = 10
 // which is what a paired comparison on a busy machine needs.
 func alternating(b *testing.B, workers int, cs []contender, op func(ctx context.Context, db *sql.DB, id int) error) {
 	b.StopTimer()
+	for _, c := range cs {
+		if c.node > 0 {
+			settleReads(b)
+			break
+		}
+	}
 	before := conn.Status()
 	var (
 		mu    sync.Mutex
