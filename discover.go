@@ -132,15 +132,33 @@ func splitDNSName(s string) (string, uint16, error) {
 }
 
 // dnsServerResolver returns a resolver that sends every query to addr
-// (discovery_dns_server), over UDP or TCP as Go's resolver asks.
+// (discovery_dns_server), over UDP or TCP as Go's resolver asks. A query's
+// connection closes when its context ends: Go's resolver waits for a lost
+// UDP answer until its own timeout otherwise, and that wait would outlive
+// Connector.Close.
 func dnsServerResolver(addr string) *net.Resolver {
 	return &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &ctxConn{Conn: c, stop: context.AfterFunc(ctx, func() { c.Close() })}, nil
 		},
 	}
+}
+
+// ctxConn is a resolver's connection closed by its query's context.
+type ctxConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *ctxConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
 }
 
 // discoveryFromHosts makes the DSN's hosts the names discovery follows:

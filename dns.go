@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 )
 
 // dnsDiscoverer follows Config.DNSNames and Config.SRVNames: each address a
@@ -15,6 +16,13 @@ type dnsDiscoverer struct {
 	resolver *net.Resolver
 	names    []dnsName
 	srv      []string
+
+	// targets holds the addresses of the SRV targets of the last answer.
+	// Connecting to a target uses them (lookupHost), so that a DNS server
+	// restarting or losing a query does not make a member unreachable:
+	// members change only when discovery answers again.
+	mu      sync.Mutex
+	targets map[string][]string
 }
 
 type dnsName struct {
@@ -48,6 +56,7 @@ func (d *dnsDiscoverer) Discover(ctx context.Context) ([]Member, error) {
 			ms = append(ms, Member{Host: a, Port: n.port, Source: SourceDNS, TLSServerName: n.host})
 		}
 	}
+	targets := map[string][]string{}
 	for _, name := range d.srv {
 		_, recs, err := d.resolver.LookupSRV(ctx, srvService, srvProto, name)
 		if err != nil {
@@ -55,8 +64,32 @@ func (d *dnsDiscoverer) Discover(ctx context.Context) ([]Member, error) {
 		}
 		for _, r := range recs {
 			target := strings.TrimSuffix(r.Target, ".")
+			if _, seen := targets[target]; !seen && net.ParseIP(target) == nil {
+				addrs, err := d.resolver.LookupHost(ctx, target)
+				if err != nil {
+					return nil, fmt.Errorf("resolving SRV target %s of %s: %w", target, name, err)
+				}
+				targets[target] = addrs
+			}
 			ms = append(ms, Member{Host: target, Port: r.Port, Source: SourceDNS})
 		}
 	}
+	if len(d.srv) > 0 {
+		d.mu.Lock()
+		d.targets = targets
+		d.mu.Unlock()
+	}
 	return ms, nil
+}
+
+// lookupHost is the LookupFunc of the nodes discovery added: an SRV
+// target's addresses from the last answer, any other name resolved now.
+func (d *dnsDiscoverer) lookupHost(ctx context.Context, host string) ([]string, error) {
+	d.mu.Lock()
+	addrs, ok := d.targets[host]
+	d.mu.Unlock()
+	if ok {
+		return addrs, nil
+	}
+	return d.resolver.LookupHost(ctx, host)
 }

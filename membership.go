@@ -25,6 +25,7 @@ import (
 type membership struct {
 	c        *Connector
 	disc     []Discoverer
+	dns      *dnsDiscoverer // nil without DNSNames and SRVNames
 	interval time.Duration
 	timeout  time.Duration // one discovery
 	ctx      context.Context
@@ -51,7 +52,8 @@ func newMembership(c *Connector) *membership {
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if len(cfg.DNSNames)+len(cfg.SRVNames) > 0 {
-		m.disc = append(m.disc, newDNSDiscoverer(cfg))
+		m.dns = newDNSDiscoverer(cfg)
+		m.disc = append(m.disc, m.dns)
 	}
 	if cfg.Discoverer != nil {
 		m.disc = append(m.disc, cfg.Discoverer)
@@ -287,6 +289,9 @@ func (m *membership) nodeConfig(mb Member) *pgxpool.Config {
 	}
 	cc := pc.ConnConfig
 	cc.Host, cc.Port = mb.Host, mb.Port
+	if m.dns != nil {
+		cc.LookupFunc = m.dns.lookupHost
+	}
 	if cc.TLSConfig != nil {
 		cc.TLSConfig.ServerName = name
 	}
