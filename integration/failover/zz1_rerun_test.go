@@ -53,7 +53,7 @@ func TestWriteRerunAfterDemotion(t *testing.T) {
 	}
 	followAndWait(t, ctx, promoted, old) // the table too
 
-	params := []string{"monitor_interval=1h", "hedge_after=off"}
+	params := []string{"monitor_interval=1h", "max_replica_lag=off", "hedge_after=off"} // a lag bound would probe every max_replica_lag/2
 	dbExec := testcluster.Open(t, params...)
 	dbQuery := testcluster.Open(t, params...)
 	for _, db := range []*sql.DB{dbExec, dbQuery} {
