@@ -135,7 +135,9 @@ func splitDNSName(s string) (string, uint16, error) {
 // (discovery_dns_server), over UDP or TCP as Go's resolver asks. A query's
 // connection closes when its context ends: Go's resolver waits for a lost
 // UDP answer until its own timeout otherwise, and that wait would outlive
-// Connector.Close.
+// Connector.Close. The connection is returned as dialed, not wrapped: Go's
+// resolver frames a query for UDP only on a net.PacketConn (a wrapper that
+// hid it sent TCP framing over UDP, which no server answers).
 func dnsServerResolver(addr string) *net.Resolver {
 	return &net.Resolver{
 		PreferGo: true,
@@ -145,20 +147,12 @@ func dnsServerResolver(addr string) *net.Resolver {
 			if err != nil {
 				return nil, err
 			}
-			return &ctxConn{Conn: c, stop: context.AfterFunc(ctx, func() { c.Close() })}, nil
+			// The resolver cancels ctx when its exchange returns, so this
+			// runs (and is gone) then at the latest; closing twice is harmless.
+			context.AfterFunc(ctx, func() { c.Close() })
+			return c, nil
 		},
 	}
-}
-
-// ctxConn is a resolver's connection closed by its query's context.
-type ctxConn struct {
-	net.Conn
-	stop func() bool
-}
-
-func (c *ctxConn) Close() error {
-	c.stop()
-	return c.Conn.Close()
 }
 
 // discoveryFromHosts makes the DSN's hosts the names discovery follows:
