@@ -237,16 +237,23 @@ type readRecord struct {
 	err        error
 }
 
-// (3) Under 8 readers, a replica joins and another leaves: the new one
-// serves no read before its first probe answered, the removed one none
-// after it left the members, and no read fails (those in flight on the
-// removed one finish there).
+// (3) Under 8 readers, a new replica is made (pg_basebackup from the
+// running primary) and joins, and another leaves and is stopped: the new
+// one serves no read before its first probe answered, the removed one none
+// after it left the members, its reads in flight finish there, and no read
+// fails, its stop included.
 func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 	testcluster.NoLeaks(t)
 	ctx := testCtx(t)
 	cl := testcluster.Cluster()
+	// Addresses and ports of the cluster as TestMain made it: the readers
+	// and the sampler must not read cl.Nodes while AddReplica changes it.
+	r1, r2 := cl.Nodes[1].Port, cl.Nodes[2].Port
+	gone1 := srvAddr(1)
 	dns := startDNS(t, "", srvConf(0, 1, 2))
-	dsn := cl.DSNVia("pg.test") + "&discovery=srv&discovery_dns_server=" + dns.Addr() + "&discovery_interval=100ms&monitor_interval=200ms"
+	// max_replica_lag=off: under a lag bound a never-probed node is out of
+	// reads by its unknown lag too; off leaves the rule to membership alone.
+	dsn := cl.DSNVia("pg.test") + "&discovery=srv&discovery_dns_server=" + dns.Addr() + "&discovery_interval=100ms&monitor_interval=200ms&max_replica_lag=off"
 	db, c := open(t, dsn, nil)
 	db.SetMaxOpenConns(16)
 	waitMembers(t, c, srvAddr(0), pgreplica.SourceDNS, srvAddr(0), srvAddr(1), srvAddr(2))
@@ -256,6 +263,7 @@ func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 		records []readRecord
 		stop    atomic.Bool
 		wg      sync.WaitGroup
+		began   [8]atomic.Int64 // each reader's read under way: its start (UnixNano), 0 between reads
 	)
 	for r := range 8 {
 		wg.Go(func() {
@@ -265,8 +273,10 @@ func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 			}
 			for !stop.Load() {
 				rec := readRecord{start: time.Now()}
+				began[r].Store(rec.start.UnixNano())
 				rec.err = db.QueryRowContext(ctx, q).Scan(&rec.port)
 				rec.end = time.Now()
+				began[r].Store(0)
 				mu.Lock()
 				records = append(records, rec)
 				mu.Unlock()
@@ -274,11 +284,14 @@ func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 		})
 	}
 	// The sampler: the joining node must show no statement while it has
-	// never answered a probe; and when the leaving node is first seen gone.
+	// never answered a probe; it notes that probe, and when the leaving
+	// node is first seen gone.
 	var (
-		early   atomic.Value // string: a snapshot breaking the rule
-		goneAt  atomic.Pointer[time.Time]
-		samples atomic.Int64
+		joinAddr   atomic.Pointer[string]
+		early      atomic.Value // string: a snapshot breaking the rule
+		firstProbe atomic.Pointer[time.Time]
+		goneAt     atomic.Pointer[time.Time]
+		samples    atomic.Int64
 	)
 	sampling := make(chan struct{})
 	wg.Go(func() {
@@ -290,10 +303,18 @@ func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 			}
 			s := c.Status()
 			samples.Add(1)
-			if n, ok := nodeByAddr(s, srvAddr(3)); ok && n.LastProbe.IsZero() && (n.Statements > 0 || n.InFlight > 0) {
-				early.CompareAndSwap(nil, fmt.Sprintf("%+v", n))
+			if a := joinAddr.Load(); a != nil {
+				if n, ok := nodeByAddr(s, *a); ok {
+					if n.LastProbe.IsZero() && (n.Statements > 0 || n.InFlight > 0) {
+						early.CompareAndSwap(nil, fmt.Sprintf("%+v", n))
+					}
+					if !n.LastProbe.IsZero() && firstProbe.Load() == nil {
+						at := n.LastProbe
+						firstProbe.Store(&at)
+					}
+				}
 			}
-			if _, ok := nodeByAddr(s, srvAddr(1)); !ok && goneAt.Load() == nil {
+			if _, ok := nodeByAddr(s, gone1); !ok && goneAt.Load() == nil {
 				now := time.Now()
 				goneAt.Store(&now)
 			}
@@ -312,15 +333,57 @@ func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 		return k
 	}
 	testcluster.WaitUntil(t, liveness, "replica1 and replica2 serve reads", func() bool {
-		return count(cl.Nodes[1].Port) > 0 && count(cl.Nodes[2].Port) > 0
+		return count(r1) > 0 && count(r2) > 0
 	})
 
-	dns.SetConf(srvConf(0, 1, 2, 3)) // replica3 joins
-	testcluster.WaitUntil(t, liveness, "replica3 serves reads", func() bool { return count(cl.Nodes[3].Port) > 0 })
+	// A new replica: a base backup of the primary under the readers.
+	backup := time.Now()
+	added, err := cl.AddReplica(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // TestMain's cluster has 3 replicas for the other tests
+		if err := cl.RemoveReplica(context.Background(), added); err != nil {
+			t.Error(err)
+		}
+	})
+	tookBackup := time.Since(backup)
+	rn, joinName := added.Port, testcluster.Role(added.Port)
+	a := srvAddr(added.Index)
+	joinAddr.Store(&a)
+	joining := time.Now()
+	dns.SetConf(srvConf(0, 1, 2, added.Index)) // it joins
+	testcluster.WaitUntil(t, liveness, joinName+" serves reads", func() bool { return count(rn) > 0 })
+	joined := time.Now()
+
 	removing := time.Now()
-	dns.SetConf(srvConf(0, 2, 3)) // replica1 leaves
+	dns.SetConf(srvConf(0, 2, added.Index)) // replica1 leaves
 	testcluster.WaitUntil(t, liveness, "replica1 leaves the members", func() bool { return goneAt.Load() != nil })
-	// Keep reading for a while after it left: 400 more reads.
+	gone := *goneAt.Load()
+	// Drained: every reader has finished the read it had under way when
+	// replica1 left (those are the only reads it may still serve). Then
+	// it stops, as a control plane takes a removed member down.
+	testcluster.WaitUntil(t, liveness, "the reads under way when replica1 left finish", func() bool {
+		for i := range began {
+			if b := began[i].Load(); b != 0 && b <= gone.UnixNano() {
+				return false
+			}
+		}
+		return true
+	})
+	if err := cl.Nodes[1].StopClean(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), liveness)
+		defer cancel()
+		if err := cl.Nodes[1].Start(ctx); err != nil {
+			t.Error(err)
+		}
+		testcluster.WaitReplayed(t, ctx)
+	})
+	// Keep reading for a while after it stopped: 400 more reads.
 	mu.Lock()
 	target := len(records) + 400
 	mu.Unlock()
@@ -333,38 +396,56 @@ func TestMembersJoinAndLeaveUnderReaders(t *testing.T) {
 	close(sampling)
 	wg.Wait()
 
-	gone := *goneAt.Load()
-	var failed, afterGone, inFlightAtRemoval, byPort = 0, 0, 0, map[string]int{}
+	var (
+		failed, afterGone, inFlightAtRemoval, beforeProbe int
+		byPort, afterStop                                 = map[string]int{}, map[string]int{}
+	)
+	probed := firstProbe.Load()
 	for _, r := range records {
 		if r.err != nil {
 			failed++
 			if failed <= 5 {
-				t.Errorf("read failed: %v", r.err)
+				t.Errorf("read failed (began %s after the backup began): %v", r.start.Sub(backup).Round(time.Millisecond), r.err)
 			}
 			continue
 		}
 		byPort[testcluster.Role(r.port)]++
-		if r.port == cl.Nodes[1].Port {
+		if r.start.After(stopped) {
+			afterStop[testcluster.Role(r.port)]++
+		}
+		switch r.port {
+		case r1:
 			if r.start.After(gone) {
 				afterGone++
 			}
-			if r.start.Before(gone) && r.end.After(removing) {
-				inFlightAtRemoval++
+			if r.start.Before(gone) && r.end.After(gone) {
+				inFlightAtRemoval++ // drained: it finished there
+			}
+		case rn:
+			if probed == nil || r.end.Before(*probed) {
+				beforeProbe++
 			}
 		}
 	}
-	t.Logf("%d reads by node %v; %d status samples; replica1 left %v after the records changed; %d of its reads ran across its removal",
-		len(records), byPort, samples.Load(), gone.Sub(removing).Round(time.Millisecond), inFlightAtRemoval)
+	t.Logf("%d reads by node %v (%v after replica1 stopped); %d status samples; base backup and start of %s under the readers %v; it served reads %v after the records named it; replica1 left %v after the records changed; %d reads under way on it then finished there",
+		len(records), byPort, afterStop, samples.Load(), joinName, tookBackup.Round(time.Millisecond),
+		joined.Sub(joining).Round(time.Millisecond), gone.Sub(removing).Round(time.Millisecond), inFlightAtRemoval)
 	if failed > 0 {
 		t.Errorf("%d of %d reads failed", failed, len(records))
 	}
 	if s, ok := early.Load().(string); ok {
-		t.Errorf("replica3 had statements before its first probe answered: %s", s)
+		t.Errorf("%s had statements before its first probe answered: %s", joinName, s)
+	}
+	if beforeProbe > 0 {
+		t.Errorf("%s answered %d reads that ended before its first probe (%v)", joinName, beforeProbe, probed)
 	}
 	if afterGone > 0 {
 		t.Errorf("replica1 served %d reads that began after it left the members", afterGone)
 	}
-	if _, ok := nodeByAddr(c.Status(), srvAddr(1)); ok {
+	if afterStop[joinName] == 0 || afterStop["replica2"] == 0 {
+		t.Errorf("reads after replica1 stopped by node %v, want %s and replica2 among them", afterStop, joinName)
+	}
+	if _, ok := nodeByAddr(c.Status(), gone1); ok {
 		t.Errorf("replica1 is back among the members: %v", addrs(c.Status()))
 	}
 }

@@ -201,6 +201,12 @@ func startDocker(ctx context.Context, c *Cluster, pool *dockertest.Pool, replica
 		c.Nodes = append(c.Nodes, n)
 		nodes = append(nodes, d)
 	}
+	// AddReplica's container, made as Start makes the first ones.
+	c.addNode = func(ctx context.Context, n *Node) error {
+		d := &dockerNode{env: e, n: n, name: fmt.Sprintf("%s-node%d", e.prefix, n.Index)}
+		n.impl = d
+		return d.create(ctx)
+	}
 	// Containers in parallel: creating one takes a while on a slow
 	// storage driver.
 	if err := parallel(nodes, (*dockerNode).create, ctx); err != nil {

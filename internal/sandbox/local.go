@@ -284,19 +284,23 @@ func startLocal(ctx context.Context, c *Cluster, bin string, replicas int) error
 	}
 	c.logf("sandbox in %s, PostgreSQL programs from %s", base, bin)
 
+	c.addNode = func(_ context.Context, n *Node) error {
+		dir := filepath.Join(base, "node"+strconv.Itoa(n.Index))
+		n.Dir, n.SocketDir = dir, dir
+		n.impl = &localNode{env: env, n: n, data: filepath.Join(dir, "data"), log: filepath.Join(dir, "server.log")}
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return err
+		}
+		return env.own(dir)
+	}
 	ports, err := reservePorts(replicas + 1)
 	if err != nil {
 		return err
 	}
 	for i := 0; i <= replicas; i++ {
-		dir := filepath.Join(base, "node"+strconv.Itoa(i))
-		n := &Node{Index: i, Port: ports[i], Dir: dir, SocketDir: dir, c: c, standby: i > 0}
-		n.impl = &localNode{env: env, n: n, data: filepath.Join(dir, "data"), log: filepath.Join(dir, "server.log")}
+		n := &Node{Index: i, Port: ports[i], c: c, standby: i > 0}
 		c.Nodes = append(c.Nodes, n)
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			return fmt.Errorf("sandbox: %w", err)
-		}
-		if err := env.own(dir); err != nil {
+		if err := c.addNode(ctx, n); err != nil {
 			return fmt.Errorf("sandbox: %w", err)
 		}
 	}

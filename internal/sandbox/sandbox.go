@@ -29,6 +29,10 @@
 // LatencyProxy (latencyproxy.go) puts a node at a distance: list its
 // address in a DSN (Cluster.DSNVia) in place of the node's.
 //
+// AddReplica makes one more streaming replica of the running primary
+// (pg_basebackup, as Start makes the first ones) and RemoveReplica destroys
+// it again: a member joining and leaving, on both backends.
+//
 // Close stops every node (immediate shutdown) and removes the directory
 // (or the containers and their network).
 // Nothing global is registered: callers must arrange for Close to run, e.g.
@@ -116,6 +120,9 @@ type Cluster struct {
 	// base directory, the Docker network). It runs after every node was
 	// destroyed.
 	teardown func() error
+	// addNode gives a new node (Index and Port set) its backend: a
+	// directory or a container, and its nodeImpl. See AddReplica.
+	addNode func(ctx context.Context, n *Node) error
 
 	closeOnce sync.Once
 	closeErr  error
@@ -162,6 +169,10 @@ type nodeImpl interface {
 	partition(ctx context.Context) error
 	heal(ctx context.Context) error
 	running() bool
+	// createReplica takes a base backup of primary into the (empty)
+	// node and starts it as a streaming standby with the slot named
+	// after it, which must exist.
+	createReplica(ctx context.Context, primary *Node) error
 	// destroy forcefully stops the node; the node is not frozen when
 	// it is called. It must work on a node that never started.
 	destroy() error
@@ -396,13 +407,19 @@ func (c *Cluster) waitNodeReplayed(ctx context.Context, i int, lsn string) error
 // waitStreaming polls pg_stat_replication on the primary until every
 // replica's walsender (application_name replicaN) is streaming.
 func (c *Cluster) waitStreaming(ctx context.Context) error {
-	want := len(c.Nodes) - 1
+	var names []string
+	for _, n := range c.Nodes[1:] {
+		names = append(names, n.name())
+	}
+	return c.waitNamesStreaming(ctx, names)
+}
+
+// waitNamesStreaming polls pg_stat_replication on the primary until the
+// walsenders of names (application_name) are all streaming.
+func (c *Cluster) waitNamesStreaming(ctx context.Context, names []string) error {
+	want := len(names)
 	if want == 0 {
 		return nil
-	}
-	names := make([]string, want)
-	for i := range names {
-		names[i] = "replica" + strconv.Itoa(i+1)
 	}
 	conn, err := c.connectAdmin(ctx, 0, c.database)
 	if err != nil {
@@ -479,6 +496,123 @@ func (c *Cluster) createSlots(ctx context.Context) error {
 		return fmt.Errorf("sandbox: create replication slots: %w", err)
 	}
 	return nil
+}
+
+// AddReplica creates one more streaming replica of Nodes[0] while it runs,
+// as Start creates the first ones: a replication slot of its own, a base
+// backup with pg_basebackup from the running primary, a start as a
+// standby. It returns once the new node streams and has replayed the WAL
+// position the primary had when its backup was done. The node is appended to
+// Nodes (so it is named replicaN after its index, on a port of its own);
+// RemoveReplica takes it out again, and Close destroys it with the rest.
+// Nodes[0] must be the primary. AddReplica changes Nodes: call it while no
+// other goroutine reads them.
+func (c *Cluster) AddReplica(ctx context.Context) (*Node, error) {
+	p := c.Nodes[0]
+	if !p.Running() || p.isFrozen() || p.isPartitioned() {
+		return nil, errors.New("sandbox: AddReplica: primary (node 0) is not running, frozen or partitioned")
+	}
+	ports, err := reservePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Index: len(c.Nodes), Port: ports[0], c: c, standby: true}
+	if err := c.addNode(ctx, n); err != nil {
+		if n.impl != nil {
+			err = errors.Join(err, n.impl.destroy())
+		}
+		return nil, fmt.Errorf("sandbox: add %s: %w", n.name(), err)
+	}
+	c.Nodes = append(c.Nodes, n)
+	if err := c.startAdded(ctx, n); err != nil {
+		if rerr := c.RemoveReplica(context.WithoutCancel(ctx), n); rerr != nil {
+			err = fmt.Errorf("%w (cleanup: %v)", err, rerr)
+		}
+		return nil, err
+	}
+	return n, nil
+}
+
+func (c *Cluster) startAdded(ctx context.Context, n *Node) error {
+	slot := fmt.Sprintf("SELECT pg_create_physical_replication_slot(%s, true)", quoteLiteral(n.name()))
+	if err := c.execOn(ctx, 0, "postgres", slot); err != nil {
+		return fmt.Errorf("sandbox: add %s: create replication slot: %w", n.name(), err)
+	}
+	n.mu.Lock()
+	err := n.impl.createReplica(ctx, c.Nodes[0])
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := c.waitNamesStreaming(ctx, []string{n.name()}); err != nil {
+		return err
+	}
+	var lsn string
+	if err := c.queryOn(ctx, 0, c.database, &lsn, "SELECT pg_current_wal_lsn()::text"); err != nil {
+		return fmt.Errorf("sandbox: add %s: read primary WAL position: %w", n.name(), err)
+	}
+	return c.waitNodeReplayed(ctx, n.Index, lsn)
+}
+
+// RemoveReplica destroys n, a replica added by AddReplica and still the
+// last of Nodes (so that no other node's index changes): an immediate
+// stop, then its data directory or container goes, its replication slot on
+// Nodes[0] is dropped (when Nodes[0] runs) and it leaves Nodes. Like
+// AddReplica it changes Nodes.
+func (c *Cluster) RemoveReplica(ctx context.Context, n *Node) error {
+	if n.Index == 0 || n.Index != len(c.Nodes)-1 || c.Nodes[n.Index] != n {
+		return fmt.Errorf("sandbox: RemoveReplica: %s is not the last node of the cluster", n.name())
+	}
+	var errs []error
+	n.mu.Lock()
+	if n.partitioned {
+		errs = append(errs, n.impl.heal(ctx))
+		n.partitioned = false
+	}
+	if n.frozen {
+		errs = append(errs, n.impl.thaw())
+		n.frozen = false
+	}
+	errs = append(errs, n.impl.destroy())
+	n.mu.Unlock()
+	if n.Dir != "" {
+		errs = append(errs, os.RemoveAll(n.Dir))
+	}
+	if p := c.Nodes[0]; p.Running() && !p.isFrozen() && !p.isPartitioned() {
+		errs = append(errs, c.dropSlot(ctx, n.name()))
+	}
+	c.Nodes = c.Nodes[:n.Index]
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sandbox: remove %s: %w", n.name(), err)
+	}
+	c.logf("removed %s", n.name())
+	return nil
+}
+
+// dropSlot drops the replication slot name on Nodes[0] if it exists; a
+// slot stays active until its walsender noticed the standby is gone, so it
+// retries until then.
+func (c *Cluster) dropSlot(ctx context.Context, name string) error {
+	const q = `SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+		WHERE slot_name = $1 AND NOT active) dropped`
+	for {
+		var dropped, left int64
+		err := c.queryOn(ctx, 0, "postgres", &dropped, q, name)
+		if err == nil {
+			err = c.queryOn(ctx, 0, "postgres", &left, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", name)
+		}
+		if err != nil {
+			return fmt.Errorf("drop replication slot %s: %w", name, err)
+		}
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drop replication slot %s: still active: %w", name, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func (c *Cluster) queryOn(ctx context.Context, i int, db string, dst any, sql string, args ...any) error {

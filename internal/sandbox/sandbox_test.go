@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -361,6 +362,56 @@ func TestCluster(t *testing.T) {
 			if n := countRows(t, ctx, c, i, "id = 4"); n != 1 {
 				t.Errorf("replica %d sees %d rows with id 4 after the primary restarted, want 1", i, n)
 			}
+		}
+	})
+
+	t.Run("add and remove replica", func(t *testing.T) {
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (7, 'before the new replica')"); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.AddReplica(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Index != 3 || len(c.Nodes) != 4 || c.Nodes[3] != r {
+			t.Fatalf("added node %d; %d nodes", r.Index, len(c.Nodes))
+		}
+		if v, err := c.QueryInt(ctx, 3, "SELECT pg_is_in_recovery()::int"); err != nil || v != 1 {
+			t.Fatalf("new replica: pg_is_in_recovery = %d, %v", v, err)
+		}
+		if n := countRows(t, ctx, c, 3, "id = 7"); n != 1 {
+			t.Errorf("new replica sees %d rows with id 7 (written before its backup), want 1", n)
+		}
+		if err := c.Exec(ctx, 0, "INSERT INTO items VALUES (8, 'after the new replica')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReplayed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := countRows(t, ctx, c, 3, "id = 8"); n != 1 {
+			t.Errorf("new replica sees %d rows with id 8 (streamed), want 1", n)
+		}
+		port, dir := r.Port, r.Dir
+		if err := c.RemoveReplica(ctx, c.Nodes[1]); err == nil {
+			t.Error("RemoveReplica of a node that is not the last succeeded")
+		}
+		if err := c.RemoveReplica(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Nodes) != 3 || r.Running() {
+			t.Fatalf("after RemoveReplica: %d nodes, removed one running %v", len(c.Nodes), r.Running())
+		}
+		if slots, err := c.QueryInt(ctx, 0, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'replica3'"); err != nil || slots != 0 {
+			t.Errorf("slot replica3 after RemoveReplica: %d, %v", slots, err)
+		}
+		if dir != "" {
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("%s still exists after RemoveReplica: %v", dir, err)
+			}
+		}
+		if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second); err == nil {
+			conn.Close()
+			t.Errorf("something still listens on the removed replica's port %d", port)
 		}
 	})
 
