@@ -166,24 +166,31 @@ func (r *run) inject(ctx context.Context, rng *rand.Rand, kind string, i, other 
 }
 
 // killStatement terminates, on the primary, the backend of one marked
-// statement (killMark) while it runs, waiting up to 2 s for one: a pure
-// read, which must run again, or a procedure that already committed,
-// whose outcome is unknown to the caller and which must not run again.
+// statement (killMark) while it sleeps, waiting up to 2 s for one: a pure
+// read, which has sent no row yet and must run again, or a procedure that
+// has committed its write, whose outcome the caller cannot know and which
+// must not run again.
 func (r *run) killStatement(ctx context.Context, start time.Duration) error {
 	i := int(r.primary.Load())
 	what := "none running"
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		// 1: a read, 2: a CALL, 0: none running.
-		k, err := r.cl.QueryInt(qctx, i, `SELECT coalesce(sum(CASE WHEN query LIKE 'CALL%' THEN 2 ELSE 1 END * pg_terminate_backend(pid)::int), 0)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, r.cl.AdminDSN(i))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		// 1: a read, 2: a CALL, 0: none sleeping.
+		var k int64
+		err := conn.QueryRow(cctx, `SELECT coalesce(sum(CASE WHEN query LIKE 'CALL%' THEN 2 ELSE 1 END * pg_terminate_backend(pid)::int), 0)
 			FROM (SELECT pid, query FROM pg_stat_activity WHERE application_name LIKE 'pgreplica-model-%' AND state = 'active'
-				AND query LIKE '%`+killMark+`%' AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) p`)
-		cancel()
+				AND wait_event = 'PgSleep' AND query LIKE '%`+killMark+`%' AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) p`).Scan(&k)
 		if err != nil {
 			return err
 		}
 		if k > 0 {
-			what = map[int64]string{1: "a pure read", 2: "a CALL (it commits, then sleeps)"}[k]
+			what = map[int64]string{1: "a pure read", 2: "a CALL that committed"}[k]
 			break
 		}
 	}
