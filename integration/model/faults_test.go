@@ -37,7 +37,8 @@ func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration
 	var p *promotion
 	// The first fault is a lag of one replica with a stall of the other
 	// in its middle: what WithMaxLag and hedging need, early in every run.
-	bag := []string{"lag"}
+	// Then the primary's own faults, which every run must have.
+	bag := []string{"lag", "restart primary", "terminate primary statement"}
 	replicas := []int{1, 2}
 	for first := true; time.Until(deadline) > 2*time.Second; first = false {
 		if p == nil && !promoteAt.IsZero() && time.Now().After(promoteAt) {
@@ -54,7 +55,8 @@ func (r *run) schedule(ctx context.Context, rng *rand.Rand, budget time.Duration
 			continue
 		}
 		if len(bag) == 0 {
-			bag = []string{"crash", "freeze", "lag", "lag", "stall", "stall", "terminate", "terminate primary", "partition"}
+			bag = []string{"crash", "freeze", "lag", "lag", "stall", "stall", "terminate", "terminate primary", "partition",
+				"restart primary", "terminate primary statement", "terminate primary statement"}
 			rng.Shuffle(len(bag), func(i, j int) { bag[i], bag[j] = bag[j], bag[i] })
 		}
 		kind := bag[0]
@@ -134,6 +136,22 @@ func (r *run) inject(ctx context.Context, rng *rand.Rand, kind string, i, other 
 		cancel()
 		r.fault(fmt.Sprintf("terminate %d backend", killed), nodeName(i), start)
 		return qerr
+	case "restart primary":
+		// Down well within primary_wait (30 s): writes and reads that need
+		// the primary wait for it; pure reads that lost their connection
+		// run again.
+		i = int(r.primary.Load())
+		n = r.cl.Nodes[i]
+		if err = n.Stop(ctx); err != nil {
+			return err
+		}
+		time.Sleep(hold / 2)
+		err = n.Start(ctx)
+		r.mu.Lock()
+		r.restarts = append(r.restarts, check.Window{Start: start, End: r.now()})
+		r.mu.Unlock()
+	case "terminate primary statement":
+		return r.killStatement(ctx, start)
 	case "partition":
 		if err = n.Partition(ctx); err != nil {
 			return err
@@ -145,6 +163,39 @@ func (r *run) inject(ctx context.Context, rng *rand.Rand, kind string, i, other 
 	}
 	r.fault(kind, nodeName(i), start)
 	return err
+}
+
+// killStatement terminates, on the primary, the backend of one marked
+// statement (killMark) while it sleeps, waiting up to 2 s for one: a pure
+// read, which has sent no row yet and must run again, or a procedure that
+// has committed its write, whose outcome the caller cannot know and which
+// must not run again.
+func (r *run) killStatement(ctx context.Context, start time.Duration) error {
+	i := int(r.primary.Load())
+	what := "none running"
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, r.cl.AdminDSN(i))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		// 1: a read, 2: a CALL, 0: none sleeping.
+		var k int64
+		err := conn.QueryRow(cctx, `SELECT coalesce(sum(CASE WHEN query LIKE 'CALL%' THEN 2 ELSE 1 END * pg_terminate_backend(pid)::int), 0)
+			FROM (SELECT pid, query FROM pg_stat_activity WHERE application_name LIKE 'pgreplica-model-%' AND state = 'active'
+				AND wait_event = 'PgSleep' AND query LIKE '%`+killMark+`%' AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) p`).Scan(&k)
+		if err != nil {
+			return err
+		}
+		if k > 0 {
+			what = map[int64]string{1: "a pure read", 2: "a CALL that committed"}[k]
+			break
+		}
+	}
+	r.fault("terminate primary statement: "+what, nodeName(i), start)
+	return nil
 }
 
 // stall freezes node i for d: too short for the monitor to call it

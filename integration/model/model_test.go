@@ -99,6 +99,9 @@ type run struct {
 	hbs    []check.Heartbeat
 	probes []check.ProbeSample
 	pools  []check.PoolSample
+	// restarts: the primary stopped and started again (fault "restart
+	// primary").
+	restarts []check.Window
 
 	opID      atomic.Int64
 	nextScope atomic.Int64
@@ -240,6 +243,13 @@ func (r *run) setup(ctx context.Context) {
 			IF delay > 0 THEN PERFORM pg_sleep(delay); END IF;
 			INSERT INTO %[3]s (k) VALUES (key) ON CONFLICT (k) DO UPDATE SET n = %[3]s.n + 1;
 			RETURN inet_server_port();
+		END $$;
+		CREATE PROCEDURE %[1]s_commit(key bigint, INOUT port int) LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO %[3]s (k) VALUES (key) ON CONFLICT (k) DO UPDATE SET n = %[3]s.n + 1;
+			COMMIT;
+			PERFORM pg_sleep(0.1);
+			port := inet_server_port();
 		END $$`, r.fn, r.u, r.w))
 	if err != nil {
 		t.Fatal(err)
@@ -352,7 +362,7 @@ func (r *run) samplePools() {
 func (r *run) history(ctx context.Context, roles map[int]string, p *promotion) *check.History {
 	t := r.t
 	h := &check.History{
-		Seed: r.seed, Ops: r.ops, Faults: r.faults, Heartbeats: r.hbs, Probes: r.probes, Pools: r.pools,
+		Seed: r.seed, Ops: r.ops, Faults: r.faults, Heartbeats: r.hbs, Probes: r.probes, Pools: r.pools, PrimaryRestarts: r.restarts,
 		Roles: roles, PrimaryPort: r.cl.Nodes[0].Port,
 		MonitorInterval: monitorInterval, Margin: margin,
 	}
@@ -519,9 +529,15 @@ func (r *run) sanity(h *check.History) {
 			writes++
 		}
 	}
-	if reads == 0 || writes == 0 || sessionReads == 0 || len(h.Heartbeats) == 0 || len(h.Faults) == 0 {
-		r.t.Errorf("a part of the run never happened: %d reads, %d session reads, %d acknowledged writes, %d heartbeats, %d faults",
-			reads, sessionReads, writes, len(h.Heartbeats), len(h.Faults))
+	killed := 0
+	for _, f := range h.Faults {
+		if strings.HasPrefix(f.Kind, "terminate primary statement: a ") {
+			killed++
+		}
+	}
+	if reads == 0 || writes == 0 || sessionReads == 0 || len(h.Heartbeats) == 0 || len(h.Faults) == 0 || len(h.PrimaryRestarts) == 0 || killed == 0 {
+		r.t.Errorf("a part of the run never happened: %d reads, %d session reads, %d acknowledged writes, %d heartbeats, %d faults, %d primary restarts, %d statements killed on the primary",
+			reads, sessionReads, writes, len(h.Heartbeats), len(h.Faults), len(h.PrimaryRestarts), killed)
 	}
 }
 

@@ -93,6 +93,15 @@ func (r *run) execSQL() string {
 func (r *run) returningSQL() string { return r.execSQL() + " RETURNING inet_server_port()" }
 func (r *run) fnSQL() string        { return "SELECT " + r.fn + "($1, $2)" }
 
+// killMark marks the statements the "terminate primary statement" fault
+// kills while they run: a read that waits 100 ms on the primary, and a
+// procedure that commits its write and then waits 100 ms, so that killing
+// it leaves a write applied whose outcome the caller cannot know.
+const killMark = "/* model-kill */"
+
+func (r *run) slowReadSQL() string { return r.readSQL() + " FROM pg_sleep($3) " + killMark }
+func (r *run) callSQL() string     { return "CALL " + r.fn + "_commit($1, NULL) " + killMark }
+
 // fnTailSQL calls the write function in its first row and takes 100 ms
 // over its second: a reader has the first row well before the commit.
 func (r *run) fnTailSQL() string {
@@ -155,18 +164,22 @@ type expect struct {
 	bound             time.Duration
 	checkout          bool
 	setting           string // the model.uid its conn set
+	// primaryRead: its text calls only known built-ins and it goes to the
+	// primary outside a transaction, on a conn without session state.
+	primaryRead bool
 }
 
 var (
 	plain    = expect{stale: true, bound: maxReplicaLag}
 	fresh    = expect{fresh: true}
+	onPrim   = expect{fresh: true, primaryRead: true}
 	sessRead = expect{ryw: true, stale: true, bound: maxReplicaLag}
 )
 
 func (w *worker) read(ctx context.Context, q querier, kind, text string, scope int64, e expect, extra ...any) {
 	op := w.begin(kind, scope)
 	op.Read, op.RYW, op.Fresh, op.Stale, op.Bound, op.Checkout = true, e.ryw, e.fresh, e.stale, e.bound, e.checkout
-	op.WantSetting = e.setting
+	op.WantSetting, op.PrimaryRead = e.setting, e.primaryRead
 	rctx, route := pgreplica.WithRoute(ctx)
 	cctx, cancel := context.WithTimeout(rctx, opTimeout)
 	args := append([]any{scope * scopeSpan, (scope + 1) * scopeSpan}, extra...)
@@ -193,7 +206,7 @@ func (w *worker) stmtRead(ctx context.Context, s *sql.Stmt, kind string, scope i
 // write runs one write of a fresh key of scope; how is "exec",
 // "returning", "fn", "fn slow" (it sleeps 3–50 ms before writing, so
 // that its replica attempt is hedged), "fn tail" (100 ms between its first row and its commit),
-// "stmt exec" or "stmt fn".
+// "call" (a procedure that commits, then sleeps), "stmt exec" or "stmt fn".
 func (w *worker) write(ctx context.Context, q querier, kind, how string, scope int64, checkout bool) bool {
 	op := w.begin(kind, scope)
 	op.Key, op.Checkout = w.key(scope), checkout
@@ -219,6 +232,9 @@ func (w *worker) write(ctx context.Context, q querier, kind, how string, scope i
 	case "fn tail":
 		op.WriteFn = true
 		err = q.QueryRowContext(cctx, w.r.fnTailSQL(), op.Key, 0.003).Scan(&op.Port)
+	case "call":
+		// Commits, then sleeps: see killMark.
+		err = q.QueryRowContext(cctx, w.r.callSQL(), op.Key).Scan(&op.Port)
 	case "stmt exec":
 		_, err = w.d.stmtWrite.ExecContext(cctx, op.Key)
 	case "stmt fn":
@@ -268,8 +284,11 @@ func (w *worker) loop() {
 			w.read(pgreplica.WithMaxLag(ctx, time.Hour), d.db, "WithMaxLag(1h) read", r.readSQL(), w.anon, expect{})
 		}},
 		{3, func() { w.read(ctx, d.db, "replica-hint read", "/* pgreplica:replica */ "+r.readSQL(), w.anon, plain) }},
-		{2, func() { w.read(ctx, d.db, "primary-hint read", "/* pgreplica:primary */ "+r.readSQL(), w.anon, fresh) }},
-		{2, func() { w.read(pgreplica.UsePrimary(ctx), d.db, "UsePrimary read", r.readSQL(), w.anon, fresh) }},
+		{2, func() { w.read(ctx, d.db, "primary-hint read", "/* pgreplica:primary */ "+r.readSQL(), w.anon, onPrim) }},
+		{2, func() { w.read(pgreplica.UsePrimary(ctx), d.db, "UsePrimary read", r.readSQL(), w.anon, onPrim) }},
+		{3, func() {
+			w.read(pgreplica.UsePrimary(ctx), d.db, "UsePrimary slow read", r.slowReadSQL(), w.anon, onPrim, 0.1)
+		}},
 		{4, func() { w.stmtRead(ctx, d.stmtRead, "Stmt read", w.anon, plain) }},
 		{5, func() {
 			// [][]byte: the hedge must not read the inner slices after the
@@ -284,6 +303,7 @@ func (w *worker) loop() {
 		{5, func() { w.write(ctx, d.db, "slow write fn via SELECT", "fn slow", w.anon, false) }},
 		{3, func() { w.write(ctx, d.db, "write fn, slow tail", "fn tail", w.anon, false) }},
 		{2, func() { w.write(ctx, d.db, "Stmt exec write", "stmt exec", w.anon, false) }},
+		{2, func() { w.write(ctx, d.db, "CALL commit, then sleep", "call", w.anon, false) }},
 		{2, func() { w.write(ctx, d.db, "Stmt write fn", "stmt fn", w.anon, false) }},
 		{14, w.session},
 		{5, w.httpRequests},
@@ -339,7 +359,7 @@ func (w *worker) session() {
 	for range 1 + w.rng.IntN(3) {
 		switch w.rng.IntN(6) {
 		case 0:
-			w.read(pgreplica.UsePrimary(w.sctx), d.db, "session UsePrimary read", r.readSQL(), w.sess, expect{ryw: true, fresh: true})
+			w.read(pgreplica.UsePrimary(w.sctx), d.db, "session UsePrimary read", r.readSQL(), w.sess, expect{ryw: true, fresh: true, primaryRead: true})
 		case 1:
 			w.stmtRead(w.sctx, d.stmtRead, "session Stmt read", w.sess, sessRead)
 		default:

@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgreplica/pgreplica/internal/proc"
 )
 
 // ErrUnavailable is wrapped by Start's error when etcd, Patroni or the
@@ -352,8 +353,8 @@ func (m *Member) CrashPostgres(ctx context.Context) error {
 
 // PostgresRunning reports whether the member's postmaster is alive.
 func (m *Member) PostgresRunning() bool {
-	pid, ok := postmasterPID(m.data())
-	return ok && processAlive(pid)
+	pid, ok := proc.PostmasterPID(m.data())
+	return ok && proc.Alive(pid)
 }
 
 // Member returns the member called name, or nil.

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgreplica/pgreplica/internal/proc"
 )
 
 // findBinDir is the highest /usr/lib/postgresql/*/bin holding the server
@@ -135,53 +137,16 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func postmasterPID(data string) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(data, "postmaster.pid"))
-	if err != nil {
-		return 0, false
-	}
-	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	return pid, err == nil && pid > 0
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return (err == nil || errors.Is(err, syscall.EPERM)) && procState(pid) != "Z"
-}
-
-// procStat is /proc/pid/stat after the command name: [0] the state, [19]
-// the start time.
-func procStat(pid int) []string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:])
-}
-
-func procState(pid int) string {
-	if f := procStat(pid); len(f) > 0 {
-		return f[0]
-	}
-	return ""
-}
-
 // killPostmaster ends the postmaster of data, if one runs there: SIGQUIT
 // (immediate shutdown, which ends its backends), SIGKILL after 10 s. A pid
 // is only signalled while its working directory is data: pids are reused.
 func killPostmaster(data string) error {
-	pid, ok := postmasterPID(data)
-	if !ok || !processAlive(pid) || !sameDir(procCwd(pid), data) {
+	pid, ok := proc.PostmasterPID(data)
+	if !ok || !proc.Alive(pid) || !sameDir(proc.Cwd(pid), data) {
 		return nil
 	}
 	syscall.Kill(pid, syscall.SIGQUIT)
-	for i := 0; processAlive(pid); i++ {
+	for i := 0; proc.Alive(pid); i++ {
 		if i == 1000 {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -193,11 +158,6 @@ func killPostmaster(data string) error {
 	return nil
 }
 
-func procCwd(pid int) string {
-	d, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
-	return d
-}
-
 func sameDir(a, b string) bool {
 	ra, err1 := filepath.EvalSymlinks(a)
 	rb, err2 := filepath.EvalSymlinks(b)
@@ -206,7 +166,7 @@ func sameDir(a, b string) bool {
 
 // writeOwner records this process in <base>/owner, for reapStale.
 func writeOwner(base string) error {
-	f := procStat(os.Getpid())
+	f, _ := proc.Stat(os.Getpid())
 	if len(f) < 20 {
 		return errors.New("cannot read this process's start time")
 	}
@@ -230,7 +190,7 @@ func reapStale(logf func(string, ...any)) {
 		if _, err := fmt.Sscan(string(b), &pid, &start); err != nil {
 			continue
 		}
-		if f := procStat(pid); len(f) >= 20 && f[19] == start {
+		if f, _ := proc.Stat(pid); len(f) >= 20 && f[19] == start {
 			continue // its owner is alive
 		}
 		logf("remove stale Patroni cluster %s (owner pid %d is gone)", base, pid)

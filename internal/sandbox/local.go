@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgreplica/pgreplica/internal/proc"
 )
 
 // serverPrograms are the programs the local backend needs in one directory.
@@ -396,7 +398,7 @@ func reapStale(logf func(string, ...any)) {
 			data := filepath.Dir(pf)
 			// Only a process running in that data directory is its
 			// postmaster: the pid may have been reused since.
-			if pm, ok := postmasterPID(data); ok && procCwd(pm) == realPath(data) {
+			if pm, ok := proc.PostmasterPID(data); ok && proc.Cwd(pm) == realPath(data) {
 				killTree(pm, syscall.SIGKILL)
 			}
 		}
@@ -506,12 +508,12 @@ func (l *localNode) promote(ctx context.Context) error {
 }
 
 func (l *localNode) running() bool {
-	pid, ok := postmasterPID(l.data)
-	return ok && processAlive(pid)
+	pid, ok := proc.PostmasterPID(l.data)
+	return ok && proc.Alive(pid)
 }
 
 func (l *localNode) freeze() error {
-	pm, ok := postmasterPID(l.data)
+	pm, ok := proc.PostmasterPID(l.data)
 	if !ok {
 		return errors.New("no postmaster.pid")
 	}
@@ -528,7 +530,7 @@ func (l *localNode) freeze() error {
 	// Signals are delivered asynchronously: wait until all are stopped.
 	deadline := time.Now().Add(2 * time.Second)
 	for _, pid := range l.stopped {
-		for procState(pid) != "T" && processAlive(pid) && time.Now().Before(deadline) {
+		for proc.State(pid) != "T" && proc.Alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
 	}
@@ -537,7 +539,7 @@ func (l *localNode) freeze() error {
 
 func (l *localNode) thaw() error {
 	pids := slices.Clone(l.stopped)
-	if pm, ok := postmasterPID(l.data); ok {
+	if pm, ok := proc.PostmasterPID(l.data); ok {
 		pids = append(pids, pm)
 		pids = append(pids, childrenOf(pm)...)
 	}
@@ -552,22 +554,22 @@ func (l *localNode) thaw() error {
 }
 
 func (l *localNode) destroy() error {
-	pm, ok := postmasterPID(l.data)
-	if !ok || !processAlive(pm) {
+	pm, ok := proc.PostmasterPID(l.data)
+	if !ok || !proc.Alive(pm) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	err := l.stop(ctx)
-	if err == nil && !processAlive(pm) {
+	if err == nil && !proc.Alive(pm) {
 		return nil
 	}
 	// pg_ctl failed: kill the postmaster and its children outright.
 	killTree(pm, syscall.SIGKILL)
-	for i := 0; i < 100 && processAlive(pm); i++ {
+	for i := 0; i < 100 && proc.Alive(pm); i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if processAlive(pm) {
+	if proc.Alive(pm) {
 		return fmt.Errorf("postmaster %d survives SIGKILL (pg_ctl: %v)", pm, err)
 	}
 	return nil
@@ -581,22 +583,6 @@ func (l *localNode) logTail(n int) string {
 	return redact(lastLines(string(b), n), l.env.secrets...)
 }
 
-// postmasterPID reads the first line of data/postmaster.pid.
-func postmasterPID(data string) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(data, "postmaster.pid"))
-	if err != nil {
-		return 0, false
-	}
-	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	return pid, err == nil && pid > 0
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return (err == nil || errors.Is(err, syscall.EPERM)) && procState(pid) != "Z"
-}
-
 // killTree sends sig to pid and to its direct children (every server
 // process is a child of the postmaster).
 func killTree(pid int, sig syscall.Signal) {
@@ -607,28 +593,6 @@ func killTree(pid int, sig syscall.Signal) {
 	}
 }
 
-// procStat returns the fields of /proc/pid/stat after the command name:
-// [0] is the state, [1] the parent pid, [19] the start time.
-func procStat(pid int) ([]string, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')') // the command name may contain ") "
-	if i < 0 {
-		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	return strings.Fields(s[i+1:]), nil
-}
-
-// procCwd is the working directory of pid ("" if unknown); a postmaster's
-// is its data directory.
-func procCwd(pid int) string {
-	d, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
-	return d
-}
-
 func realPath(p string) string {
 	if r, err := filepath.EvalSymlinks(p); err == nil {
 		return r
@@ -636,16 +600,8 @@ func realPath(p string) string {
 	return p
 }
 
-func procState(pid int) string {
-	f, err := procStat(pid)
-	if err != nil || len(f) < 1 {
-		return ""
-	}
-	return f[0]
-}
-
 func procStartTime(pid int) (string, error) {
-	f, err := procStat(pid)
+	f, err := proc.Stat(pid)
 	if err != nil {
 		return "", err
 	}
@@ -668,7 +624,7 @@ func childrenOf(pid int) []int {
 		if err != nil {
 			continue
 		}
-		if f, err := procStat(p); err == nil && len(f) > 1 && f[1] == want {
+		if f, err := proc.Stat(p); err == nil && len(f) > 1 && f[1] == want {
 			kids = append(kids, p)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	dc "github.com/ory/dockertest/v3/docker"
+	"github.com/pgreplica/pgreplica/internal/proc"
 )
 
 // startCluster starts a sandbox for t and closes it in t.Cleanup. It skips
@@ -599,7 +600,7 @@ func TestReapStale(t *testing.T) {
 		if c.backend == "docker" {
 			fmt.Printf("DOCKER %s\n", c.id)
 		} else {
-			pm, _ := postmasterPID(c.Nodes[0].impl.(*localNode).data)
+			pm, _ := proc.PostmasterPID(c.Nodes[0].impl.(*localNode).data)
 			fmt.Printf("BASE %s %d\n", filepath.Dir(c.Nodes[0].Dir), pm)
 		}
 		time.Sleep(time.Minute) // killed by the parent
@@ -643,7 +644,7 @@ func TestReapStale(t *testing.T) {
 	if base == "" || pm == 0 {
 		t.Fatal("helper did not start a sandbox")
 	}
-	if !processAlive(pm) {
+	if !proc.Alive(pm) {
 		t.Fatalf("the helper's postmaster %d died with it; nothing to reap", pm)
 	}
 	tag := filepath.Base(base)
@@ -655,10 +656,10 @@ func TestReapStale(t *testing.T) {
 		t.Fatalf("no iptables rule tagged %s after the helper's Partition", tag)
 	}
 	startCluster(t, Options{Replicas: -1})
-	for i := 0; i < 100 && processAlive(pm); i++ {
+	for i := 0; i < 100 && proc.Alive(pm); i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if processAlive(pm) {
+	if proc.Alive(pm) {
 		syscall.Kill(pm, syscall.SIGKILL)
 		t.Errorf("stale postmaster %d still alive after Start", pm)
 	}

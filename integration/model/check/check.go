@@ -68,7 +68,18 @@ type Op struct {
 	// failure that came from the primary (it was down, say).
 	Stmt       bool
 	PrimaryErr bool
+
+	// PrimaryRead marks a read of a text that calls only known built-ins,
+	// sent to the primary (UsePrimary, a primary hint) outside a
+	// transaction on a conn holding no session state: a connection lost
+	// before its first row runs it again on the primary, never reaching
+	// the caller.
+	PrimaryRead bool
 }
+
+// needsPrimary: the op could only be answered by the primary (a write, a
+// transaction that writes, a fresh read).
+func (o *Op) needsPrimary() bool { return o.Key != 0 || o.Fresh || o.PrimaryRead }
 
 func (o *Op) failed() bool { return o.Err != "" }
 
@@ -78,6 +89,9 @@ type Fault struct {
 	Node       string
 	Start, End time.Duration
 }
+
+// Window is a span of the run.
+type Window struct{ Start, End time.Duration }
 
 // Heartbeat is one acknowledged heartbeat row (written straight to the
 // primary every few milliseconds, apart from pgreplica).
@@ -130,6 +144,10 @@ type History struct {
 	NewPrimaryPort int
 	FailoverAt     time.Duration
 	PromotedAt     time.Duration
+	// PrimaryRestarts are the times the primary was stopped
+	// (pg_ctl -m immediate) and started again, well within primary_wait:
+	// from the stop's start until the start returned.
+	PrimaryRestarts []Window
 
 	// Final is what the primary holds after the run; OldPrimary what the
 	// old primary had committed when it stopped for good (failover only).
@@ -175,6 +193,8 @@ const (
 	StmtLikePlain   = "a prepared Stmt read works wherever its plain read would"
 	PoolCap         = "no pool exceeds its cap"
 	OwnSettings     = "a read sees its own conn's settings and no other conn's"
+	PrimaryWaited   = "a statement that needs the primary waits through its restart"
+	PrimaryReadRuns = "a read without effect survives its primary connection's loss"
 	maxPerInvariant = 5
 )
 
@@ -186,7 +206,7 @@ func Check(h *History) []Violation {
 	for _, f := range []func(*History) []Violation{
 		CheckNoStandbyWrite, CheckAckedDurable, CheckNoDoubleEffect,
 		CheckReadYourWrites, CheckBoundedStale, CheckNoHedgedWrite, CheckPinnedCheckout, CheckStmtLikePlain, CheckPoolCap,
-		CheckOwnSettings,
+		CheckOwnSettings, CheckPrimaryWaited, CheckPrimaryReadRuns,
 	} {
 		vs := f(h)
 		sort.SliceStable(vs, func(i, j int) bool { return vs[i].From < vs[j].From })
@@ -415,10 +435,55 @@ type Staleness struct {
 type staleness struct {
 	h          *History
 	all, final []Heartbeat
+	// down holds, per DB, the primary's restarts as that DB's monitor saw
+	// them: from the stop until the first probe the primary answered
+	// after it started again.
+	down map[string][]Window
+}
+
+// primaryDownSince is the start of the primary restart during which db's
+// monitor had not heard from the primary again at t.
+func (st *staleness) primaryDownSince(db string, t time.Duration) (time.Duration, bool) {
+	for _, w := range st.down[db] {
+		if t >= w.Start && t < w.End {
+			return w.Start, true
+		}
+	}
+	return 0, false
+}
+
+// restartsSeen is PrimaryRestarts per DB, each ending at the first probe
+// sample in which that DB's monitor had heard from the primary after it
+// started (the end of the run when none did).
+func (h *History) restartsSeen() map[string][]Window {
+	out := map[string][]Window{}
+	if len(h.PrimaryRestarts) == 0 {
+		return out
+	}
+	dbs := map[string]bool{}
+	for _, s := range h.Probes {
+		dbs[s.DB] = true
+	}
+	for db := range dbs {
+		for _, w := range h.PrimaryRestarts {
+			port := h.primaryAt(w.Start)
+			up := time.Duration(1<<63 - 1)
+			for _, s := range h.Probes {
+				if s.DB == db && s.At >= w.End {
+					if p, ok := s.LastProbe[port]; ok && p >= w.End {
+						up = p
+						break
+					}
+				}
+			}
+			out[db] = append(out[db], Window{Start: w.Start, End: up})
+		}
+	}
+	return out
 }
 
 func (h *History) newStaleness() *staleness {
-	st := &staleness{h: h}
+	st := &staleness{h: h, down: h.restartsSeen()}
 	for _, b := range h.Heartbeats {
 		if h.FailoverAt == 0 || h.FinalHB[b.Seq] || h.OldHB[b.Seq] {
 			st.all = append(st.all, b)
@@ -472,6 +537,12 @@ func (st *staleness) of(i int) (Staleness, bool) {
 			down := r.Start - h.FailoverAt
 			s.Allowed += down
 			s.Why += fmt.Sprintf(" + %v since the primary crashed", down.Round(time.Millisecond))
+		} else if since, ok := st.primaryDownSince(r.DB, r.Start); ok {
+			// The same while the primary restarts, until the monitor hears
+			// from it again.
+			down := r.Start - since
+			s.Allowed += down
+			s.Why += fmt.Sprintf(" + %v since the primary stopped", down.Round(time.Millisecond))
 		}
 	}
 	return s, true
@@ -563,6 +634,65 @@ func CheckStmtLikePlain(h *History) []Violation {
 				Msg:   fmt.Sprintf("failed (%s) while op#%d, a plain read, was served by %s", f.Err, p.ID, h.role(p.Port)),
 				class: f.Kind})
 			break
+		}
+	}
+	return vs
+}
+
+// CheckPrimaryWaited: a statement that needs the primary, begun while the
+// primary restarted (well within primary_wait), does not fail for want of
+// it: nothing of it was sent while no connection could be opened, so it
+// waits (README, primary_wait). It may fail when its own deadline ends, or
+// when a connection it was sent on broke (its outcome is unknown).
+func CheckPrimaryWaited(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if !o.failed() || !o.needsPrimary() || !notWaited(o.Err) {
+			continue
+		}
+		for _, w := range h.PrimaryRestarts {
+			if o.Start >= w.Start && o.Start <= w.End {
+				vs = append(vs, Violation{Invariant: PrimaryWaited, Op: i, From: o.Start,
+					Msg: fmt.Sprintf("began %.3fs after the primary stopped (it accepted connections again %.3fs later) and failed after %.3fs, without waiting for it: %s",
+						(o.Start - w.Start).Seconds(), (w.End - o.Start).Seconds(), (o.End - o.Start).Seconds(), o.Err),
+					class: o.Kind})
+				break
+			}
+		}
+	}
+	return vs
+}
+
+// notWaited says whether err is a statement's failure to reach the
+// primary, not its deadline.
+func notWaited(err string) bool {
+	if strings.Contains(err, "deadline exceeded") {
+		return false
+	}
+	for _, s := range []string{"failed to connect", "connection refused", "57P03", "no usable primary"} {
+		if strings.Contains(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckPrimaryReadRuns: a PrimaryRead never fails with a lost connection
+// (a terminated backend, a restart): it runs again on the primary.
+func CheckPrimaryReadRuns(h *History) []Violation {
+	var vs []Violation
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if !o.PrimaryRead || !o.failed() || strings.Contains(o.Err, "deadline exceeded") {
+			continue
+		}
+		for _, s := range []string{"57P01", "57P02", "unexpected EOF", "conn closed", "connection reset", "broken pipe"} {
+			if strings.Contains(o.Err, s) {
+				vs = append(vs, Violation{Invariant: PrimaryReadRuns, Op: i, From: o.Start,
+					Msg: "its primary connection was lost and it was not run again: " + o.Err, class: o.Kind})
+				break
+			}
 		}
 	}
 	return vs

@@ -131,6 +131,20 @@ func TestEachInvariantFires(t *testing.T) {
 		{"a read saw another conn's setting", OwnSettings, func(h *History) {
 			h.Ops[1].Setting = "w1-9"
 		}},
+		{"a write failed at once while the primary restarted", PrimaryWaited, func(h *History) {
+			h.PrimaryRestarts = []Window{{Start: ms(4000), End: ms(4800)}}
+			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "exec write", Start: ms(4100), End: ms(4101), Key: 9_000_001,
+				Err: "pgreplica: primary 127.0.0.1:5000: failed to connect to `user=x`: dial tcp 127.0.0.1:5000: connect: connection refused"})
+		}},
+		{"a fresh read failed at once while the primary restarted", PrimaryWaited, func(h *History) {
+			h.PrimaryRestarts = []Window{{Start: ms(4000), End: ms(4800)}}
+			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "UsePrimary read", Start: ms(4700), End: ms(4701), Read: true, Fresh: true,
+				Err: "FATAL: the database system is starting up (SQLSTATE 57P03)"})
+		}},
+		{"a pure primary read lost its connection", PrimaryReadRuns, func(h *History) {
+			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "UsePrimary slow read", Start: ms(4000), End: ms(4050), Read: true, Fresh: true,
+				PrimaryRead: true, Err: "FATAL: terminating connection due to administrator command (SQLSTATE 57P01)"})
+		}},
 		{"pool over its cap", PoolCap, func(h *History) {
 			h.Pools = append(h.Pools, PoolSample{At: ms(600), DB: "d", Port: r1Port, Live: 9, Cap: 8})
 		}},
@@ -256,5 +270,44 @@ func TestReadOnNewPrimaryBeforePromoteReturned(t *testing.T) {
 	h.Ops[len(h.Ops)-1].Reason = "read" // as a standby: it lacked 351–400
 	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
 		t.Fatalf("a standby read on the node before its promotion: got %+v, want one %q", vs, BoundedStale)
+	}
+}
+
+// A restart of the primary is not a failover: what may fail meanwhile is
+// a statement's deadline or a connection it was sent on, and a bounded
+// read that began while the monitor had not heard from the restarted
+// primary again may be older by the time since it stopped.
+func TestPrimaryRestart(t *testing.T) {
+	h := base()
+	h.Margin = 0
+	h.PrimaryRestarts = []Window{{Start: ms(4000), End: ms(5800)}}
+	for i := range h.Probes {
+		if at := h.Probes[i].At; at > ms(3950) && at < ms(6000) {
+			h.Probes[i].LastProbe[pPort] = ms(3950) // heard from again at t=6s
+		}
+	}
+	// Saw heartbeat 389, missed 390 (t=3.9s): 1.6 s stale at t=5.5s,
+	// allowed 1 s + 1.5 s since the primary stopped.
+	h.Ops = append(h.Ops,
+		Op{ID: 5, DB: "d", Kind: "plain read", Start: ms(5500), End: ms(5501), Port: r2Port, Read: true, HB: 389, Stale: true, Bound: time.Second},
+		Op{ID: 6, DB: "d", Kind: "exec write", Start: ms(4100), End: ms(9100), Key: 9_000_001, Err: "pgreplica: no usable primary: context deadline exceeded"},
+		Op{ID: 7, DB: "d", Kind: "exec write", Start: ms(3990), End: ms(4010), Key: 9_000_002, Err: "unexpected EOF"},
+		Op{ID: 8, DB: "d", Kind: "UsePrimary read", Start: ms(4200), End: ms(9200), Read: true, Fresh: true, PrimaryRead: true,
+			Err: "pgreplica: primary 127.0.0.1:5000: failed to connect to `user=x`: dial tcp 127.0.0.1:5000: connect: connection refused (context deadline exceeded)"})
+	if vs := Check(h); len(vs) != 0 {
+		for _, v := range vs {
+			t.Log(Explain(h, v))
+		}
+		t.Fatalf("%d violations", len(vs))
+	}
+	// Once the monitor heard from the primary again, the read is judged
+	// by its bound alone.
+	for i := range h.Ops { // Check sorted them by start
+		if h.Ops[i].ID == 5 {
+			h.Ops[i].Start, h.Ops[i].End = ms(6050), ms(6051)
+		}
+	}
+	if vs := Check(h); len(vs) != 1 || vs[0].Invariant != BoundedStale {
+		t.Fatalf("a read after the monitor heard from the primary again: got %+v, want one %q", vs, BoundedStale)
 	}
 }
