@@ -229,6 +229,17 @@ func (c *conn) primaryLeaseUnpinned(ctx context.Context) (*lease, error) {
 	return l, err
 }
 
+// describeLease is primaryLeaseUnpinned for describing a text (Prepare):
+// describing changes nothing, so a primary that cannot be reached is
+// waited out within primary_wait as for a write, which the prepared
+// statement may be.
+func (c *conn) describeLease(ctx context.Context) (*lease, error) {
+	pinned := c.pinned
+	l, err := c.primaryLeaseFor(ctx, &primaryWait{reachable: true})
+	c.pinned = pinned
+	return l, err
+}
+
 // primaryLease pins a connection to the primary for the rest of the
 // checkout.
 func (c *conn) primaryLease(ctx context.Context) (*lease, error) {

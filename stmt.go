@@ -71,7 +71,7 @@ func (c *conn) describe(ctx context.Context, query string) error {
 			return replicaErr
 		}
 	}
-	l, err := c.primaryLeaseUnpinned(ctx)
+	l, err := c.describeLease(ctx)
 	if err == nil {
 		if err = describeOn(ctx, l, query); err == nil || !isConnectionError(err) {
 			return err
