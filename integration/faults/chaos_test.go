@@ -49,6 +49,12 @@ func openToReplica1(t *testing.T, params ...string) (*sql.DB, *pgreplica.Connect
 	}
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { db.Close() })
+	// The test before may have stopped or frozen replica1 and started it
+	// again: until it has caught up and a probe says so, its reads go
+	// elsewhere, which these tests would take for a routing error.
+	testcluster.WaitReplayed(t, context.Background())
+	victim := testcluster.Cluster().Nodes[1].Addr()
+	testcluster.WaitUntil(t, time.Minute, "replica1 healthy", func() bool { return nodeState(c, victim) == pgreplica.StateHealthy })
 	return db, c, policy
 }
 
