@@ -560,23 +560,15 @@ func mayHaveRun(err error) bool {
 }
 
 func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification) (driver.Rows, error) {
-	var l *lease
-	var err error
-	switch {
-	case cl.settings:
-		l, err = c.primaryLeaseUnpinned(ctx) // record decides
-	case !cl.readOnly:
-		l, err = c.writeLease(ctx) // it may write: wait out a crash as Exec does
-	default:
-		l, err = c.primaryLease(ctx)
+	// Nothing is sent while no connection to the primary opens: whatever
+	// the statement, it waits for the primary the monitor finds next, as
+	// a write does; not a read on a conn whose session state is lost.
+	pinned := c.pinned
+	l, err := c.primaryLeaseFor(ctx, &primaryWait{reachable: !cl.readOnly || !c.sticky})
+	if cl.settings {
+		c.pinned = pinned // record decides
 	}
 	if err != nil {
-		if isOutage(err) && c.txLease == nil && !c.sticky {
-			// Nothing was sent: whatever the statement, it may wait for
-			// the primary the monitor finds next.
-			p, _ := c.c.primary()
-			return c.rerunOnPrimary(ctx, o, query, args, reason, cl, p, err)
-		}
 		if p, perr := c.c.primary(); perr == nil {
 			c.record(o, outcome{node: p, reason: reason, cl: cl, err: err, query: true, unsent: true})
 		}
@@ -613,60 +605,36 @@ func (c *conn) mayRerunOnPrimary(cl classification, err error) bool {
 	return cl.pure && !cl.sessionState && !cl.settings && c.txLease == nil && !c.sticky && isOutage(err)
 }
 
-// rerunOnPrimary runs a statement again on the primary, as the monitor
-// finds it, after failed: a connection to the primary that could not be
-// opened (nothing was sent), or one that broke before a read's first row
-// when mayRerunOnPrimary allows. It tries until it gets an answer that is
-// not a broken connection, a statement that was sent fails in a way that
-// does not allow another try, or primary_wait (and ctx) ends; between
-// tries it backs off up to one probe interval, so a fleet does not hammer
-// a dead host.
+// rerunOnPrimary runs a read again on the primary, as the monitor finds
+// it, after its connection to tried broke before its first row (failed),
+// for as long as mayRerunOnPrimary allows, within primary_wait (and ctx).
+// The lease waits out an outage; after a try that broke again it looks
+// a probe interval later, not at once, so a fleet does not hammer a host
+// that ends every query.
 func (c *conn) rerunOnPrimary(ctx context.Context, o *routeOptions, query string, args []driver.NamedValue, reason Reason, cl classification, tried *node, failed error) (driver.Rows, error) {
-	wait := c.c.cfg.PrimaryWait
-	if wait < 0 {
+	if c.c.cfg.PrimaryWait < 0 {
 		return nil, failed
 	}
-	if wait == 0 {
-		wait = DefaultPrimaryWait
-	}
-	wctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	pause, most := 5*time.Millisecond, probeInterval(&c.c.cfg)
-	err := failed
+	w := &primaryWait{reachable: true, cause: failed}
 	for {
 		c.primary.discard() // broken: never back to the pool
 		c.primary.release()
-		l, lerr := c.primaryLease(wctx)
-		if lerr == nil {
-			tried = l.node
-			rows, qerr := c.queryOn(ctx, o, l, query, args, reason, cl)
-			if qerr == nil {
-				return rows, nil
-			}
-			c.c.primaryFailed(qerr)
-			if !c.mayRerunOnPrimary(cl, qerr) {
-				return nil, qerr // sent: its outcome is unknown
-			}
-			lerr = qerr
+		l, err := c.primaryLeaseFor(ctx, w)
+		if err != nil {
+			// The node it last tried, or the primary it was for.
+			c.record(o, outcome{node: tried, reason: reason, cl: cl, err: err, query: true, unsent: true})
+			return nil, err
 		}
-		if wctx.Err() != nil || !isOutage(lerr) {
-			if wctx.Err() != nil && ctx.Err() == nil {
-				lerr = fmt.Errorf("%w: none answered within primary_wait (%v): %w", ErrNoPrimary, wait, err)
-			}
-			if tried != nil && !c.primary.held() {
-				// The node it last tried, or the primary it was for.
-				c.record(o, outcome{node: tried, reason: reason, cl: cl, err: lerr, query: true, unsent: true})
-			}
-			return nil, lerr
+		tried = l.node
+		rows, err := c.queryOn(ctx, o, l, query, args, reason, cl)
+		if err == nil {
+			return rows, nil
 		}
-		err = lerr
-		t := time.NewTimer(pause)
-		select {
-		case <-t.C:
-		case <-wctx.Done():
-			t.Stop()
+		c.c.primaryFailed(err)
+		if !c.mayRerunOnPrimary(cl, err) {
+			return nil, err // sent: its outcome is unknown
 		}
-		pause = min(2*pause, most)
+		w.retry, w.cause = true, fmt.Errorf("primary %s: %w", tried.addr, err)
 	}
 }
 
