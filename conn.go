@@ -260,6 +260,7 @@ func (c *conn) primaryLeaseFor(ctx context.Context, w *primaryWait) (*lease, err
 	if c.primary.held() {
 		return &c.primary, nil
 	}
+	replaced := 0 // pooled connections found gone
 	for {
 		if c.c.closed.Load() {
 			return nil, ErrClosed
@@ -277,6 +278,19 @@ func (c *conn) primaryLeaseFor(ctx context.Context, w *primaryWait) (*lease, err
 		// A full pool's connections may all be held by idle conns for their
 		// sessions: acquirePrimary takes one from them.
 		err = c.c.acquirePrimary(ctx, p, &c.primary)
+		if err == nil && replaced <= cap(p.slots) && c.primary.idleConnGone() {
+			// Its backend went away while it was idle in the pool (a
+			// switchover's shutdown, pg_terminate_backend, a crash):
+			// nothing was sent on it, so another connection may take the
+			// statement. The monitor looks at the node now. Bounded by
+			// the pool's size: a server that says goodbye on every new
+			// connection gets the statement, which then fails.
+			replaced++
+			c.primary.dirty = true
+			c.primary.release()
+			c.c.mon.kick()
+			continue
+		}
 		if err == nil {
 			return &c.primary, nil
 		}

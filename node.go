@@ -313,6 +313,9 @@ type trackedConn struct {
 	// and (after an aborted statement) may wait up to 15 s for the server
 	// to hang up, which a partitioned or frozen server never does.
 	terminated atomic.Bool
+	// peek looks at its receive queue before a pooled primary connection
+	// is used (conncheck.go); nil when the socket has no raw descriptor.
+	peek *peeker
 }
 
 // terminateMsg is the protocol's Terminate message: 'X', length 4.
@@ -331,7 +334,7 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 }
 
 func (n *node) track(c net.Conn) *trackedConn {
-	tc := &trackedConn{Conn: c, n: n}
+	tc := &trackedConn{Conn: c, n: n, peek: newPeeker(c)}
 	n.connsMu.Lock()
 	n.conns[tc] = struct{}{}
 	n.connsMu.Unlock()
