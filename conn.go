@@ -328,6 +328,12 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		}
 	}
 	res, err := c.execOn(ctx, o, l, query, args, reason)
+	if err != nil && c.txLease == nil && !c.sticky && l.unreceived(err) {
+		// The server ended the session before it answered anything of
+		// this statement: it never ran (unreceived.go). Never inside a
+		// transaction, never with session state.
+		res, err = c.rerunUnreceived(ctx, o, query, args, err)
+	}
 	if err != nil && c.txLease == nil && isReadOnlyViolation(err) && !c.sticky {
 		// The node believed primary refused it as a standby: it was
 		// demoted and nothing was applied, so the write may run once on

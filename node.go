@@ -316,7 +316,15 @@ type trackedConn struct {
 	// peek looks at its receive queue before a pooled primary connection
 	// is used (conncheck.go); nil when the socket has no raw descriptor.
 	peek *peeker
+	// sent is the first byte of pgx's last write, reply the first byte
+	// read after that write began, |replied (0: nothing read since): what
+	// tells a statement the server never ran from one it may have
+	// (unreceived.go).
+	sent, reply atomic.Uint32
 }
+
+// replied marks reply as set (a zero byte is a byte).
+const replied = 0x100
 
 // terminateMsg is the protocol's Terminate message: 'X', length 4.
 var terminateMsg = [5]byte{'X', 0, 0, 0, 4}
@@ -330,7 +338,19 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 		}
 		return n, err
 	}
+	if len(b) > 0 {
+		c.reply.Store(0) // before the bytes go: no answer to them can precede it
+		c.sent.Store(uint32(b[0]))
+	}
 	return c.Conn.Write(b)
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.reply.Load() == 0 {
+		c.reply.CompareAndSwap(0, uint32(b[0])|replied)
+	}
+	return n, err
 }
 
 func (n *node) track(c net.Conn) *trackedConn {
