@@ -211,33 +211,35 @@ func (c *conn) Begin() (driver.Tx, error) {
 }
 
 // Ping checks the primary. It does not pin the checkout to it: a sql.Conn
-// that pings keeps reading from replicas.
+// that pings keeps reading from replicas. Like any statement that sends
+// nothing first, it waits out an unreachable primary within primary_wait
+// (a caller that wants a quick answer gives a deadline).
 func (c *conn) Ping(ctx context.Context) error {
-	l, err := c.primaryLeaseUnpinned(ctx)
+	l, err := c.primaryLeaseUnpinned(ctx, c.sendsNothingYet())
 	if err != nil {
 		return err
 	}
 	return l.sc.Ping(ctx)
 }
 
-// primaryLeaseUnpinned is primaryLease for a statement that must not send
-// the checkout's later reads to the primary (a ping, a describe).
-func (c *conn) primaryLeaseUnpinned(ctx context.Context) (*lease, error) {
+// primaryLeaseUnpinned is primaryLeaseFor for a statement that must not
+// send the checkout's later reads to the primary (a ping, a describe, a
+// plain setting: record decides).
+func (c *conn) primaryLeaseUnpinned(ctx context.Context, w *primaryWait) (*lease, error) {
 	pinned := c.pinned
-	l, err := c.primaryLease(ctx)
+	l, err := c.primaryLeaseFor(ctx, w)
 	c.pinned = pinned
 	return l, err
 }
 
-// describeLease is primaryLeaseUnpinned for describing a text (Prepare):
-// describing changes nothing, so a primary that cannot be reached is
-// waited out within primary_wait as for a write, which the prepared
-// statement may be.
-func (c *conn) describeLease(ctx context.Context) (*lease, error) {
-	pinned := c.pinned
-	l, err := c.primaryLeaseFor(ctx, &primaryWait{reachable: true})
-	c.pinned = pinned
-	return l, err
+// sendsNothingYet is the wait of a statement that changes no data and
+// sends nothing the server could have run before its connection is open
+// (Ping, BEGIN READ ONLY, a plain setting): a primary that cannot be reached is
+// waited out within primary_wait, as for a write. Not on a conn holding
+// session state, as for a read (queryPrimary): its session went with the
+// connection, and the caller must hear of it.
+func (c *conn) sendsNothingYet() *primaryWait {
+	return &primaryWait{reachable: !c.sticky}
 }
 
 // primaryLease pins a connection to the primary for the rest of the
@@ -319,7 +321,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		var err error
 		if classifyCached(query).settings {
 			// A plain setting does not pin the checkout: record decides.
-			l, err = c.primaryLeaseUnpinned(ctx)
+			l, err = c.primaryLeaseUnpinned(ctx, c.sendsNothingYet())
 		} else {
 			l, err = c.writeLease(ctx)
 		}
@@ -1012,11 +1014,12 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 // beginOnPrimary starts a transaction on the primary and makes its lease
 // the conn's txLease.
 func (c *conn) beginOnPrimary(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	lease := c.writeLease // nothing is sent before BEGIN: wait out a crash
+	// Nothing is sent before BEGIN: wait out a crash, as a write does.
+	w := &primaryWait{reachable: true}
 	if opts.ReadOnly {
-		lease = c.primaryLease
+		w = c.sendsNothingYet() // the rule of a read that needs the primary
 	}
-	l, err := lease(ctx)
+	l, err := c.primaryLeaseFor(ctx, w)
 	if err != nil {
 		return nil, err
 	}

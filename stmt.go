@@ -71,7 +71,9 @@ func (c *conn) describe(ctx context.Context, query string) error {
 			return replicaErr
 		}
 	}
-	l, err := c.describeLease(ctx)
+	// Describing changes nothing: an unreachable primary is waited out
+	// within primary_wait, as for the write the statement may be.
+	l, err := c.primaryLeaseUnpinned(ctx, &primaryWait{reachable: true})
 	if err == nil {
 		if err = describeOn(ctx, l, query); err == nil || !isConnectionError(err) {
 			return err

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/pgreplica/pgreplica"
 	"github.com/pgreplica/pgreplica/internal/sandbox"
 	"github.com/pgreplica/pgreplica/internal/testcluster"
@@ -269,3 +270,43 @@ func (w *roundWatch) finish() {
 // pollSlack is what testcluster.WaitUntil's polling (every 20 ms) adds to
 // a duration it measures, with a Status call and a read of room.
 const pollSlack = 50 * time.Millisecond
+
+// dialTime is how long opening new connections to node i takes on this
+// machine now (TCP, the backend's start, authentication, one query), n at
+// once: what a read waits for when its node's pool has to dial for n
+// readers together (the client's SCRAM runs under -race too). The longest
+// of them, the worst of two bursts, so that a bound derived from it
+// follows the machine's load.
+func dialTime(t *testing.T, ctx context.Context, i, n int) time.Duration {
+	t.Helper()
+	var (
+		mu      sync.Mutex
+		longest time.Duration
+		failed  error
+		wg      sync.WaitGroup
+	)
+	for range 2 {
+		for range n {
+			wg.Go(func() {
+				start := time.Now()
+				pc, err := pgx.Connect(ctx, testcluster.Cluster().NodeDSN(i))
+				if err == nil {
+					var one int
+					err = pc.QueryRow(ctx, "SELECT 1").Scan(&one)
+					_ = pc.Close(ctx)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				longest = max(longest, time.Since(start))
+				if err != nil {
+					failed = err
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if failed != nil {
+		t.Fatalf("dialling node %d to time it: %v", i, failed)
+	}
+	return longest
+}

@@ -520,6 +520,7 @@ func (w *worker) checkout() {
 		case 8, 9:
 			// A plain setting: the conn's later reads see it, wherever
 			// they run (replicas replay it), and no other conn's do.
+			held := changed // session state from an earlier op of this checkout
 			changed = true
 			user := fmt.Sprintf("w%d-%d", w.id, scope)
 			if on.setting != "" && w.rng.IntN(3) == 0 {
@@ -534,6 +535,7 @@ func (w *worker) checkout() {
 			}
 			op := w.begin(kind, scope)
 			op.Checkout = true
+			op.Unsent = !held
 			rctx, route := pgreplica.WithRoute(ctx)
 			// Exec: no port is recorded, as a plain setting does not pin
 			// the checkout to the primary that ran it.
@@ -587,6 +589,9 @@ func (w *worker) txReadOnly(serializable bool) {
 	tx, err := w.d.db.BeginTx(ctx, opts)
 	if err != nil {
 		op := w.begin(kind, w.anon)
+		op.Start = start
+		// A serializable one begins on the primary, sending nothing first.
+		op.Unsent = serializable
 		w.end(&op, err)
 		return
 	}
@@ -629,6 +634,7 @@ func (w *worker) sessionState() {
 	switch w.rng.IntN(3) {
 	case 0:
 		op = w.begin("SET", 0)
+		op.Unsent = true // the checkout's first statement
 		_, err = c.ExecContext(rctx, "SET model.x = '1'")
 	case 1:
 		op = w.begin("set_config(…, false)", 0)

@@ -75,11 +75,18 @@ type Op struct {
 	// before its first row runs it again on the primary, never reaching
 	// the caller.
 	PrimaryRead bool
+
+	// Unsent marks a statement for the primary that changes no data and
+	// sends nothing the server could run before its connection is open,
+	// on a conn holding no session state (BEGIN READ ONLY on the primary,
+	// the first SET of a checkout): it waits for the primary as a write
+	// does.
+	Unsent bool
 }
 
 // needsPrimary: the op could only be answered by the primary (a write, a
-// transaction that writes, a fresh read).
-func (o *Op) needsPrimary() bool { return o.Key != 0 || o.Fresh || o.PrimaryRead }
+// transaction that writes, a fresh read, an Unsent statement).
+func (o *Op) needsPrimary() bool { return o.Key != 0 || o.Fresh || o.PrimaryRead || o.Unsent }
 
 func (o *Op) failed() bool { return o.Err != "" }
 

@@ -141,6 +141,11 @@ func TestEachInvariantFires(t *testing.T) {
 			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "UsePrimary read", Start: ms(4700), End: ms(4701), Read: true, Fresh: true,
 				Err: "FATAL: the database system is starting up (SQLSTATE 57P03)"})
 		}},
+		{"a checkout's first SET failed at once while the primary restarted", PrimaryWaited, func(h *History) {
+			h.PrimaryRestarts = []Window{{Start: ms(4000), End: ms(4800)}}
+			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "conn: SET model.uid", Checkout: true, Start: ms(4200), End: ms(4201), Unsent: true,
+				Err: "pgreplica: primary 127.0.0.1:5000: failed to connect to `user=x`: dial tcp 127.0.0.1:5000: connect: connection refused"})
+		}},
 		{"a pure primary read lost its connection", PrimaryReadRuns, func(h *History) {
 			h.Ops = append(h.Ops, Op{ID: 5, DB: "d", Kind: "UsePrimary slow read", Start: ms(4000), End: ms(4050), Read: true, Fresh: true,
 				PrimaryRead: true, Err: "FATAL: terminating connection due to administrator command (SQLSTATE 57P01)"})
