@@ -383,6 +383,20 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 		cctx, cancel := context.WithTimeout(context.WithValue(parent, probeDial{}, true), m.connectTimeout)
 		var err error
 		pc, err = pgx.ConnectConfig(cctx, n.probeConfig)
+		if err == nil {
+			// A new backend's first query fills its catalog caches: it is
+			// part of opening the connection, bounded with it. Under the
+			// probe timeout, meant for a server that stops answering an
+			// open connection, a loaded machine made a replica whose
+			// probe connection was terminated look frozen. Timed, it
+			// would also seed the smoothed RTT too high
+			// (replica_policy=nearest could then take a far node for near).
+			if err = m.readProbe(cctx, i, pc, r); err != nil {
+				closeCtx, closeCancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+				_ = pc.Close(closeCtx)
+				closeCancel()
+			}
+		}
 		timedOut := cctx.Err() != nil
 		cancel()
 		if err != nil {
@@ -395,17 +409,8 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 	}
 	ctx, cancel := context.WithTimeout(parent, m.timeout)
 	defer cancel()
-	var err error
-	if fresh {
-		// A new backend's first query fills its catalog caches and takes
-		// milliseconds; timed, it would seed the smoothed RTT too high
-		// (replica_policy=nearest could then take a far node for near).
-		err = m.readProbe(ctx, i, pc, r)
-	}
 	t0 := time.Now() // latency of the query alone, not of a reconnect
-	if err == nil {
-		err = m.readProbe(ctx, i, pc, r)
-	}
+	err := m.readProbe(ctx, i, pc, r)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = errProbeTimeout

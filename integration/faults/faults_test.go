@@ -20,6 +20,7 @@ func TestStoppedReplicaUnderLoad(t *testing.T) {
 
 	l := startLoad(t, db, 8, 5*time.Second)
 	l.waitServed(t, cl.Nodes[1].Port, cl.Nodes[2].Port)
+	other := watchState(t, c, cl.Nodes[2].Addr())
 	stopped := time.Now()
 	if err := victim.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -56,19 +57,26 @@ func TestStoppedReplicaUnderLoad(t *testing.T) {
 	// only usable one) has not answered after the hedge delay is hedged to
 	// the primary when fallback is on. Under load that happens; the
 	// primary serving one for any other reason would be a routing error.
+	// Or by fallback, only while replica2 was not healthy either (under
+	// load its probe can time out: a CI pair on 2 cores saw it).
+	other.finish()
 	during, primaryBy := map[int]int{}, map[pgreplica.Reason]int{}
+	excused := 0
 	for _, r := range reads {
 		if r.start.After(detected) && r.end.Before(starting) {
 			during[r.port]++
 			if r.port == cl.Nodes[0].Port {
 				primaryBy[r.reason]++
+				if r.reason == pgreplica.ReasonFallback && other.unhealthyNear(r.start, r.end, pollSlack) {
+					excused++
+				}
 			}
 		}
 	}
-	t.Logf("reads while replica1 was down, by port: %v; the primary's by reason: %v", during, primaryBy)
-	if during[victim.Port] != 0 || during[cl.Nodes[2].Port] == 0 || during[cl.Nodes[0].Port] != primaryBy[pgreplica.ReasonHedge] {
-		t.Fatalf("reads while replica1 was down, by port: %v (replica2 is %d); the primary's by reason: %v, want only %s",
-			during, cl.Nodes[2].Port, primaryBy, pgreplica.ReasonHedge)
+	t.Logf("reads while replica1 was down, by port: %v; the primary's by reason: %v (%d fallbacks while replica2 was not healthy either; its states %v)", during, primaryBy, excused, other.seen)
+	if during[victim.Port] != 0 || during[cl.Nodes[2].Port] == 0 || during[cl.Nodes[0].Port] != primaryBy[pgreplica.ReasonHedge]+excused {
+		t.Fatalf("reads while replica1 was down, by port: %v (replica2 is %d); the primary's by reason: %v, want only %s, or %s while replica2 was not healthy (%d were)",
+			during, cl.Nodes[2].Port, primaryBy, pgreplica.ReasonHedge, pgreplica.ReasonFallback, excused)
 	}
 	before := 0
 	for _, r := range reads {
