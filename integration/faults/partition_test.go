@@ -27,7 +27,9 @@ func TestPartitionedReplica(t *testing.T) {
 	t.Cleanup(func() { _ = victim.Heal(ctx) })
 
 	const (
-		deadline = 3 * time.Second
+		// The readers' deadline is a liveness bound; the slowest read is
+		// checked below against what this machine does meanwhile.
+		deadline = 20 * time.Second
 		// monitor_interval=200ms; a replica's connect_timeout is 2s
 		// when the DSN sets none (README, DSN reference).
 		detectBound = 2*200*time.Millisecond + 2*time.Second
@@ -112,6 +114,7 @@ func TestPartitionedReplica(t *testing.T) {
 	// the connect timeout): two rounds, each counted as the longest this
 	// machine took meanwhile, and never under detectBound.
 	round, n := rounds.through(t, detected)
+	detectRound := round
 	bound := max(detectBound, 2*round+pollSlack)
 	t.Logf("replica2 partitioned; reported %s %v later (bound %v; %d probes of the other nodes meanwhile, the longest round %v)", nodeState(c, victim.Addr()), detect, bound, n, round)
 	if detect > bound {
@@ -198,8 +201,16 @@ func TestPartitionedReplica(t *testing.T) {
 	for _, r := range reads {
 		maxRead = max(maxRead, r.end.Sub(r.start))
 	}
-	if maxRead > deadline+500*time.Millisecond {
-		t.Errorf("a read took %v, past its %v deadline", maxRead, deadline)
+	// A read may be caught in a new connection to replica2 as the
+	// partition begins, which only the replica connect timeout (2 s) ends,
+	// and then run elsewhere: its hedge and its re-run may each need a new
+	// connection. Never longer than 3.5 s (the idle machine's bound), nor
+	// than that timeout, four of the longest rounds and two dials. (A CI
+	// pair: a read begun 1.2 s before the partition, in a dial that took
+	// 1.6 s, missed a 3 s deadline.)
+	readBound := max(3500*time.Millisecond, 2*time.Second+4*max(detectRound, round)+2*dial+pollSlack)
+	if maxRead > readBound {
+		t.Errorf("a read took %v, past %v", maxRead, readBound)
 	}
 	during := map[int]int{}
 	for _, r := range reads {
@@ -213,5 +224,5 @@ func TestPartitionedReplica(t *testing.T) {
 	if n := portsBefore(reads, partitioned)[victim.Port]; n == 0 {
 		t.Fatal("replica2 served nothing before the partition: the test proves nothing")
 	}
-	t.Logf("%d reads, %d failed, slowest %v", len(reads), len(failed), maxRead)
+	t.Logf("%d reads, %d failed, slowest %v (bound %v)", len(reads), len(failed), maxRead, readBound)
 }
