@@ -81,17 +81,6 @@ func (w *stateWatch) finish() map[string]int {
 	return w.seen
 }
 
-// frozenNotByTimeout counts the samples that found the node frozen for
-// another cause than a probe timeout. A timeout is a loaded machine as far
-// as these tests can tell (two CI runs on 2 cores make a 500 ms probe
-// time out on a healthy replica): the two-step rule then keeps new reads
-// off it for a round, which is not what they test. Call after finish.
-func (w *stateWatch) frozenNotByTimeout() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.seen[pgreplica.StateFrozen] - w.causes[pgreplica.StateFrozen+" (timeout)"]
-}
-
 // unhealthyNear says whether the node was reported anything but healthy
 // at some moment from slack before from until to (the sampler's own delay
 // is within slack). Call after finish.
@@ -395,11 +384,16 @@ func TestTerminatedBackendsLeaveReplicaInRotation(t *testing.T) {
 	if midStream+int(retries) == 0 {
 		t.Fatal("no read was hit by a termination: the test proves nothing")
 	}
-	if states[pgreplica.StateDown] > 0 || watch.frozenNotByTimeout() > 0 {
-		t.Fatalf("replica1 was reported down, or frozen other than by a probe timeout: states seen %v, causes %v", states, watch.causes)
+	// Frozen comes only from probe timeouts (monitor.apply): a loaded
+	// machine as far as this test can tell (two CI runs on 2 cores make a
+	// 500 ms probe time out on a healthy replica), which the two-step rule
+	// answers by keeping new reads off it for a round. A termination taken
+	// for a node failure is down.
+	if states[pgreplica.StateDown] > 0 {
+		t.Fatalf("replica1 was reported down: states seen %v, causes %v", states, watch.causes)
 	}
 	if states[pgreplica.StateFrozen] > 0 {
-		t.Logf("replica1 was frozen by a probe timeout for %d samples (a loaded machine: not what is tested)", states[pgreplica.StateFrozen])
+		t.Logf("replica1 was frozen by probe timeouts for %d samples (causes %v: a loaded machine, not what is tested)", states[pgreplica.StateFrozen], watch.causes)
 	}
 	if r1 == 0 || float64(r1) < 0.25*float64(r1+r2) {
 		t.Fatalf("replica1 served %d of %d replica reads while its backends were terminated, want at least 25%%", r1, r1+r2)
@@ -436,11 +430,16 @@ func TestTerminatedProbeConnectionIsNotNodeDown(t *testing.T) {
 	if terminated < 8 {
 		t.Fatalf("only %d backends terminated", terminated)
 	}
-	if states[pgreplica.StateDown] > 0 || watch.frozenNotByTimeout() > 0 {
-		t.Fatalf("replica1 was reported down, or frozen other than by a probe timeout: states seen %v, causes %v", states, watch.causes)
+	// Frozen comes only from probe timeouts (monitor.apply): a loaded
+	// machine as far as this test can tell (two CI runs on 2 cores make a
+	// 500 ms probe time out on a healthy replica), which the two-step rule
+	// answers by keeping new reads off it for a round. A termination taken
+	// for a node failure is down.
+	if states[pgreplica.StateDown] > 0 {
+		t.Fatalf("replica1 was reported down: states seen %v, causes %v", states, watch.causes)
 	}
 	if states[pgreplica.StateFrozen] > 0 {
-		t.Logf("replica1 was frozen by a probe timeout for %d samples (a loaded machine: not what is tested)", states[pgreplica.StateFrozen])
+		t.Logf("replica1 was frozen by probe timeouts for %d samples (causes %v: a loaded machine, not what is tested)", states[pgreplica.StateFrozen], watch.causes)
 	}
 	if nodeState(c, victim.Addr()) != pgreplica.StateHealthy {
 		t.Fatalf("replica1 is %s, want healthy", nodeState(c, victim.Addr()))
