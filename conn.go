@@ -215,7 +215,7 @@ func (c *conn) Begin() (driver.Tx, error) {
 // nothing first, it waits out an unreachable primary within primary_wait
 // (a caller that wants a quick answer gives a deadline).
 func (c *conn) Ping(ctx context.Context) error {
-	l, err := c.primaryLeaseUnpinned(ctx, c.sendsNothingYet())
+	l, err := c.primaryLeaseUnpinned(ctx, c.unsentWait(true))
 	if err != nil {
 		return err
 	}
@@ -232,14 +232,14 @@ func (c *conn) primaryLeaseUnpinned(ctx context.Context, w *primaryWait) (*lease
 	return l, err
 }
 
-// sendsNothingYet is the wait of a statement that changes no data and
-// sends nothing the server could have run before its connection is open
-// (Ping, BEGIN READ ONLY, a plain setting): a primary that cannot be reached is
-// waited out within primary_wait, as for a write. Not on a conn holding
-// session state, as for a read (queryPrimary): its session went with the
-// connection, and the caller must hear of it.
-func (c *conn) sendsNothingYet() *primaryWait {
-	return &primaryWait{reachable: !c.sticky}
+// unsentWait is the wait of a statement that sends nothing the server
+// could have run before its connection to the primary is open: a primary
+// that cannot be reached is waited out within primary_wait. One that may
+// write always waits (writeLease); a read-only one (Ping, BEGIN READ ONLY,
+// a plain setting, a read) not on a conn holding session state: its
+// session went with the connection, and the caller must hear of it.
+func (c *conn) unsentWait(readOnly bool) *primaryWait {
+	return &primaryWait{reachable: !readOnly || !c.sticky}
 }
 
 // primaryLease pins a connection to the primary for the rest of the
@@ -321,7 +321,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		var err error
 		if classifyCached(query).settings {
 			// A plain setting does not pin the checkout: record decides.
-			l, err = c.primaryLeaseUnpinned(ctx, c.sendsNothingYet())
+			l, err = c.primaryLeaseUnpinned(ctx, c.unsentWait(true))
 		} else {
 			l, err = c.writeLease(ctx)
 		}
@@ -586,7 +586,7 @@ func (c *conn) queryPrimary(ctx context.Context, o *routeOptions, query string, 
 	// the statement, it waits for the primary the monitor finds next, as
 	// a write does; not a read on a conn whose session state is lost.
 	pinned := c.pinned
-	l, err := c.primaryLeaseFor(ctx, &primaryWait{reachable: !cl.readOnly || !c.sticky})
+	l, err := c.primaryLeaseFor(ctx, c.unsentWait(cl.readOnly))
 	if cl.settings {
 		c.pinned = pinned // record decides
 	}
@@ -1014,12 +1014,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 // beginOnPrimary starts a transaction on the primary and makes its lease
 // the conn's txLease.
 func (c *conn) beginOnPrimary(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	// Nothing is sent before BEGIN: wait out a crash, as a write does.
-	w := &primaryWait{reachable: true}
-	if opts.ReadOnly {
-		w = c.sendsNothingYet() // the rule of a read that needs the primary
-	}
-	l, err := c.primaryLeaseFor(ctx, w)
+	l, err := c.primaryLeaseFor(ctx, c.unsentWait(opts.ReadOnly)) // nothing is sent before BEGIN
 	if err != nil {
 		return nil, err
 	}

@@ -212,9 +212,7 @@ func (m *monitor) run() {
 func (m *monitor) closeProbeConns() {
 	for i, pc := range m.probeConns {
 		if pc != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			_ = pc.Close(ctx)
-			cancel()
+			closeProbeConn(pc, 100*time.Millisecond)
 			m.probeConns[i] = nil
 		}
 	}
@@ -332,12 +330,18 @@ func (m *monitor) follow(members []*node) {
 // afresh; no probe of it may be under way.
 func (m *monitor) forget(i int) {
 	if pc := m.probeConns[i]; pc != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		_ = pc.Close(ctx)
-		cancel()
+		closeProbeConn(pc, 100*time.Millisecond)
 		m.probeConns[i] = nil
 	}
 	m.lagging[i], m.noControl[i], m.timeouts[i], m.lastOK[i] = false, false, 0, false
+}
+
+// closeProbeConn closes a probe connection, waiting at most d for the
+// server's goodbye: a frozen node would never send it.
+func closeProbeConn(pc *pgx.Conn, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_ = pc.Close(ctx)
 }
 
 // needsConnect says whether probing node i must open a connection first:
@@ -392,9 +396,7 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 			// would also seed the smoothed RTT too high
 			// (replica_policy=nearest could then take a far node for near).
 			if err = m.readProbe(cctx, i, pc, r); err != nil {
-				closeCtx, closeCancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-				_ = pc.Close(closeCtx)
-				closeCancel()
+				closeProbeConn(pc, 50*time.Millisecond)
 			}
 		}
 		timedOut := cctx.Err() != nil
@@ -415,9 +417,7 @@ func (m *monitor) probeOnce(parent context.Context, n *node, r *probeResult) err
 		if ctx.Err() != nil {
 			err = errProbeTimeout
 		}
-		closeCtx, closeCancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		_ = pc.Close(closeCtx)
-		closeCancel()
+		closeProbeConn(pc, 50*time.Millisecond)
 		m.probeConns[i] = nil
 		return err
 	}

@@ -18,19 +18,7 @@ func TestWriteAfterIdleBackendsTerminated(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cl := testcluster.Cluster()
-	primary := -1
-	for _, n := range cl.Nodes {
-		if got, err := cl.QueryInt(ctx, n.Index, "SELECT pg_is_in_recovery()::int"); err == nil && got == 0 {
-			primary = n.Index
-		}
-	}
-	if primary < 0 {
-		t.Fatal("no writable node left by the earlier tests")
-	}
-	table := "idle_" + time.Now().Format("150405")
-	if _, err := testcluster.Direct(t, primary).ExecContext(ctx, "CREATE TABLE "+table+" (id int)"); err != nil {
-		t.Fatal(err)
-	}
+	primary, table := writableTable(t, ctx, "idle")
 	db := testcluster.Open(t, "hedge_after=off")
 	db.SetMaxIdleConns(4)
 	failed := 0
