@@ -164,6 +164,7 @@ func (c *Connector) Close() error {
 		c.mon.stop()
 		c.hedgeWatch.close()
 		c.closeNodes()
+		c.hedgeWatch.waitFired()
 	})
 	return nil
 }

@@ -24,6 +24,7 @@ type hedgeWatch struct {
 	closed  bool
 	stop    chan struct{}
 	done    chan struct{}
+	fired   sync.WaitGroup // hedges running: a loser still holds a connection
 }
 
 // maxWatchSleep bounds the goroutine's sleep, so a read armed with a
@@ -91,6 +92,7 @@ func (w *hedgeWatch) arm(h *hedge, armedAt time.Time, d time.Duration) {
 // disarm cancels h's pending hedge, if the goroutine has not claimed it.
 func (w *hedgeWatch) disarm(h *hedge) { h.due.Store(0) }
 
+// close stops the goroutine; no hedge fires after it returns.
 func (w *hedgeWatch) close() {
 	w.mu.Lock()
 	w.closed = true
@@ -101,6 +103,14 @@ func (w *hedgeWatch) close() {
 		<-w.done
 	}
 }
+
+// waitFired waits for the hedges that fired before close. The connector
+// calls it once its nodes are closing, which ends their statements and
+// fails their dials: a losing hedge still in flight at db.Close would
+// otherwise release its connection, and close its node's pool, after
+// db.Close returned, leaving pgx's cleanup goroutines behind (seen under a
+// concurrent CI pair in TestPartitionedReplica's leak check).
+func (w *hedgeWatch) waitFired() { w.fired.Wait() }
 
 func (w *hedgeWatch) run() {
 	defer close(w.done)
@@ -117,7 +127,11 @@ func (w *hedgeWatch) run() {
 			case due == 0:
 			case due <= now:
 				if h.due.CompareAndSwap(due, 0) {
-					go h.fire()
+					w.fired.Add(1)
+					go func() {
+						defer w.fired.Done()
+						h.fire()
+					}()
 				}
 			default:
 				next = min(next, due)

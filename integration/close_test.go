@@ -228,3 +228,69 @@ func TestNoLeaksWaitsForEveryDBOfTheTest(t *testing.T) {
 		t.Fatalf("NoLeaks reported, with both DBs closed: %s", strings.Join(r.errs, "\n"))
 	}
 }
+
+// db.Close waits for a hedge that lost and still runs: by the time it
+// returns, the hedge's connection is released and its node's pool closed.
+// Before, the hedge's goroutine did both after db.Close returned, so pgx's
+// cleanup goroutines outlived it (seen in TestPartitionedReplica's leak
+// check under a concurrent CI pair).
+func TestCloseWaitsForALosingHedge(t *testing.T) {
+	ctx := testCtx(t)
+	testcluster.NoLeaks(t)
+	nodes := testcluster.Cluster().Nodes
+	fast, slow := nodes[1].Port, nodes[2].Port
+	db, err := sql.Open("pgreplica", testcluster.DSN("hedge_after=50ms", "max_replica_lag=off", "fallback_to_primary=false"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	connector, err := pgreplica.ConnectorOf(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both replicas hold a connection: a read that must open one is not
+	// hedged.
+	replicas := map[int]bool{}
+	for i := 0; len(replicas) < 2; i++ {
+		if i == 1000 {
+			t.Fatalf("1000 reads reached only %v", replicas)
+		}
+		replicas[testcluster.Port(t, ctx, db)] = true
+	}
+	hedgesTo := func(port int) uint64 {
+		for _, ns := range connector.Status().Nodes {
+			if strings.HasSuffix(ns.Addr, fmt.Sprintf(":%d", port)) {
+				return ns.HedgesSent
+			}
+		}
+		t.Fatalf("no node of port %d in %+v", port, connector.Status().Nodes)
+		return 0
+	}
+	// On the fast replica the read answers in 0.3 s; its hedge, sent after
+	// 50 ms to the slow one, sleeps 30 s there. A read that begins on the
+	// slow one is answered by its hedge instead: try again.
+	const query = "SELECT inet_server_port() FROM pg_sleep(CASE WHEN inet_server_port() = $1 THEN 0.3 ELSE 30 END)"
+	for try := 1; ; try++ {
+		if try > 50 {
+			t.Fatal("in 50 reads, none began on the fast replica with a hedge sent to the slow one")
+		}
+		before := hedgesTo(slow)
+		var port int
+		if err := db.QueryRowContext(ctx, query, fast).Scan(&port); err != nil {
+			t.Fatal(err)
+		}
+		if port == fast && hedgesTo(slow) > before {
+			break
+		}
+	}
+	// The hedge still runs on the slow replica: it is stopped one second
+	// after it lost, or when the db closes.
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range connector.Status().Nodes {
+		if ns.Pool.Total != 0 || ns.InFlight != 0 {
+			t.Errorf("when db.Close returned, %s still had %d connections, %d in flight", ns.Addr, ns.Pool.Total, ns.InFlight)
+		}
+	}
+}
