@@ -429,7 +429,14 @@ func (c *Connector) connectFailed(n *node, err error) {
 		return
 	}
 	n.reroutes[rerouteDown].Add(1)
-	n.setCause(err)
+	if n.up.Load() {
+		// Only the failure that takes a node out names its cause (the
+		// monitor's probes refresh it): later ones are mostly that
+		// outage's echo, a dial abandoned when routing marked the node
+		// down or a handshake abortConns cut, and showed a frozen node's
+		// cause as "error" instead of its timeout.
+		n.setCause(err)
+	}
 	if n.markDown() {
 		c.logDown(n, err)
 		if n.standby.Load() {

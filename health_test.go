@@ -303,3 +303,27 @@ func TestHealthHandlerOf(t *testing.T) {
 		t.Errorf("HealthHandlerOf on a *sql.DB of another driver: err = %v", err)
 	}
 }
+
+// A frozen node keeps the cause that took it out: reads whose dials were
+// abandoned when it was marked down, or whose handshakes abortConns cut,
+// fail with errors of their own, and these used to replace the probe's
+// timeout ("frozen (error)", seen under a concurrent CI pair). The failure
+// that takes an up node out still names its cause.
+func TestFrozenNodeKeepsItsCause(t *testing.T) {
+	fc := newFakeCluster(t, 2, defaultCfg())
+	c := fc.c
+	m := &monitor{c: c, interval: time.Second, lagging: make([]bool, 3), noControl: make([]bool, 3)}
+	ok := probeResult{standby: true, lsn: 100, flushLSN: 100, timeline: 1, replayedTLI: 1, started: monoNow()}
+	primary := probeResult{lsn: 100, flushLSN: 100, timeline: 1, started: monoNow()}
+	m.apply(c.nodes, []probeResult{primary, {err: errProbeTimeout}, ok})
+	frozen, other := c.nodes[1], c.nodes[2]
+	c.connectFailed(frozen, fmt.Errorf("failed to connect: %w", errNodeDown))
+	c.connectFailed(frozen, fmt.Errorf("failed to receive message: %w", net.ErrClosed))
+	if ns := c.Status().Nodes[1]; ns.State != StateFrozen || ns.Cause == nil || ns.Cause.Reason != "timeout" {
+		t.Errorf("frozen node after two echoes of its outage: state %s, cause %+v; want frozen, timeout", ns.State, ns.Cause)
+	}
+	c.connectFailed(other, fmt.Errorf("dial: %w", syscall.ECONNREFUSED))
+	if ns := c.Status().Nodes[2]; ns.State != StateDown || ns.Cause == nil || ns.Cause.Reason != "connection refused" {
+		t.Errorf("an up node whose connection was refused: state %s, cause %+v; want down, connection refused", ns.State, ns.Cause)
+	}
+}
