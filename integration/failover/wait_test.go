@@ -100,8 +100,11 @@ func TestPrimaryWaitEndsWithCallerContext(t *testing.T) {
 	db := standbyOnly(t, ctx, "primary_wait=1h")
 
 	const deadline = time.Second
-	dctx, dcancel := context.WithTimeout(ctx, deadline)
+	// Timed from before the deadline is set: the other way round, a busy
+	// machine's scheduling between the two made a write that ended at its
+	// deadline look early ("ended after 984ms", a concurrent CI pair).
 	start := time.Now()
+	dctx, dcancel := context.WithTimeout(ctx, deadline)
 	_, err := db.ExecContext(dctx, write)
 	took := time.Since(start)
 	dcancel()

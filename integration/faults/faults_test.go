@@ -39,14 +39,7 @@ func TestStoppedReplicaUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := testcluster.WaitUntil(t, 10*time.Second, "replica1 serves reads again", func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for i := len(l.reads) - 1; i >= 0 && l.reads[i].start.After(detected); i-- {
-			if l.reads[i].port == victim.Port {
-				return true
-			}
-		}
-		return false
+		return l.servedSince(detected, victim.Port)
 	})
 	t.Logf("replica1 restarted; serving reads %v after Start returned", back)
 	reads, failed := l.finish()
