@@ -91,9 +91,8 @@ func TestFrozenReplica(t *testing.T) { frozenReplica(t, true, monitorParams) }
 // a new connection, so that some are in their startup handshake when the
 // node freezes: those fail with errors of their own (a dial abandoned, a
 // handshake cut), which the node's shown cause must not take up. Its
-// reads' timing is not checked: each may wait out a handshake with the
-// frozen node and then open another elsewhere, and under load none may
-// fit in the second the node stays frozen.
+// reads' time is not checked: each may wait out a handshake with the
+// frozen node and then open another elsewhere.
 func TestFrozenReplicaNewConnections(t *testing.T) {
 	frozenReplica(t, false, monitorParams, "pool_max_conn_lifetime=1ms")
 }
@@ -119,7 +118,13 @@ func frozenReplica(t *testing.T, timed bool, params ...string) {
 	detect := testcluster.WaitUntil(t, 30*time.Second, "replica2 reported frozen", func() bool { return nodeState(c, victim.Addr()) == pgreplica.StateFrozen })
 	t.Logf("replica2 frozen; reported frozen %v later", detect)
 	detected := time.Now()
+	// Frozen for a second at least, and until replica1 has served a read
+	// begun since: under a CI pair no read fitted in the second alone
+	// ("reads while replica2 was frozen, by port: map[]").
 	time.Sleep(time.Second)
+	testcluster.WaitUntil(t, deadline, "replica1 serving a read begun while replica2 is frozen", func() bool {
+		return l.servedSince(detected, cl.Nodes[1].Port)
+	})
 
 	if err := victim.Thaw(); err != nil {
 		t.Fatal(err)
@@ -174,7 +179,7 @@ func frozenReplica(t *testing.T, timed bool, params ...string) {
 			during[r.port]++
 		}
 	}
-	if during[victim.Port] != 0 || timed && during[cl.Nodes[1].Port] == 0 {
+	if during[victim.Port] != 0 || during[cl.Nodes[1].Port] == 0 {
 		t.Fatalf("reads while replica2 was frozen, by port: %v", during)
 	}
 	if portsAfter(reads, healthyAt)[victim.Port] == 0 {

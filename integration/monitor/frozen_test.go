@@ -29,21 +29,41 @@ func TestOneProbeTimeoutKeepsReadsInFlight(t *testing.T) {
 	testcluster.WaitUntil(t, time.Minute, "the replica healthy", func() bool { return state(c, victim.Addr()) == pgreplica.StateHealthy })
 
 	// The read sleeps on the replica; it is in flight once the replica's
-	// pg_stat_activity shows it.
+	// pg_stat_activity shows it. It sleeps long enough to be seen on a
+	// loaded machine and still run after the freeze and thaw below; one
+	// that ends before it is seen (it may have found the replica briefly
+	// out of routing: no fallback) is sent again.
 	type answer struct {
 		port int
 		err  error
 	}
-	done := make(chan answer, 1)
-	go func() {
-		var port int
-		err := db.QueryRowContext(ctx, "SELECT inet_server_port() FROM pg_sleep(0.3) AS monitor_frozen_read").Scan(&port)
-		done <- answer{port, err}
-	}()
+	startRead := func() chan answer {
+		done := make(chan answer, 1)
+		go func() {
+			var port int
+			err := db.QueryRowContext(ctx, "SELECT inet_server_port() FROM pg_sleep(2) AS monitor_frozen_read").Scan(&port)
+			done <- answer{port, err}
+		}()
+		return done
+	}
 	direct := testcluster.Direct(t, 1)
-	testcluster.WaitUntil(t, time.Minute, "the read running on the replica", func() bool {
+	if err := direct.PingContext(ctx); err != nil { // opened before the read starts
+		t.Fatal(err)
+	}
+	var done chan answer
+	testcluster.WaitUntil(t, time.Minute, "a read running on the replica", func() bool {
+		if done == nil {
+			done = startRead()
+		}
+		select {
+		case a := <-done:
+			t.Logf("a read ended before it was seen running (port %d, %v): sent again", a.port, a.err)
+			done = nil
+			return false
+		default:
+		}
 		var n int
-		err := direct.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%monitor_frozen_read%' AND pid <> pg_backend_pid()").Scan(&n)
+		err := direct.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%monitor_frozen_read%' AND pid <> pg_backend_pid()").Scan(&n)
 		return err == nil && n > 0
 	})
 	if err := victim.Freeze(); err != nil {
