@@ -222,6 +222,13 @@ func (n *node) dialFunc(dial pgconn.DialFunc) pgconn.DialFunc {
 			return nil, err
 		}
 		tc := n.track(c)
+		if n.closing.Load() {
+			// The connector closed while this dialled (a cancel request
+			// of pgx's, say): close may have closed the tracked sockets
+			// before this one was tracked, and nothing else would.
+			tc.Close()
+			return nil, ErrClosed
+		}
 		if e != noEpoch && e.ctx.Err() != nil {
 			// Marked down while dialling: abortConns may have run before
 			// this socket was tracked.

@@ -3,6 +3,7 @@ package pgreplica
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -151,5 +152,46 @@ func TestProbeBackoffCapped(t *testing.T) {
 		if got := m.backoff(100); got > max(tc.interval, maxProbeGap) {
 			t.Errorf("interval %v: backoff after 100 failures %v", tc.interval, got)
 		}
+	}
+}
+
+// A dial that completes after the connector closed (pgx's cancel request
+// for a connection it abandons, dialled just before db.Close) is closed at
+// once: close had already closed the sockets it tracked, so this one's
+// reader goroutine would have outlived db.Close (seen in
+// TestReplicaAtMaxConnections' leak check under a CI pair on Docker).
+func TestDialCompletingAfterCloseIsClosed(t *testing.T) {
+	n := newTestNode(t, 1)
+	n.standby.Store(false) // a primary: no up period ends its dials
+	entered, release := make(chan struct{}), make(chan struct{})
+	client, server := net.Pipe()
+	defer server.Close()
+	dial := n.dialFunc(func(context.Context, string, string) (net.Conn, error) {
+		close(entered)
+		<-release // it connected before the close; it returns after
+		return client, nil
+	})
+	done := make(chan error, 1)
+	go func() {
+		c, err := dial(context.Background(), "tcp", "127.0.0.1:1")
+		if c != nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	<-entered
+	n.closeWhenIdle()
+	close(release)
+	if err := <-done; !errors.Is(err, ErrClosed) {
+		t.Fatalf("dial completing after close: %v, want ErrClosed", err)
+	}
+	_ = client.SetWriteDeadline(time.Now().Add(time.Second)) // a pipe's write waits for a reader
+	if _, err := client.Write([]byte{0}); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatal("its socket is still open")
+	}
+	n.connsMu.Lock()
+	defer n.connsMu.Unlock()
+	if len(n.conns) != 0 {
+		t.Fatalf("%d sockets still tracked", len(n.conns))
 	}
 }

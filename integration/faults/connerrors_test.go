@@ -441,9 +441,12 @@ func TestTerminatedProbeConnectionIsNotNodeDown(t *testing.T) {
 	if states[pgreplica.StateFrozen] > 0 {
 		t.Logf("replica1 was frozen by probe timeouts for %d samples (causes %v: a loaded machine, not what is tested)", states[pgreplica.StateFrozen], watch.causes)
 	}
-	if nodeState(c, victim.Addr()) != pgreplica.StateHealthy {
-		t.Fatalf("replica1 is %s, want healthy", nodeState(c, victim.Addr()))
-	}
+	// Taken out only by load, it comes back: healthy again, not at this
+	// very moment (under a CI pair on Docker it was frozen by a probe
+	// timeout when the kills ended).
+	testcluster.WaitUntil(t, 30*time.Second, "replica1 healthy after the kills", func() bool {
+		return nodeState(c, victim.Addr()) == pgreplica.StateHealthy
+	})
 }
 
 // fillConnections opens connections as the application user to node i
