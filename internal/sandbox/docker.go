@@ -455,8 +455,22 @@ func (d *dockerNode) rejoin(ctx context.Context, primary *Node) error {
 	return d.start(ctx)
 }
 
-func (d *dockerNode) freeze() error { return d.env.cl.PauseContainer(d.id) }
-func (d *dockerNode) thaw() error   { return d.env.cl.UnpauseContainer(d.id) }
+// freeze pauses the container, asking again when the runtime gave up
+// ("unable to freeze": the cgroup did not settle, as with a server forking
+// a backend per read, seen in TestFrozenReplicaNewConnections); a failed
+// pause leaves the container running.
+func (d *dockerNode) freeze() error {
+	var err error
+	for range 10 {
+		if err = d.env.cl.PauseContainer(d.id); err == nil || !strings.Contains(err.Error(), "unable to freeze") {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
+}
+
+func (d *dockerNode) thaw() error { return d.env.cl.UnpauseContainer(d.id) }
 
 // running asks pg_ctl status in the container; a paused container's server
 // counts as running (it cannot be asked, and Freeze needs it running).
